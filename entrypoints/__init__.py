@@ -1,0 +1,1 @@
+"""Thin click CLIs that MLproject calls: parse, validate, call."""
