@@ -96,6 +96,12 @@ class GeodesicTerm(WeightTerm):
     scale: float = Field(2.0, gt=0.0)
 
 
+class SeparationTerm(WeightTerm):
+    """Per-level mean radii ordered, margin per level of valuation gap."""
+
+    margin: float = Field(0.01, ge=0.0)
+
+
 class RichnessTerm(WeightTerm):
     min_spread: float = Field(0.01, ge=0.0)
 
@@ -107,7 +113,7 @@ class LossConfig(_Section):
     rank: PairTerm = Field(default_factory=lambda: PairTerm(weight=0.5))
     geodesic: GeodesicTerm = Field(default_factory=lambda: GeodesicTerm(weight=0.3))
     richness: RichnessTerm = Field(default_factory=lambda: RichnessTerm(weight=0.1))
-    separation: PairTerm = Field(default_factory=lambda: PairTerm(weight=0.1, margin=0.01))
+    separation: SeparationTerm = Field(default_factory=lambda: SeparationTerm(weight=0.1))
 
 
 class HomeostasisConfig(_Section):

@@ -1,0 +1,125 @@
+"""TernaryVAE v5.12.4: two encoders over one operation space, one decoder, hyperbolic heads.
+
+Encoder A is trained for coverage (its sample feeds the decoder), encoder B for hierarchy (its
+hyperbolic radius should fall with the 3-adic valuation). Each encoder owns a hyperbolic
+projection: a direction net (unit vector) and a radius net (Euclidean norm < max_radius), so the
+point in the Poincaré ball is direction * norm and its hyperbolic radius is 2 artanh(norm).
+The projection reads mu (not a sample), so training and evaluation see the same geometry.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tvae.config import ModelConfig
+from tvae.geometry import radius_from_norm
+from tvae.ops import N_DIGITS
+
+N_CLASSES = 3
+
+
+def _mlp(sizes: list[int], out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.SiLU()]
+    layers.append(nn.Linear(sizes[-1], out))
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """9 trits -> hidden MLP -> (mu, logvar), one linear head producing both halves."""
+
+    def __init__(self, hidden: list[int], latent: int) -> None:
+        super().__init__()
+        self.net = _mlp([N_DIGITS, *hidden], 2 * latent)
+        self.latent = latent
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar.clamp(-10.0, 10.0)
+
+
+class HyperbolicProjection(nn.Module):
+    """mu -> point in the Poincaré ball: direction net (unit vector) x radius net (norm)."""
+
+    def __init__(self, latent: int, hidden: int, max_radius: float) -> None:
+        super().__init__()
+        self.direction = _mlp([latent, hidden], latent)
+        self.radius = _mlp([latent, hidden], 1)
+        self.max_radius = max_radius
+
+    def forward(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (point, Euclidean norm of the point); both fp32."""
+        d = self.direction(mu).float()
+        d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        norm = torch.sigmoid(self.radius(mu).float()).squeeze(-1) * self.max_radius
+        return d * norm.unsqueeze(-1), norm
+
+
+class TernaryVAE(nn.Module):
+    """Dual-encoder hyperbolic VAE over the 3^9 ternary operations."""
+
+    def __init__(
+        self,
+        encoder_hidden: list[int],
+        decoder_hidden: list[int],
+        latent_dim: int,
+        projection_hidden: int,
+        max_radius: float,
+    ) -> None:
+        super().__init__()
+        self.encoder_A = Encoder(encoder_hidden, latent_dim)
+        self.encoder_B = Encoder(encoder_hidden, latent_dim)
+        self.projection_A = HyperbolicProjection(latent_dim, projection_hidden, max_radius)
+        self.projection_B = HyperbolicProjection(latent_dim, projection_hidden, max_radius)
+        self.decoder = _mlp([latent_dim, *decoder_hidden], N_DIGITS * N_CLASSES)
+
+    @classmethod
+    def from_config(cls, model_cfg: ModelConfig) -> TernaryVAE:
+        return cls(
+            encoder_hidden=list(model_cfg.encoder_hidden),
+            decoder_hidden=list(model_cfg.decoder_hidden),
+            latent_dim=model_cfg.latent_dim,
+            projection_hidden=model_cfg.projection_hidden,
+            max_radius=model_cfg.max_radius,
+        )
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (N, latent) -> logits (N, 9, 3) over the trit values -1, 0, +1."""
+        return self.decoder(z).view(-1, N_DIGITS, N_CLASSES)
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+        """Training pass: sampled z_A feeds the decoder; projections read mu."""
+        mu_A, logvar_A = self.encoder_A(x)
+        mu_B, logvar_B = self.encoder_B(x)
+        if sample:
+            z = mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * logvar_A)
+        else:
+            z = mu_A
+        z_A, norm_A = self.projection_A(mu_A)
+        z_B, norm_B = self.projection_B(mu_B)
+        return {
+            "logits": self.decode_logits(z),
+            "mu_A": mu_A,
+            "logvar_A": logvar_A,
+            "mu_B": mu_B,
+            "logvar_B": logvar_B,
+            "z_A": z_A,
+            "z_B": z_B,
+            "radius_A": radius_from_norm(norm_A),
+            "radius_B": radius_from_norm(norm_B),
+        }
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Deterministic (mu path) embeddings, all fp32: z_A, z_B, radius_A, radius_B, recon."""
+        out = self.forward(x, sample=False)
+        recon = out["logits"].float().argmax(dim=-1).to(torch.float32) - 1.0
+        return {
+            "z_A": out["z_A"].float(),
+            "z_B": out["z_B"].float(),
+            "radius_A": out["radius_A"].float(),
+            "radius_B": out["radius_B"].float(),
+            "recon": recon,
+        }

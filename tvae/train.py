@@ -1,0 +1,370 @@
+"""The TernaryVAE trainer: whole data set on the device, index-slice batches, one sync per epoch.
+
+Per epoch: set the scheduled LR, apply the homeostasis freeze state, train over a shuffled pass
+of the 19,683 operations (loss terms and gradient norms accumulate on the device; no host sync
+inside the batch loop), evaluate all operations, report every contract metric, checkpoint.
+
+With train.eval_every > 1, epochs without an eval carry the most recent eval values forward
+(every contract key is reported every epoch); best.pt and homeostasis only react to real evals.
+perf/samples_per_sec counts the training pass only; perf/epoch_seconds is the whole epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tvae.callbacks import TrainLogger
+from tvae.checkpoint import read_checkpoint, save_checkpoint
+from tvae.config import TVAEConfig
+from tvae.homeostasis import Homeostasis
+from tvae.losses import TERMS, LossComputer
+from tvae.metrics import EVAL_KEYS, evaluate_model
+from tvae.model import TernaryVAE
+from tvae.ops import N_OPS, ternary_ops, valuations
+from tvae.progress import format_epoch_line
+from tvae.schedule import PHASE_NAMES, lr_scale, phase_index
+
+
+@dataclass
+class TrainResult:
+    status: str  # FINISHED | KILLED | FAILED
+    reason: str | None
+    last_epoch: int
+    best_epoch: int
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    samples_per_sec: float = 0.0
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able view (paths as strings)."""
+        out = asdict(self)
+        for key in ("last_checkpoint", "best_checkpoint"):
+            out[key] = str(out[key]) if out[key] is not None else None
+        return out
+
+
+class Diverged(RuntimeError):
+    """A loss or metric became NaN/Inf."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but CUDA is not available")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it, fp16 (with GradScaler) on older GPUs, off on CPU."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return "off"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
+    return amp
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TVAEConfig, device: torch.device):
+    kwargs: dict[str, Any] = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}
+    if device.type in ("cuda", "cpu"):
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(model.parameters(), **kwargs)
+
+
+class Trainer:
+    """Train TernaryVAE from a validated config into `workdir` (checkpoints under checkpoints/)."""
+
+    def __init__(
+        self,
+        config: TVAEConfig,
+        workdir: Path,
+        logger: TrainLogger | None = None,
+        echo: bool = True,
+    ) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.logger = logger or TrainLogger()
+        self.echo = echo
+        self._stop = threading.Event()
+        self.device = resolve_device(config.train.device)
+        self.amp = resolve_amp(config.train.amp, self.device)
+        self.checkpoint_dir = self.workdir / "checkpoints"
+
+    def request_stop(self) -> None:
+        """Ask fit() to stop after the current epoch (safe from threads and signal handlers)."""
+        self._stop.set()
+
+    # -- state -----------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.config
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        torch.manual_seed(cfg.train.seed)
+        self.model = TernaryVAE.from_config(cfg.model).to(self.device)
+        self.optimizer = _make_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.homeostasis = Homeostasis(cfg.homeostasis)
+        self.losses = LossComputer(cfg.loss, self.device)
+        self.ops = ternary_ops().to(self.device)
+        self.vals = valuations().to(self.device)
+        self.target_cls = (self.ops + 1).long()
+        high = (self.vals >= cfg.data.stratified_min_valuation).nonzero().squeeze(1)
+        self.high_idx = high
+        self.best_q = -math.inf
+        self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "homeostasis": self.homeostasis.state_dict(),
+            "rng": self._rng_state(),
+            "epoch": epoch,
+            "best_q": self.best_q,
+            "best_epoch": self.best_epoch,
+            "best_metrics": dict(self.best_metrics),
+            "last_eval": dict(self.last_eval),
+            "config": self.config.model_dump(mode="json"),
+            "metrics": dict(metrics),
+        }
+
+    def _restore(self, path: Path) -> int:
+        state = read_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.homeostasis.load_state_dict(state["homeostasis"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.best_q = float(state["best_q"])
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_metrics = dict(state.get("best_metrics", {}))
+        self.last_eval = dict(state.get("last_eval", {}))
+        return int(state["epoch"])
+
+    # -- one epoch -------------------------------------------------------------------------
+    def _epoch_indices(self) -> torch.Tensor:
+        data = self.config.data
+        perm = torch.randperm(N_OPS, device=self.device)
+        if not data.stratified or data.stratified_share <= 0:
+            return perm
+        bs = self.config.train.batch_size
+        n_high = min(bs, round(bs * data.stratified_share))
+        steps = math.ceil(N_OPS / bs)
+        picks = torch.randint(0, self.high_idx.numel(), (steps, n_high), device=self.device)
+        base = perm[: steps * (bs - n_high)].view(steps, bs - n_high) if n_high < bs else None
+        high = self.high_idx[picks]
+        batches = high if base is None else torch.cat([base, high], dim=1)
+        return batches.reshape(-1)[:N_OPS] if n_high < bs else batches.reshape(-1)
+
+    def _train_epoch(self, epoch: int, geodesic_active: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config.train
+        model, opt, scaler = self.model, self.optimizer, self.scaler
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        params = [p for p in model.parameters() if p.requires_grad]
+        term_sum = torch.zeros(len(TERMS), device=self.device)
+        grad_sum = torch.zeros((), device=self.device)
+        idx_all = self._epoch_indices()
+        n = idx_all.numel()
+        steps = 0
+        model.train()
+        for start in range(0, n, cfg.batch_size):
+            idx = idx_all[start : start + cfg.batch_size]
+            x, v, tgt = self.ops[idx], self.vals[idx], self.target_cls[idx]
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(x)
+            total, terms = self.losses(out, x, tgt, v, epoch, geodesic_active)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.unscale_(opt)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            scaler.step(opt)
+            scaler.update()
+            term_sum += terms.detach()
+            grad_sum += gnorm.detach()
+            steps += 1
+        return term_sum / steps, grad_sum / steps
+
+    def _apply_freeze(self) -> None:
+        for frozen, module in (
+            (self.homeostasis.frozen_A, self.model.encoder_A),
+            (self.homeostasis.frozen_B, self.model.encoder_B),
+        ):
+            for p in module.parameters():
+                p.requires_grad_(not frozen)
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, resume_checkpoint: Path | None = None) -> TrainResult:
+        """Train to train.epochs (or until stopped/diverged); never raises for NaN or Ctrl-C."""
+        t0 = time.perf_counter()
+        self._setup()
+        cfg = self.config
+        total = cfg.train.epochs
+        start_epoch = self._restore(Path(resume_checkpoint)) if resume_checkpoint else 0
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        last_ckpt: Path | None = None
+        best_ckpt = self.checkpoint_dir / "best.pt" if self.best_epoch else None
+        self.logger.on_train_start(
+            {
+                "device": str(self.device),
+                "device_name": _device_name(self.device),
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda if self.device.type == "cuda" else None,
+                "amp": self.amp,
+                "start_epoch": start_epoch,
+                "config": cfg,
+            }
+        )
+        good = copy.deepcopy(self._state(start_epoch, {}))  # last state known to be finite
+        last_written = -1
+        status, reason, epoch_done = "FINISHED", None, start_epoch
+        metrics: dict[str, float] = {}
+        sps: list[float] = []
+        try:
+            for epoch in range(start_epoch + 1, total + 1):
+                metrics = self._run_epoch(epoch, total)
+                sps.append(metrics["perf/samples_per_sec"])
+                epoch_done = epoch
+                good = copy.deepcopy(self._state(epoch, metrics))
+                if metrics.get("_is_best"):
+                    best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
+                    self.logger.on_checkpoint(best_ckpt, epoch, "best")
+                metrics.pop("_is_best", None)
+                good["metrics"] = dict(metrics)
+                if epoch % cfg.train.checkpoint_every == 0 or epoch == total:
+                    last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
+                    last_written = epoch
+                    self.logger.on_checkpoint(last_ckpt, epoch, "last")
+                self.logger.on_epoch_end(epoch, metrics)
+                line = format_epoch_line(epoch, total, metrics)
+                if self.echo:
+                    print(line, flush=True)
+                self.logger.on_log_line(line)
+                if self._stop.is_set() and epoch < total:
+                    status, reason = "KILLED", "stop requested"
+                    break
+        except KeyboardInterrupt:
+            status, reason = "KILLED", "interrupted (KeyboardInterrupt)"
+        except Diverged as err:
+            status, reason = "FAILED", str(err)
+            self.logger.on_event("divergence", {"epoch": epoch_done + 1, "reason": reason})
+        if status != "FINISHED" and last_written != good["epoch"]:
+            last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
+            self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
+        result = TrainResult(
+            status=status,
+            reason=reason,
+            last_epoch=epoch_done,
+            best_epoch=self.best_epoch,
+            best_metrics=dict(self.best_metrics),
+            final_metrics=dict(good["metrics"]) if good["metrics"] else dict(metrics),
+            wall_seconds=time.perf_counter() - t0,
+            samples_per_sec=sum(sps) / len(sps) if sps else 0.0,
+            last_checkpoint=last_ckpt,
+            best_checkpoint=best_ckpt,
+        )
+        self.logger.on_train_end(status, result.summary())
+        return result
+
+    def _run_epoch(self, epoch: int, total: int) -> dict[str, float]:
+        cfg = self.config
+        t_epoch = time.perf_counter()
+        scale = lr_scale(epoch, total, cfg.schedule)
+        lr = cfg.train.lr * scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        phase = phase_index(epoch, total, cfg.schedule)
+        if epoch > 1 and phase != phase_index(epoch - 1, total, cfg.schedule):
+            self.logger.on_event(
+                "lr_phase", {"epoch": epoch, "phase": phase, "name": PHASE_NAMES[phase], "lr": lr}
+            )
+        geodesic_active = epoch >= cfg.loss.geodesic.start_epoch and cfg.loss.geodesic.weight > 0
+        if geodesic_active and epoch == max(1, cfg.loss.geodesic.start_epoch):
+            self.logger.on_event("geodesic_on", {"epoch": epoch})
+        self._apply_freeze()
+        frozen_A, frozen_B = self.homeostasis.frozen_A, self.homeostasis.frozen_B
+
+        t_train = time.perf_counter()
+        terms, gnorm = self._train_epoch(epoch, geodesic_active)
+        values = torch.cat([terms.float(), gnorm.float().view(1)]).cpu().tolist()  # one sync
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_seconds = time.perf_counter() - t_train
+        if not all(math.isfinite(x) for x in values):
+            bad = [n for n, x in zip((*TERMS, "grad_norm"), values, strict=True)]
+            bad = [n for n, x in zip(bad, values, strict=True) if not math.isfinite(x)]
+            raise Diverged(f"non-finite training value at epoch {epoch}: {', '.join(bad)}")
+
+        metrics: dict[str, float] = {"train/loss": float(sum(values[: len(TERMS)]))}
+        for name, val in zip(TERMS, values, strict=False):
+            metrics[f"train/loss_{name}"] = float(val)
+        evaluated = epoch % cfg.train.eval_every == 0 or epoch == total or not self.last_eval
+        if evaluated:
+            self.last_eval = evaluate_model(self.model, self.ops, self.vals)
+            bad = [k for k in EVAL_KEYS if not math.isfinite(self.last_eval[k])]
+            if bad:
+                raise Diverged(f"non-finite eval metric at epoch {epoch}: {', '.join(bad)}")
+        metrics.update(self.last_eval)
+        metrics.update(
+            {
+                "opt/grad_norm": float(values[-1]),
+                "opt/lr": float(lr),
+                "state/frozen_encoder_A": float(frozen_A),
+                "state/frozen_encoder_B": float(frozen_B),
+                "state/lr_phase": float(phase),
+                "state/geodesic_active": float(geodesic_active),
+                "perf/samples_per_sec": N_OPS / train_seconds,
+            }
+        )
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            total_mem = torch.cuda.get_device_properties(self.device).total_memory
+            metrics["perf/gpu_mem_peak_frac"] = peak / total_mem
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if evaluated:
+            for ev in self.homeostasis.update(
+                epoch, metrics["eval/coverage"], metrics["eval/hierarchy_B"]
+            ):
+                self.logger.on_event(f"homeostasis_{ev.pop('name')}", ev)
+            if metrics["eval/Q"] > self.best_q:
+                self.best_q = metrics["eval/Q"]
+                self.best_epoch = epoch
+                metrics["_is_best"] = 1.0
+        metrics["perf/epoch_seconds"] = time.perf_counter() - t_epoch
+        if metrics.get("_is_best"):
+            self.best_metrics = {k: v for k, v in metrics.items() if k != "_is_best"}
+        return metrics
