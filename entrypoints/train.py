@@ -1,0 +1,235 @@
+"""`mlflow run . -e train` / `tvae-train`: validate, pick the run, train inside it, end it.
+
+Everything the user typed is checked (click types, then the pydantic config) before anything is
+written to MLflow. Under `mlflow run` the run already exists (MLFLOW_RUN_ID); on bad input that
+run is ended FAILED with a `failure.reason` tag, so no RUNNING run is ever left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tvae.config import ConfigError, TVAEConfig, config_from_dict, load_config
+
+DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_KILLED = 130
+
+
+class _Blank(click.ParamType):
+    """An optional value where the empty string (what MLproject passes) means 'not given'."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        return self.inner.convert(value.strip() if isinstance(value, str) else value, param, ctx)
+
+
+def _fail_launcher_run(message: str) -> None:
+    """End the run `mlflow run` created (if any) FAILED, with the reason as a tag."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient()
+        client.set_tag(run_id, "failure.reason", message[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception as err:  # the store itself may be what is broken
+        click.echo(f"error: could not mark run {run_id} FAILED: {err}", err=True)
+
+
+def _bad_input(message: str) -> None:
+    message = " ".join(message.split())
+    click.echo(f"error: {message}", err=True)
+    _fail_launcher_run(message)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {f"train.{k}": v for k, v in values.items() if v is not None}
+
+
+def _resume_config(
+    run_id: str, workdir: Path, overrides: dict[str, Any]
+) -> tuple[TVAEConfig, Path]:
+    """Fetch the run's checkpoints and rebuild its config (plus overrides) from last.pt."""
+    import torch
+    from mlflow import MlflowClient
+
+    from mlflow_plugins.runs import download_checkpoints, get_resumable_run
+
+    client = MlflowClient()
+    get_resumable_run(client, run_id)
+    paths = download_checkpoints(client, run_id, workdir)
+    state = torch.load(paths["last"], map_location="cpu", weights_only=True)
+    config = config_from_dict(state["config"], overrides, source=f"run {run_id} last.pt config")
+    try:  # keep appending to the run's console log
+        client.download_artifacts(run_id, "training.log", str(workdir))
+    except Exception:
+        pass
+    return config, paths["last"]
+
+
+def _check_runtime(config: TVAEConfig) -> None:
+    """Device and AMP mode must exist on this machine (ValueError with one line otherwise)."""
+    from tvae.train import resolve_amp, resolve_device
+
+    resolve_amp(config.train.amp, resolve_device(config.train.device))
+
+
+def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
+    """Resume run, the `mlflow run` run, or a new run in the config's experiment."""
+    import mlflow
+
+    from mlflow_plugins.runs import experiment_name, run_name
+
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if resume_from:
+        if launcher and launcher != resume_from:
+            client = mlflow.MlflowClient()
+            client.set_tag(launcher, "resume.continued_in", resume_from)
+            client.set_tag(launcher, "mlflow.note.content", f"Training continued in {resume_from}")
+            client.set_terminated(launcher, "FINISHED")
+        return mlflow.start_run(run_id=resume_from, log_system_metrics=True)
+    if launcher:
+        run = mlflow.start_run(run_id=launcher, log_system_metrics=True)
+        mlflow.set_tag("mlflow.runName", run_name(config))
+        return run
+    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment_name(config))
+    return mlflow.start_run(run_name=run_name(config), log_system_metrics=True)
+
+
+def train(
+    config: TVAEConfig, resume_from: str | None, resume_ckpt: Path | None, workdir: Path
+) -> int:
+    """Train inside the chosen run and end it with the trainer's status; returns exit code."""
+    import mlflow
+
+    from mlflow_plugins.tracking import TAG_FAILURE_REASON, train_in_run
+
+    holder: dict[str, Any] = {}
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        trainer = holder.get("trainer")
+        if trainer is None:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    run = _start_run(config, resume_from)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        result = train_in_run(
+            config,
+            run_id,
+            workdir,
+            resume_checkpoint=resume_ckpt,
+            on_trainer=lambda t: holder.__setitem__("trainer", t),
+        )
+        status = result.status
+    except KeyboardInterrupt:
+        status = "KILLED"
+        click.echo(f"run {run_id} KILLED before training started", err=True)
+        return EXIT_KILLED
+    except BaseException as err:
+        reason = f"{type(err).__name__}: {err}"
+        mlflow.MlflowClient().set_tag(run_id, TAG_FAILURE_REASON, reason[:5000])
+        raise
+    finally:
+        mlflow.end_run(status=status)
+    best = result.best_metrics or {}
+    q = best.get("eval/Q")
+    q_text = f", Q={q:.3f}" if isinstance(q, int | float) else ""
+    click.echo(
+        f"run {run_id} {status}: epoch {result.last_epoch}, best epoch {result.best_epoch}{q_text}"
+        + (f" ({result.reason})" if result.reason else "")
+    )
+    return {"FINISHED": 0, "KILLED": EXIT_KILLED}.get(status, EXIT_FAILED)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="YAML config file (ignored with --resume-from: the run's config is used).",
+)
+@click.option("--epochs", type=_Blank(click.IntRange(min=1)), default=None)
+@click.option("--batch-size", type=_Blank(click.IntRange(min=1, max=19683)), default=None)
+@click.option("--lr", type=_Blank(click.FloatRange(min=0, min_open=True, max=1)), default=None)
+@click.option("--seed", type=_Blank(click.IntRange(min=0, max=2**31 - 1)), default=None)
+@click.option("--amp", type=_Blank(click.Choice(["auto", "bf16", "fp16", "off"])), default=None)
+@click.option(
+    "--device", type=_Blank(click.STRING), default=None, help="auto, cpu, cuda, cuda:N or mps."
+)
+@click.option(
+    "--resume-from",
+    type=_Blank(click.STRING),
+    default=None,
+    help="Run id whose checkpoints/last.pt to continue, in that same run.",
+)
+def cli(
+    config_path: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int | None,
+    amp: str | None,
+    device: str | None,
+    resume_from: str | None,
+) -> None:
+    """Train TernaryVAE and log everything to MLflow."""
+    overrides = _overrides(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp, device=device
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="tvae-train-"))
+    code = EXIT_FAILED
+    try:
+        resume_ckpt = None
+        try:
+            if resume_from:
+                config, resume_ckpt = _resume_config(resume_from, workdir, overrides)
+            else:
+                config = load_config(config_path or DEFAULT_CONFIG, overrides)
+            _check_runtime(config)
+        except (ConfigError, ValueError) as err:
+            _bad_input(str(err))
+        code = train(config, resume_from, resume_ckpt, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: click errors become one line (and a FAILED launcher run)."""
+    try:
+        cli.main(args=argv, prog_name="tvae-train", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        _bad_input(err.format_message())
+    except click.exceptions.Abort:
+        _fail_launcher_run("aborted")
+        sys.exit(EXIT_KILLED)
+
+
+if __name__ == "__main__":
+    main()

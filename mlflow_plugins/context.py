@@ -1,0 +1,113 @@
+"""Runtime tags (device, torch/CUDA versions, git commit) for every run, ours or a user's.
+
+`runtime_tags()` is what the train entry point sets on its run; `TVAERunContextProvider` is the
+same set registered under `mlflow.run_context_provider`, so a user's own `mlflow.start_run()`
+gets it too (MLflow does not call context providers for runs `mlflow run` creates).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking.context.abstract_context import RunContextProvider
+
+TAG_DEVICE = "device"
+TAG_DEVICE_NAME = "device.name"
+TAG_TORCH = "torch.version"
+TAG_CUDA = "cuda.version"
+TAG_AMP = "amp"
+TAG_GIT_COMMIT = "git.commit"
+TAG_CONFIG_NAME = "config.name"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_name() -> str | None:
+    """First GPU's name, via NVML when present (does not create a CUDA context)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            if pynvml.nvmlDeviceGetCount() > 0:
+                name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+                return name.decode() if isinstance(name, bytes) else str(name)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def git_commit(cwd: str | None = None) -> str | None:
+    """HEAD commit of the git checkout containing cwd, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha or None
+
+
+def runtime_tags(
+    device: str | None = None, device_name: str | None = None, amp: str | None = None
+) -> dict[str, str]:
+    """Tags describing where a run executes. Pass what the trainer resolved when known."""
+    tags: dict[str, str] = {}
+    try:
+        import torch
+
+        tags[TAG_TORCH] = torch.__version__
+        tags[TAG_CUDA] = torch.version.cuda or "none"
+    except ImportError:
+        pass
+    if device_name is None:
+        if device is None or device.startswith("cuda"):
+            device_name = _gpu_name()
+        if device_name is None:
+            device_name = _cpu_name()
+    if device is None:
+        device = "cuda" if _gpu_name() else "cpu"
+    tags[TAG_DEVICE] = device
+    tags[TAG_DEVICE_NAME] = device_name
+    if amp is not None:
+        tags[TAG_AMP] = amp
+    commit = git_commit()
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    return tags
+
+
+class TVAERunContextProvider(RunContextProvider):
+    """Adds device/torch/CUDA/git tags to runs started with the fluent `mlflow.start_run()`."""
+
+    def in_context(self) -> bool:
+        return True
+
+    def tags(self) -> dict[str, str]:
+        return runtime_tags()

@@ -1,0 +1,72 @@
+"""Small run helpers for training: readable names, experiment choice, resume look-ups."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from tvae.config import TVAEConfig
+
+LAST_CHECKPOINT = "checkpoints/last.pt"
+BEST_CHECKPOINT = "checkpoints/best.pt"
+STEP_KEY = "train/loss"  # logged every epoch, so its last step is the last finished epoch
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed; the message is one line saying why."""
+
+
+def format_lr(lr: float) -> str:
+    """8e-4 -> '8e-4', 1.25e-3 -> '1.25e-3' (short, file- and UI-friendly)."""
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def run_name(config: TVAEConfig) -> str:
+    """A readable run name such as 'v5.12.4-s0-lr8e-4'."""
+    return f"{config.name}-s{config.train.seed}-lr{format_lr(config.train.lr)}"
+
+
+def experiment_name(config: TVAEConfig) -> str:
+    """One experiment per config name unless MLFLOW_EXPERIMENT_NAME says otherwise."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or config.name
+
+
+def get_resumable_run(client: MlflowClient, run_id: str) -> Run:
+    """The run to continue; it must exist, be active and hold a last checkpoint."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ResumeError(f"--resume-from: no run with id '{run_id}'") from None
+    if run.info.lifecycle_stage != "active":
+        raise ResumeError(f"--resume-from: run '{run_id}' is deleted")
+    if run.info.status == "RUNNING":
+        raise ResumeError(f"--resume-from: run '{run_id}' is still RUNNING")
+    names = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
+    if LAST_CHECKPOINT not in names:
+        raise ResumeError(f"--resume-from: run '{run_id}' has no {LAST_CHECKPOINT} artifact")
+    return run
+
+
+def download_checkpoints(client: MlflowClient, run_id: str, workdir: Path) -> dict[str, Path]:
+    """Fetch the run's last.pt (and best.pt when present) into workdir/checkpoints."""
+    dst = workdir / "checkpoints"
+    dst.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    names = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
+    for kind, artifact in (("last", LAST_CHECKPOINT), ("best", BEST_CHECKPOINT)):
+        if artifact in names:
+            path = client.download_artifacts(run_id, artifact, str(workdir))
+            out[kind] = Path(path)
+    return out
+
+
+def last_logged_step(client: MlflowClient, run_id: str, key: str = STEP_KEY) -> int:
+    """Highest step of `key` on the run (0 when never logged)."""
+    history = client.get_metric_history(run_id, key)
+    return max((m.step for m in history), default=0)

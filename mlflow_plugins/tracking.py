@@ -1,0 +1,215 @@
+"""The MLflow side of training: a TrainLogger that logs to one run, and the run-level driver.
+
+Metrics go out as one asynchronous `log_batch` per epoch (step = epoch) so the training loop
+never waits on the store; checkpoints are copied aside (cheap, local) and uploaded by one
+background thread, newest-wins, so a slow artifact store does not stall epochs either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from mlflow_plugins.context import TAG_CONFIG_NAME, runtime_tags
+from tvae.callbacks import TrainLogger
+from tvae.config import TVAEConfig, config_to_yaml, flatten_config
+
+_log = logging.getLogger(__name__)
+
+TAG_FAILURE_REASON = "failure.reason"
+TAG_STATUS = "train.status"
+TAG_RESUMED_FROM_EPOCH = "resume.from_epoch"
+TAG_PARAMS_CHANGED = "resume.changed_params"
+CONFIG_ARTIFACT = "config.yaml"
+LOG_ARTIFACT = "training.log"
+SUMMARY_ARTIFACT = "training_summary.json"
+EVENTS_ARTIFACT = "events.json"
+_BATCH_LIMIT = 100  # MLflow's per-call param limit
+
+
+def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: Path) -> None:
+    """Dotted params + config YAML; keys already on the run (resume, `mlflow run`) are kept."""
+    existing = client.get_run(run_id).data.params
+    flat = flatten_config(config)
+    new = [Param(k, v) for k, v in flat.items() if k not in existing]
+    changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
+    for i in range(0, len(new), _BATCH_LIMIT):
+        client.log_batch(run_id, params=new[i : i + _BATCH_LIMIT])
+    if changed:
+        value = ",".join(f"{k}={flat[k]}" for k in changed)
+        client.set_tag(run_id, TAG_PARAMS_CHANGED, value[:5000])
+    path = workdir / CONFIG_ARTIFACT
+    path.write_text(config_to_yaml(config))
+    client.log_artifact(run_id, str(path))
+
+
+class MlflowTrainLogger(TrainLogger):
+    """Logs one training run's metrics, tags, checkpoints, console log and summary."""
+
+    def __init__(
+        self,
+        run_id: str,
+        workdir: Path,
+        client: MlflowClient | None = None,
+        synchronous: bool = False,
+    ) -> None:
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+        self.synchronous = synchronous
+        self.workdir = Path(workdir)
+        self._staging = self.workdir / ".upload"
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._pending_ops: list[Any] = []
+        self._uploads: list[Future] = []
+        self._latest: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvae-upload")
+        self._events: list[dict[str, Any]] = []
+        self._log_path = self.workdir / LOG_ARTIFACT
+        self._log_file = self._log_path.open("a", encoding="utf-8")
+        self.last_epoch = 0
+        self.summary: dict[str, Any] = {}
+
+    # -- TrainLogger callbacks -------------------------------------------------------------
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        tags = runtime_tags(
+            device=str(info.get("device")) if info.get("device") is not None else None,
+            device_name=info.get("device_name"),
+            amp=str(info.get("amp")) if info.get("amp") is not None else None,
+        )
+        config = info.get("config")
+        if isinstance(config, TVAEConfig):
+            tags[TAG_CONFIG_NAME] = config.name
+        start = int(info.get("start_epoch") or 0)
+        if start:
+            tags[TAG_RESUMED_FROM_EPOCH] = str(start)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(epoch)) for k, v in metrics.items()]
+        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=self.synchronous)
+        if op is not None:
+            self._pending_ops.append(op)
+        self.last_epoch = int(epoch)
+
+    def on_checkpoint(self, path: Path, epoch: int, kind: str) -> None:
+        path = Path(path)
+        stage = self._staging / f"{kind}-{epoch}-{time.monotonic_ns()}"
+        stage.mkdir(parents=True)
+        staged = stage / path.name
+        shutil.copy2(path, staged)  # the trainer may overwrite `path` while we upload
+        with self._lock:
+            generation = self._latest.get(kind, 0) + 1
+            self._latest[kind] = generation
+        self._uploads.append(self._uploader.submit(self._upload, staged, kind, generation))
+
+    def on_event(self, name: str, payload: dict[str, Any]) -> None:
+        self._events.append({"name": name, "epoch": self.last_epoch, "payload": payload})
+
+    def on_log_line(self, line: str) -> None:
+        self._log_file.write(line.rstrip("\n") + "\n")
+        self._log_file.flush()
+
+    def on_train_end(self, status: str, summary: dict[str, Any]) -> None:
+        self.summary = {"status": status, **summary}
+
+    # -- finishing ------------------------------------------------------------------------
+    def _upload(self, staged: Path, kind: str, generation: int) -> None:
+        try:
+            with self._lock:
+                superseded = self._latest.get(kind) != generation
+            if not superseded:
+                self.client.log_artifact(self.run_id, str(staged), "checkpoints")
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+    def flush(self) -> None:
+        """Wait for every pending metric batch and checkpoint upload; re-raise the first error."""
+        for op in self._pending_ops:
+            op.wait()
+        self._pending_ops.clear()
+        errors = [f.exception() for f in self._uploads]
+        self._uploads.clear()
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+
+    def close(self, summary_extra: dict[str, Any] | None = None) -> None:
+        """Flush, then upload training.log, training_summary.json and events.json."""
+        try:
+            self.flush()
+        finally:
+            self._uploader.shutdown(wait=True)
+            self._log_file.close()
+        summary = {**self.summary, **(summary_extra or {})}
+        (self.workdir / SUMMARY_ARTIFACT).write_text(json.dumps(summary, indent=2, default=str))
+        (self.workdir / EVENTS_ARTIFACT).write_text(json.dumps(self._events, default=str))
+        for name in (LOG_ARTIFACT, SUMMARY_ARTIFACT, EVENTS_ARTIFACT):
+            self.client.log_artifact(self.run_id, str(self.workdir / name))
+
+
+def result_summary(result: Any) -> dict[str, Any]:
+    """The JSON-able facts of a TrainResult for training_summary.json."""
+    keys = (
+        "status",
+        "reason",
+        "last_epoch",
+        "best_epoch",
+        "best_metrics",
+        "final_metrics",
+        "wall_seconds",
+        "samples_per_sec",
+    )
+    return {k: getattr(result, k, None) for k in keys}
+
+
+def train_in_run(
+    config: TVAEConfig,
+    run_id: str,
+    workdir: Path,
+    resume_checkpoint: Path | None = None,
+    client: MlflowClient | None = None,
+    on_trainer: Callable[[Any], None] | None = None,
+    log_model: bool = True,
+) -> Any:
+    """Train `config` inside the existing run `run_id`; return the TrainResult.
+
+    Logs params/config, streams metrics and checkpoints, then the summary, the log and the
+    best model (tags `model.id`, `model.uri`). The caller ends the run with result.status.
+    `on_trainer` receives the Trainer before fit (e.g. to hook SIGTERM to request_stop).
+    """
+    from tvae.train import Trainer
+
+    client = client or MlflowClient()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_config(client, run_id, config, workdir)
+    logger = MlflowTrainLogger(run_id, workdir, client)
+    trainer = Trainer(config, workdir, logger)
+    if on_trainer is not None:
+        on_trainer(trainer)
+    result = None
+    try:
+        result = trainer.fit(resume_checkpoint=resume_checkpoint)
+    finally:
+        # whatever happened, what was logged so far reaches the store
+        logger.close(result_summary(result) if result is not None else {})
+    if result.status == "FAILED":
+        client.set_tag(run_id, TAG_FAILURE_REASON, str(result.reason or "unknown")[:5000])
+    best = result.best_checkpoint
+    if log_model and best is not None and Path(best).is_file() and result.best_epoch:
+        from mlflow_plugins.model_logging import log_best_model
+
+        log_best_model(Path(best), int(result.best_epoch), run_id=run_id)
+    return result
