@@ -1,0 +1,224 @@
+"""`mlflow run . -e analyze -P run_id=...` / `tvae-analyze`: analyse a training run in place.
+
+Everything the user typed is validated (run exists and is not deleted, has metrics, the metric
+map names keys the run has, the thresholds YAML is valid) before anything is written. Then:
+history -> tvae.analysis -> (registry, when earned) -> tags + report + plots on the training run
+and on this analyze run. Any failure is one line and a non-zero exit; when `mlflow run` created
+an analyze run for us, that run is marked FAILED with the reason in tag `analysis.error`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from entrypoints._analyze_cli import BOOL, ERROR_TAG, OptionalStr, fail_own_run
+
+TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
+PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
+
+
+@dataclass
+class Inputs:
+    """Everything validated, ready to run."""
+
+    run: Any
+    roles: Any
+    thresholds: Any
+    register: bool
+    model_name: str
+    min_tier: str
+
+
+def parse_metric_map(text: str) -> dict[str, str]:
+    """'accuracy=val_acc,loss=train_loss' -> {role: key} (syntax only; roles checked later)."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        role, sep, key = (s.strip() for s in item.partition("="))
+        if not sep or not role or not key:
+            raise click.ClickException(f"--metric-map: '{item}' is not role=key")
+        pairs[role] = key
+    return pairs
+
+
+def validate(
+    client: Any,
+    run_id: str,
+    metric_map: str,
+    config: str,
+    register: bool,
+    model_name: str,
+    min_tier: str,
+) -> Inputs:
+    """Check every input against the tracking store; raise ClickException (one line) if bad."""
+    from mlflow.exceptions import MlflowException
+
+    from tvae.analysis import Roles, load_thresholds
+
+    if run_id == os.environ.get("MLFLOW_RUN_ID"):
+        raise click.ClickException("--run-id names this analyze run itself")
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise click.ClickException(
+            f"--run-id: no run '{run_id}' in {client.tracking_uri}"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise click.ClickException(f"--run-id: run '{run_id}' is deleted")
+    if not run.data.metrics:
+        raise click.ClickException(f"--run-id: run '{run_id}' has no metrics to analyse")
+    explicit = parse_metric_map(metric_map or "")
+    try:
+        roles = Roles.from_metric_map(metric_map) if metric_map else Roles()
+    except ValueError as err:
+        raise click.ClickException(f"--metric-map: {err}") from None
+    absent = sorted(f"{r}={k}" for r, k in explicit.items() if k not in run.data.metrics)
+    if absent:
+        raise click.ClickException(
+            f"--metric-map: run '{run_id}' has no metric for {', '.join(absent)}"
+        )
+    thresholds = None
+    if config:
+        if not os.path.isfile(config):
+            raise click.ClickException(f"--config: thresholds file not found: {config}")
+        try:
+            thresholds = load_thresholds(config)
+        except ValueError as err:
+            raise click.ClickException(f"--config: {err}") from None
+    if not model_name.strip():
+        raise click.ClickException("--model-name must not be blank")
+    return Inputs(run, roles, thresholds, register, model_name.strip(), min_tier)
+
+
+def _registry_step(client: Any, inputs: Inputs, report: Any, history: Any) -> Any:
+    from mlflow_plugins.evaluator import evaluate_model_uri
+    from mlflow_plugins.registry import RegistryOutcome, register_if_earned
+    from tvae.analysis import judge_tier
+
+    if not inputs.register:
+        return RegistryOutcome("skipped", "register=false", inputs.model_name)
+    return register_if_earned(
+        client,
+        inputs.run.info.run_id,
+        tier=report.tier.name,
+        min_tier=inputs.min_tier,
+        model_name=inputs.model_name,
+        history=history,
+        events=len(report.confirmed),
+        judge=lambda c, h, q: judge_tier(c, h, q, inputs.thresholds).name,
+        evaluate=evaluate_model_uri,
+    )
+
+
+def run_analysis(client: Any, inputs: Inputs, raw_params: dict[str, str]) -> str:
+    """Analyse, maybe register, write everything; returns the printed summary."""
+    import mlflow
+
+    from mlflow_plugins.analysis_writer import SOURCE_RUN_TAG, write_analysis
+    from mlflow_plugins.history import load_history
+    from tvae.analysis import analyze
+    from tvae.analysis.plots import plot_report
+
+    run = inputs.run
+    source_id = run.info.run_id
+    started = time.perf_counter()
+    history, system = load_history(client, source_id)
+    report = analyze(
+        history, inputs.roles, inputs.thresholds, system=system, run_status=run.info.status
+    )
+    figures = plot_report(history, report, inputs.roles)
+    own_id = os.environ.get("MLFLOW_RUN_ID")
+    start_kwargs = {"run_id": own_id} if own_id else {"experiment_id": run.info.experiment_id}
+    with mlflow.start_run(run_name=f"analyze-{run.info.run_name or source_id[:8]}", **start_kwargs):
+        active = mlflow.active_run().info.run_id
+        try:
+            have = client.get_run(active).data.params
+            todo = {k: v for k, v in raw_params.items() if k not in have}
+            if todo:
+                mlflow.log_params(todo)
+            mlflow.set_tag(SOURCE_RUN_TAG, source_id)
+            outcome = _registry_step(client, inputs, report, history)
+            report_dict = report.to_dict()
+            report_dict["registry"] = outcome.to_dict()
+            report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
+            write_analysis(client, source_id, active, report_dict, report.tags(), figures)
+            mlflow.log_metric("analysis/seconds", time.perf_counter() - started)
+        except Exception as err:
+            mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+            raise
+    return _summary(run, report, outcome, active)
+
+
+def _summary(run: Any, report: Any, outcome: Any, analyze_run_id: str) -> str:
+    lines = [f"Training run {run.info.run_id} ({run.info.status})"]
+    if run.info.status == "RUNNING":
+        lines.append("  run is still RUNNING: this is the analysis so far")
+    lines.append(report.summary())
+    registry = f"Registry: {outcome.action} - {outcome.reason}"
+    if outcome.version:
+        registry += f" ({outcome.model_name} v{outcome.version})"
+    lines.append(registry)
+    for alias, why in outcome.aliases.items():
+        lines.append(f"  alias {alias} -> v{outcome.version}: {why}")
+    lines.append(f"Analysis written by run {analyze_run_id}")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run-id", required=True, type=OptionalStr(), help="training run to analyse")
+@click.option("--metric-map", default="", type=OptionalStr(), help="role=key,... for other runs")
+@click.option("--config", default="", type=OptionalStr(), help="detection thresholds YAML")
+@click.option("--register", default="", type=BOOL, help="register the model if earned")
+@click.option("--model-name", default="", type=OptionalStr(), help="registered model name")
+@click.option(
+    "--min-tier", default="", type=OptionalStr(choices=TIERS), help="tier needed to register"
+)
+def main(
+    run_id: str,
+    metric_map: str,
+    config: str,
+    register: bool | None,
+    model_name: str,
+    min_tier: str,
+) -> None:
+    """Analyse a training run: grokking events, phases, tier, plots; register if earned."""
+    from mlflow.tracking import MlflowClient
+
+    raw = dict(zip(PARAM_NAMES, (run_id, metric_map, config), strict=False))
+    raw.update(
+        register="true" if register in (None, True) else "false",
+        model_name=model_name or "TernaryVAE",
+        min_tier=min_tier or "Good",
+    )
+    try:
+        if not run_id:
+            raise click.ClickException("--run-id is required")
+        client = MlflowClient()
+        inputs = validate(
+            client,
+            run_id,
+            metric_map,
+            config,
+            register is not False,
+            model_name or "TernaryVAE",
+            min_tier or "Good",
+        )
+        summary = run_analysis(client, inputs, raw)
+    except click.ClickException as err:
+        fail_own_run(err.format_message())
+        raise
+    except Exception as err:  # noqa: BLE001 - one line for the user, FAILED for the run
+        message = (
+            f"analysis failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        )
+        fail_own_run(message)
+        raise click.ClickException(message) from err
+    click.echo(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Put an analysis onto MLflow runs: tags + `analysis/report.json` + PNG plots.
+
+Writing *replaces* the previous analysis of the training run instead of piling up: tags of the
+contract that the new report does not set (e.g. `grokking.first_epoch` once no event is
+confirmed) are deleted, artifacts of the same name are overwritten and stale files under
+`analysis/` are removed where the artifact store can delete. Artifacts go first and tags last,
+so the tags (what the UI shows and what `analysis.run_id` points at) only ever describe a
+report that is already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
+
+ARTIFACT_DIR = "analysis"
+REPORT_FILE = "report.json"
+ANALYSIS_RUN_TAG = "analysis.run_id"
+SOURCE_RUN_TAG = "analysis.source_run_id"
+ERROR_TAG = "analysis.error"
+# Every tag an analysis may own on the training run (DESIGN.md tag contract).
+CONTRACT_TAGS = (
+    "grokking.events",
+    "grokking.first_epoch",
+    "grokking.severity",
+    "grokking.rejected",
+    "phases.count",
+    "phases.boundaries",
+    "tier",
+    ANALYSIS_RUN_TAG,
+)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON; write them as strings so report.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def render_artifacts(report_dict: dict[str, Any], figures: Mapping[str, Any], folder: Path) -> None:
+    """Write report.json and one PNG per figure into `folder` (created), closing the figures."""
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(report_dict), indent=2, sort_keys=False, allow_nan=False)
+    (folder / REPORT_FILE).write_text(text + "\n")
+    for name, fig in figures.items():
+        filename = name if name.endswith(".png") else f"{name}.png"
+        fig.savefig(folder / filename, dpi=100)
+        plt.close(fig)
+
+
+def _delete_stale_artifacts(client: MlflowClient, run_id: str, keep: set[str]) -> list[str]:
+    """Remove files under analysis/ that the new analysis did not write; best effort."""
+    stale = [
+        f.path
+        for f in client.list_artifacts(run_id, ARTIFACT_DIR)
+        if not f.is_dir and Path(f.path).name not in keep
+    ]
+    if not stale:
+        return []
+    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    removed = []
+    for path in stale:
+        try:
+            repo.delete_artifacts(path)
+            removed.append(path)
+        except Exception:  # noqa: BLE001 - stores without delete support keep the old file
+            pass
+    return removed
+
+
+def replace_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set `tags` on the run and delete contract tags that the new analysis does not set."""
+    current = client.get_run(run_id).data.tags
+    for key in CONTRACT_TAGS:
+        if key in current and key not in tags:
+            client.delete_tag(run_id, key)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def write_training_run(
+    client: MlflowClient,
+    run_id: str,
+    folder: Path,
+    tags: Mapping[str, Any],
+) -> None:
+    """Replace the analysis stored on the training run with the rendered `folder` and `tags`."""
+    client.log_artifacts(run_id, str(folder), ARTIFACT_DIR)
+    _delete_stale_artifacts(client, run_id, {p.name for p in folder.iterdir()})
+    replace_tags(client, run_id, tags)
+
+
+def write_analysis(
+    client: MlflowClient,
+    training_run_id: str,
+    analyze_run_id: str,
+    report_dict: dict[str, Any],
+    tags: Mapping[str, Any],
+    figures: Mapping[str, Any],
+) -> None:
+    """Store one analysis on both runs: the training run (replacing) and the analyze run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT_DIR
+        render_artifacts(report_dict, figures, folder)
+        write_training_run(
+            client, training_run_id, folder, {**tags, ANALYSIS_RUN_TAG: analyze_run_id}
+        )
+        client.log_artifacts(analyze_run_id, str(folder), ARTIFACT_DIR)
+    client.log_batch(
+        analyze_run_id,
+        tags=[RunTag(SOURCE_RUN_TAG, training_run_id)]
+        + [RunTag(k, str(v)) for k, v in tags.items()],
+    )

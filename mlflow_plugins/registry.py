@@ -1,0 +1,290 @@
+"""Model Registry rules (DESIGN.md): register once per run, `candidate` and `champion` aliases.
+
+`candidate` always points at the newest registered version. `champion` moves only to a version
+that is strictly better: higher Q, then (on a tie) lower hierarchy_B, then higher coverage.
+Every alias move is written as version tags with its reason, so the registry itself tells why a
+version holds (or lost) an alias. Stages are deprecated and never used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+DEFAULT_MODEL_NAME = "TernaryVAE"
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+MODEL_URI_TAG = "model.uri"
+VALUE_KEYS = ("coverage", "hierarchy_B", "Q", "richness")
+TIER_ORDER = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
+
+
+@dataclass
+class RegistryOutcome:
+    """What the registry step did, for the report and the printed summary."""
+
+    action: str  # registered | already_registered | skipped | blocked
+    reason: str
+    model_name: str = DEFAULT_MODEL_NAME
+    version: str | None = None
+    model_uri: str | None = None
+    evaluated: dict[str, float] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> why it moved
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tier_at_least(tier: str, minimum: str) -> bool:
+    """Tier comparison by TIER_ORDER; unknown names rank below None."""
+    rank = {name: i for i, name in enumerate(TIER_ORDER)}
+    return rank.get(tier, -1) >= rank[minimum]
+
+
+def rank_key(values: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Sort key where larger is better: (Q, -hierarchy_B, coverage); missing/NaN ranks last."""
+
+    def num(key: str, sign: float) -> float:
+        try:
+            x = float(values[key])
+        except (KeyError, TypeError, ValueError):
+            return -math.inf
+        return -math.inf if math.isnan(x) else sign * x
+
+    return num("Q", 1.0), num("hierarchy_B", -1.0), num("coverage", 1.0)
+
+
+def strictly_better(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    return rank_key(new) > rank_key(old)
+
+
+def find_model_uri(client: MlflowClient, run_id: str) -> str | None:
+    """The run's logged model: tag `model.uri`, else its newest MLflow 3 logged model."""
+    run = client.get_run(run_id)
+    uri = run.data.tags.get(MODEL_URI_TAG)
+    if uri:
+        return uri
+    try:
+        models = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}'",
+        )
+    except MlflowException:
+        return None
+    if not models:
+        return None
+    newest = max(models, key=lambda m: m.creation_timestamp or 0)
+    return newest.model_uri
+
+
+def versions_of_run(client: MlflowClient, model_name: str, run_id: str) -> list[ModelVersion]:
+    """Versions of `model_name` registered from `run_id` (empty when the model does not exist)."""
+    try:
+        found = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return []
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _ensure_model(client: MlflowClient, model_name: str) -> None:
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                model_name, description="TernaryVAE models registered by tvae-analyze"
+            )
+        except MlflowException as err:  # created concurrently by another analyze
+            if "already exists" not in str(err).lower():
+                raise
+
+
+def register_version(
+    client: MlflowClient,
+    model_name: str,
+    run_id: str,
+    model_uri: str,
+    tags: Mapping[str, Any],
+) -> ModelVersion:
+    """Create one model version from `model_uri` with string tags (caller checked it is new)."""
+    _ensure_model(client, model_name)
+    model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(
+        model_name,
+        source=model_uri,
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items()},
+        model_id=model_id,
+    )
+    deadline = time.monotonic() + 60
+    while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        version = client.get_model_version(model_name, version.version)
+    return version
+
+
+def _version_values(version: ModelVersion) -> dict[str, str]:
+    return {k: version.tags[k] for k in VALUE_KEYS if k in version.tags}
+
+
+def _alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def move_alias(
+    client: MlflowClient, model_name: str, alias: str, version: str, reason: str
+) -> None:
+    """Point `alias` at `version`, tagging the new holder and the previous one with why."""
+    previous = _alias_version(client, model_name, alias)
+    client.set_registered_model_alias(model_name, alias, version)
+    client.set_model_version_tag(model_name, version, f"alias.{alias}", f"{_stamp()} {reason}")
+    if previous is not None and previous.version != version:
+        client.set_model_version_tag(
+            model_name,
+            previous.version,
+            f"alias.{alias}.lost",
+            f"{_stamp()} to version {version}: {reason}",
+        )
+
+
+def update_aliases(client: MlflowClient, model_name: str, version: ModelVersion) -> dict[str, str]:
+    """After registering `version`: candidate moves to it; champion only if strictly better."""
+    moved = {CANDIDATE: "newest registered version"}
+    move_alias(client, model_name, CANDIDATE, version.version, moved[CANDIDATE])
+    champion = _alias_version(client, model_name, CHAMPION)
+    new_values = _version_values(version)
+    if champion is None:
+        reason = "first registered version"
+    elif strictly_better(new_values, _version_values(champion)):
+        old = _version_values(champion)
+        reason = (
+            f"better than version {champion.version} "
+            f"(Q {new_values.get('Q')} vs {old.get('Q')}, "
+            f"hierarchy_B {new_values.get('hierarchy_B')} vs {old.get('hierarchy_B')}, "
+            f"coverage {new_values.get('coverage')} vs {old.get('coverage')})"
+        )
+    else:
+        client.set_model_version_tag(
+            model_name,
+            version.version,
+            f"alias.{CHAMPION}.refused",
+            f"{_stamp()} not strictly better than champion version {champion.version}",
+        )
+        return moved
+    move_alias(client, model_name, CHAMPION, version.version, reason)
+    moved[CHAMPION] = reason
+    return moved
+
+
+class PromoteError(ValueError):
+    """A manual promotion was refused; the message is one line saying why."""
+
+
+def promote(client: MlflowClient, model_name: str, version: str, min_tier: str, force: bool) -> str:
+    """Move `champion` to `version` by hand; refuse versions below `min_tier` unless forced."""
+    try:
+        mv = client.get_model_version(model_name, version)
+    except MlflowException:
+        raise PromoteError(f"model '{model_name}' has no version '{version}'") from None
+    tier = mv.tags.get("tier", "None")
+    if not tier_at_least(tier, min_tier) and not force:
+        raise PromoteError(
+            f"version {version} has tier {tier}, below min_tier {min_tier} (use --force true)"
+        )
+    reason = f"promoted by hand (tier {tier}{', forced' if force else ''})"
+    move_alias(client, model_name, CHAMPION, version, reason)
+    return reason
+
+
+# Tolerances for "the re-evaluated model reproduces its logged metrics" (CPU vs training device).
+MATCH_TOLERANCE = {"coverage": 1e-3, "hierarchy_B": 5e-3, "Q": 1e-2, "richness": 1e-3}
+MODEL_STEP_TAG = "model.step"
+
+
+def logged_values(client: MlflowClient, run_id: str, history: Any) -> dict[str, float] | None:
+    """eval/* values at the logged model's step (tag model.step, else the last epoch)."""
+    columns = [f"eval/{k}" for k in VALUE_KEYS]
+    if history is None or any(c not in history.columns for c in columns):
+        return None
+    frame = history[columns].dropna(how="all")
+    if frame.empty:
+        return None
+    step_tag = client.get_run(run_id).data.tags.get(MODEL_STEP_TAG, "")
+    step = int(step_tag) if step_tag.isdigit() and int(step_tag) in frame.index else None
+    row = frame.loc[step] if step is not None else frame.iloc[-1]
+    return {k: float(row[f"eval/{k}"]) for k in VALUE_KEYS}
+
+
+def mismatches(evaluated: Mapping[str, float], logged: Mapping[str, float]) -> list[str]:
+    """Human-readable differences beyond MATCH_TOLERANCE between evaluated and logged values."""
+    out = []
+    for key, tol in MATCH_TOLERANCE.items():
+        a, b = float(evaluated.get(key, math.nan)), float(logged.get(key, math.nan))
+        if not math.isclose(a, b, rel_tol=0.02, abs_tol=tol):
+            out.append(f"{key} evaluated {a:.5g} vs logged {b:.5g}")
+    return out
+
+
+def register_if_earned(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    tier: str,
+    min_tier: str,
+    model_name: str,
+    history: Any,
+    events: int,
+    judge: Any,
+    evaluate: Any,
+) -> RegistryOutcome:
+    """Register the run's model when its tier meets `min_tier`, confirmed by re-evaluation.
+
+    `judge(coverage, hierarchy, quality)` returns the tier name of values; `evaluate(model_uri)`
+    returns the model's freshly computed metrics (coverage, hierarchy_B, Q, richness, ...).
+    """
+    out = RegistryOutcome(action="skipped", reason="", model_name=model_name)
+    if not tier_at_least(tier, min_tier):
+        out.reason = f"tier {tier} is below min_tier {min_tier}"
+        return out
+    existing = versions_of_run(client, model_name, run_id)
+    if existing:
+        out.action, out.version = "already_registered", existing[0].version
+        out.reason = f"run already registered as {model_name} version {existing[0].version}"
+        return out
+    out.model_uri = find_model_uri(client, run_id)
+    if out.model_uri is None:
+        out.reason = "run has no logged model"
+        return out
+    logged = logged_values(client, run_id, history)
+    if logged is None:
+        out.reason = "run has no eval/coverage, eval/hierarchy_B, eval/Q, eval/richness history"
+        return out
+    out.evaluated = evaluate(out.model_uri)
+    confirmed = judge(out.evaluated["coverage"], out.evaluated["hierarchy_B"], out.evaluated["Q"])
+    diffs = mismatches(out.evaluated, logged)
+    if diffs or not tier_at_least(confirmed, min_tier):
+        out.action = "blocked"
+        detail = "; ".join(diffs) if diffs else f"re-evaluated tier {confirmed} < {min_tier}"
+        out.reason = f"re-evaluation does not confirm the logged metrics: {detail}"
+        return out
+    tags = {k: f"{out.evaluated[k]:.6g}" for k in VALUE_KEYS}
+    tags.update({"tier": confirmed, "source_run": run_id, "grokking.events": str(events)})
+    version = register_version(client, model_name, run_id, out.model_uri, tags)
+    out.action, out.version = "registered", version.version
+    out.reason = f"tier {confirmed} confirmed by re-evaluating {out.model_uri}"
+    out.aliases = update_aliases(client, model_name, version)
+    return out

@@ -1,0 +1,69 @@
+"""load_history against a real SQLite store: every key, every step, NaN/inf kept, system split."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from mlflow_plugins.history import load_history
+
+
+def _log(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def test_every_key_every_step_with_nan_inf_duplicates_and_system(tracking_uri):
+    client = MlflowClient()
+    ts = int(time.time() * 1000)
+    loss = {e: 1.0 / e for e in range(1, 31)}
+    metrics = [Metric("train/loss", v, ts + e, e) for e, v in loss.items()]
+    metrics += [Metric("eval/coverage", 0.5, ts, 10), Metric("eval/coverage", 0.75, ts + 5, 10)]
+    metrics += [Metric("eval/Q", math.nan, ts, 3), Metric("eval/Q", math.inf, ts, 4)]
+    metrics += [
+        Metric("eval/Q", -math.inf, ts, 5),
+        Metric("system/cpu_utilization_percentage", 12.5, ts, 0),
+    ]
+    with mlflow.start_run() as run:
+        _log(client, run.info.run_id, metrics)
+    history, system = load_history(client, run.info.run_id)
+
+    assert sorted(history.columns) == ["eval/Q", "eval/coverage", "train/loss"]
+    assert list(system.columns) == ["system/cpu_utilization_percentage"]
+    assert history.index.name == "epoch" and list(history.index) == list(range(1, 31))
+    assert np.allclose(history["train/loss"].to_numpy(), list(loss.values()))
+    assert history.loc[10, "eval/coverage"] == 0.75  # the later of two values at one step
+    assert history["eval/coverage"].notna().sum() == 1
+    assert math.isnan(history.loc[3, "eval/Q"])
+    assert history.loc[4, "eval/Q"] == math.inf and history.loc[5, "eval/Q"] == -math.inf
+    assert system.loc[0, "system/cpu_utilization_percentage"] == 12.5
+
+
+def test_fast_path_equals_public_client_path_across_pages(tracking_uri):
+    """25,200 steps: more than one 25,000-row page of get_metric_history."""
+    client = MlflowClient()
+    ts = int(time.time() * 1000)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=25_200)
+    metrics = [Metric("a", float(v), ts, s) for s, v in enumerate(values)]
+    metrics += [Metric("b", float(s), ts, s) for s in range(0, 25_200, 7)]
+    with mlflow.start_run() as run:
+        _log(client, run.info.run_id, metrics)
+    fast, _ = load_history(client, run.info.run_id)
+    slow, _ = load_history(client, run.info.run_id, fast=False)
+    pd.testing.assert_frame_equal(fast, slow)
+    assert len(fast) == 25_200 and np.array_equal(fast["a"].to_numpy(), values)
+    assert fast["b"].notna().sum() == len(range(0, 25_200, 7))
+
+
+def test_run_without_metrics_gives_empty_frames(tracking_uri):
+    with mlflow.start_run() as run:
+        pass
+    history, system = load_history(MlflowClient(), run.info.run_id)
+    assert history.empty and system.empty
