@@ -1,0 +1,101 @@
+"""Registry rules on a real SQLite registry: candidate/champion aliases, manual promotion."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from entrypoints.promote import main as promote_main
+from mlflow_plugins import registry
+
+NAME = "TernaryVAE"
+
+
+def _version(client: MlflowClient, q: float, h: float, cov: float, tier: str = "Good") -> str:
+    with mlflow.start_run() as run:
+        pass
+    tags = {"Q": q, "hierarchy_B": h, "coverage": cov, "tier": tier}
+    mv = registry.register_version(
+        client, NAME, run.info.run_id, f"runs:/{run.info.run_id}/model", tags
+    )
+    registry.update_aliases(client, NAME, mv)
+    return mv.version
+
+
+def _alias(client: MlflowClient, alias: str) -> str:
+    return client.get_model_version_by_alias(NAME, alias).version
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "better"),
+    [
+        ({"Q": 2.1, "hierarchy_B": -0.7, "coverage": 0.9}, {"Q": 2.0, "hierarchy_B": -0.8}, True),
+        ({"Q": 2.0, "hierarchy_B": -0.81, "coverage": 0.9}, {"Q": 2.0, "hierarchy_B": -0.8}, True),
+        (
+            {"Q": 2.0, "hierarchy_B": -0.8, "coverage": 0.99},
+            {"Q": 2.0, "hierarchy_B": -0.8, "coverage": 0.98},
+            True,
+        ),
+        (
+            {"Q": 2.0, "hierarchy_B": -0.8, "coverage": 1},
+            {"Q": 2.0, "hierarchy_B": -0.8, "coverage": 1},
+            False,
+        ),
+        ({"Q": "nan"}, {"Q": 0.1}, False),
+        ({"Q": 0.1}, {}, True),
+    ],
+)
+def test_strictly_better_orders_q_then_hierarchy_then_coverage(new, old, better):
+    assert registry.strictly_better(new, old) is better
+
+
+def test_champion_moves_only_to_strictly_better_and_candidate_to_newest(tracking_uri):
+    client = MlflowClient()
+    v1 = _version(client, 2.0, -0.80, 0.99)
+    assert _alias(client, "champion") == v1 == _alias(client, "candidate")
+    v2 = _version(client, 1.9, -0.82, 1.0)  # worse Q: not champion
+    assert _alias(client, "candidate") == v2 and _alias(client, "champion") == v1
+    assert "alias.champion.refused" in client.get_model_version(NAME, v2).tags
+    v3 = _version(client, 2.0, -0.80, 0.99)  # equal: not strictly better
+    assert _alias(client, "champion") == v1 and _alias(client, "candidate") == v3
+    v4 = _version(client, 2.0, -0.81, 0.95)  # same Q, better hierarchy
+    assert _alias(client, "champion") == v4
+    tags_v4 = client.get_model_version(NAME, v4).tags
+    tags_v1 = client.get_model_version(NAME, v1).tags
+    assert "better than version" in tags_v4["alias.champion"]
+    assert f"to version {v4}" in tags_v1["alias.champion.lost"]
+    assert [mv.version for mv in registry.versions_of_run(client, NAME, "nope")] == []
+
+
+def test_promote_cli_refuses_low_tier_unless_forced(tracking_uri):
+    client = MlflowClient()
+    v1 = _version(client, 2.5, -0.82, 1.0, tier="Excellent")
+    v2 = _version(client, 0.5, -0.2, 0.5, tier="None")
+    runner = CliRunner()
+    refused = runner.invoke(promote_main, ["--version", v2, "--min-tier", "Good"])
+    assert refused.exit_code != 0 and "below min_tier Good" in refused.output
+    assert _alias(client, "champion") == v1
+    forced = runner.invoke(promote_main, ["--version", v2, "--force", "true"])
+    assert forced.exit_code == 0, forced.output
+    assert _alias(client, "champion") == v2
+    assert "forced" in client.get_model_version(NAME, v2).tags["alias.champion"]
+    assert "alias.champion.lost" in client.get_model_version(NAME, v1).tags
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--version", "99"], "has no version '99'"),
+        (["--version", "abc"], "positive integer"),
+        (["--version", "1", "--min-tier", "Great"], "not one of"),
+        (["--version", "1", "--force", "maybe"], "not true or false"),
+    ],
+)
+def test_promote_cli_bad_input_is_one_line_error(tracking_uri, args, message):
+    _version(MlflowClient(), 2.0, -0.8, 1.0)
+    result = CliRunner().invoke(promote_main, args)
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0]
