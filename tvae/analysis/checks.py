@@ -1,0 +1,142 @@
+"""Infrastructure checks (seed: GPU util >80%, peak VRAM <95%, >2000 samples/s, no NaN/Inf,
+run finished); each is pass / fail / "not measured" with the value it was judged on."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from tvae.analysis.thresholds import Thresholds
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "pass" | "fail" | "not measured"
+    value: float | str | None
+    threshold: str
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _cols(frames: list[pd.DataFrame], pattern: str) -> list[np.ndarray]:
+    out = []
+    for f in frames:
+        for c in f.columns:
+            if fnmatch.fnmatchcase(c, pattern):
+                v = pd.to_numeric(f[c], errors="coerce").to_numpy(dtype=float)
+                v = v[np.isfinite(v)]
+                if len(v):
+                    out.append(v)
+    return out
+
+
+def run_checks(
+    history: pd.DataFrame,
+    system: pd.DataFrame | None,
+    nonfinite: dict[str, list[tuple[float, float]]],
+    run_status: str | None,
+    t: Thresholds,
+) -> list[Check]:
+    frames = [history] + ([system] if system is not None and len(system.columns) else [])
+    checks: list[Check] = []
+
+    util = _cols(frames, "system/gpu_*utilization_percentage")
+    if util:
+        v = float(np.mean([u.mean() for u in util]))
+        ok = v > t.gpu_utilization_min
+        checks.append(
+            Check(
+                "gpu_utilization",
+                "pass" if ok else "fail",
+                round(v, 2),
+                f"> {t.gpu_utilization_min:g}%",
+                f"mean over {len(util)} GPU(s)",
+            )
+        )
+    else:
+        checks.append(
+            Check("gpu_utilization", "not measured", None, f"> {t.gpu_utilization_min:g}%")
+        )
+
+    frac = _cols(frames, "perf/gpu_mem_peak_frac")
+    pct = _cols(frames, "system/gpu_*memory_usage_percentage")
+    if frac or pct:
+        peaks = [f.max() for f in frac] + [p.max() / 100.0 for p in pct]
+        v = float(max(peaks))
+        checks.append(
+            Check(
+                "peak_vram",
+                "pass" if v < t.vram_peak_max else "fail",
+                round(v, 4),
+                f"< {t.vram_peak_max:g}",
+            )
+        )
+    else:
+        checks.append(Check("peak_vram", "not measured", None, f"< {t.vram_peak_max:g}"))
+
+    sps = _cols(frames, "perf/samples_per_sec")
+    if sps:
+        v = float(np.median(sps[0]))
+        ok = v > t.samples_per_sec_min
+        checks.append(
+            Check(
+                "samples_per_sec",
+                "pass" if ok else "fail",
+                round(v, 1),
+                f"> {t.samples_per_sec_min:g}",
+                "median over epochs",
+            )
+        )
+    else:
+        checks.append(
+            Check("samples_per_sec", "not measured", None, f"> {t.samples_per_sec_min:g}")
+        )
+
+    metric_cols = [c for c in history.columns if not c.startswith("system/")]
+    if metric_cols:
+        bad = {k: v for k, v in nonfinite.items() if k in metric_cols}
+        note = "; ".join(f"{k} at {a:g}-{b:g}" for k, s in bad.items() for a, b in s[:1])
+        checks.append(
+            Check(
+                "no_nan_inf",
+                "fail" if bad else "pass",
+                len(bad),
+                "no NaN/Inf in logged metrics",
+                note,
+            )
+        )
+    else:
+        checks.append(Check("no_nan_inf", "not measured", None, "no NaN/Inf in logged metrics"))
+
+    secs = _cols(frames, "perf/epoch_seconds")
+    lim = t.max_duration_hours
+    thr = "no limit" if lim is None else f"<= {lim:g} h"
+    if secs:
+        hours = float(secs[0].sum() / 3600.0)
+        ok = lim is None or hours <= lim
+        checks.append(
+            Check(
+                "duration",
+                "pass" if ok else "fail",
+                round(hours, 4),
+                thr,
+                "sum of perf/epoch_seconds, hours",
+            )
+        )
+    else:
+        checks.append(Check("duration", "not measured", None, thr))
+
+    if run_status:
+        ok = run_status.upper() == "FINISHED"
+        checks.append(
+            Check("run_finished", "pass" if ok else "fail", run_status.upper(), "FINISHED")
+        )
+    else:
+        checks.append(Check("run_finished", "not measured", None, "FINISHED"))
+    return checks

@@ -1,0 +1,88 @@
+"""Confound evidence: scheduled control changes, NaN/Inf stretches, logging precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tvae.analysis.roles import LOG_ROLES
+from tvae.analysis.thresholds import Thresholds
+
+
+@dataclass(frozen=True)
+class ControlChange:
+    """A scheduled control signal (LR, LR phase, freeze, geodesic switch) changing value."""
+
+    key: str
+    epoch: float
+    before: float
+    after: float
+
+
+def control_changes(
+    history: pd.DataFrame, keys: list[str], lr_key: str | None, t: Thresholds
+) -> list[ControlChange]:
+    """Step changes of every control column; the LR counts only relative jumps > lr_change_rel
+    so smooth (cosine, warm-up) schedules do not mark every epoch."""
+    out: list[ControlChange] = []
+    epochs = history.index.to_numpy(dtype=float)
+    for key in keys:
+        col = history[key].to_numpy(dtype=float)
+        ok = np.isfinite(col)
+        e, v = epochs[ok], col[ok]
+        if len(v) < 2:
+            continue
+        prev, cur = v[:-1], v[1:]
+        if key == lr_key:
+            denom = np.maximum(np.abs(prev), 1e-30)
+            changed = np.abs(cur - prev) / denom > t.lr_change_rel
+        else:
+            changed = cur != prev
+        for i in np.nonzero(changed)[0]:
+            out.append(ControlChange(key, float(e[i + 1]), float(prev[i]), float(cur[i])))
+    out.sort(key=lambda c: c.epoch)
+    return out
+
+
+def nonfinite_stretches(history: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
+    """Per column, epoch ranges holding logged NaN/Inf.
+
+    Inf is always a logged value. NaN is ambiguous (an un-logged epoch reads as NaN), so it
+    counts only in densely logged columns (finite at >= 90% of rows within its span).
+    """
+    out: dict[str, list[tuple[float, float]]] = {}
+    epochs = history.index.to_numpy(dtype=float)
+    for key in history.columns:
+        col = history[key].to_numpy(dtype=float)
+        fin = np.isfinite(col)
+        if not fin.any():
+            continue
+        first, last = np.argmax(fin), len(fin) - 1 - np.argmax(fin[::-1])
+        span = slice(first, last + 1)
+        bad = np.isinf(col)
+        if fin[span].mean() >= 0.9:
+            bad = bad | np.isnan(col)
+            bad[:first] = False
+        if not bad.any():
+            continue
+        edges = np.diff(np.concatenate([[0], bad.astype(np.int8), [0]]))
+        starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
+        out[key] = [(float(epochs[a]), float(epochs[b])) for a, b in zip(starts, ends, strict=True)]
+    return out
+
+
+def nonfinite_in(stretches: list[tuple[float, float]], a: float, b: float):
+    """The first stretch overlapping [a, b], or None."""
+    for s0, s1 in stretches:
+        if s1 >= a and s0 <= b:
+            return (s0, s1)
+    return None
+
+
+def quantised_jump(q: float | None, size: float, role: str, t: Thresholds) -> bool:
+    """True when the jump is only a few logging steps of a quantised metric."""
+    if q is None or role in LOG_ROLES:
+        return False
+    return size <= t.quantised_max_steps * q + 1e-12

@@ -1,0 +1,90 @@
+"""``analyze()``: one pass over a run's metric history -> AnalysisReport."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tvae.analysis.checks import run_checks
+from tvae.analysis.confounds import control_changes, nonfinite_stretches
+from tvae.analysis.grokking import detect_candidates
+from tvae.analysis.phases import detect_phases
+from tvae.analysis.questions import answer_questions
+from tvae.analysis.report import AnalysisReport
+from tvae.analysis.roles import Roles
+from tvae.analysis.thresholds import Thresholds
+from tvae.analysis.tiers import judge_tier
+
+
+def _clean(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Numeric metrics sorted by epoch (duplicates: last wins), and the ``system/`` columns."""
+    if not isinstance(history, pd.DataFrame):
+        raise TypeError("history must be a pandas DataFrame (index = epoch)")
+    df = history.copy()
+    df.index = pd.to_numeric(pd.Index(df.index), errors="coerce")
+    df = df[~np.isnan(df.index.to_numpy(dtype=float))] if len(df) else df
+    df = df.apply(pd.to_numeric, errors="coerce") if len(df.columns) else df
+    df = df[~df.index.duplicated(keep="last")].sort_index()
+    df.index.name = "epoch"
+    sys_cols = [c for c in df.columns if str(c).startswith("system/")]
+    return df.drop(columns=sys_cols), df[sys_cols]
+
+
+def _tier(hist: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
+    keys = [roles.accuracy, roles.hierarchy, roles.quality]
+    if not all(k and k in present for k in keys):
+        return None, None
+    final, best, fe, be = [], [], {}, {}
+    for name, k, pick in (
+        ("coverage", keys[0], "max"),
+        ("hierarchy", keys[1], "min"),
+        ("quality", keys[2], "max"),
+    ):
+        s = hist[k].replace([np.inf, -np.inf], np.nan).dropna()
+        final.append(float(s.iloc[-1]))
+        fe[name] = float(s.index[-1])
+        idx = s.idxmax() if pick == "max" else s.idxmin()
+        best.append(float(s.loc[idx]))
+        be[name] = float(idx)
+    return (
+        judge_tier(*final, t, basis="final", epochs=fe),
+        judge_tier(*best, t, basis="best", epochs=be),
+    )
+
+
+def analyze(
+    history: pd.DataFrame,
+    roles: Roles | None = None,
+    thresholds: Thresholds | None = None,
+    *,
+    system: pd.DataFrame | None = None,
+    run_status: str | None = None,
+) -> AnalysisReport:
+    """Grokking events, phases, tier, checks and answers for one run's metric history."""
+    roles = roles or Roles()
+    t = thresholds or Thresholds()
+    hist, sys_hist = _clean(history)
+    if system is not None and len(system.columns):
+        sys_hist = pd.concat(
+            [sys_hist.reset_index(drop=True), system.reset_index(drop=True)], axis=1
+        )
+    present = {c for c in hist.columns if np.isfinite(hist[c].to_numpy(dtype=float)).any()}
+    report = AnalysisReport(run_status=run_status, n_epochs=int(len(hist)))
+    for role, key in roles.mapping().items():
+        if key not in hist.columns:
+            report.skipped_roles[role] = f"{key} not logged"
+        elif key not in present:
+            report.skipped_roles[role] = f"{key} has no finite values"
+    nonfinite = nonfinite_stretches(hist)
+    controls = control_changes(hist, roles.control_columns(present), roles.lr, t)
+    if len(hist):
+        report.candidates = detect_candidates(hist, roles, present, controls, nonfinite, t)
+        report.phases = detect_phases(hist, roles, present, t)
+        report.tier, report.tier_best = _tier(hist, roles, present, t)
+    if not report.candidates and not any(
+        getattr(roles, r) in present for r in ("accuracy", "val_loss", "quality", "hierarchy")
+    ):
+        report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
+    report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
+    report.answers = answer_questions(report, hist, roles, present, controls)
+    return report

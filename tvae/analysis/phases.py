@@ -1,0 +1,140 @@
+"""Training phases by change-point detection (ruptures PELT, BIC-like penalty from the data).
+
+The key metrics are bin-averaged onto a fixed grid (so 100k epochs cost the same as 1k),
+oriented so up = better and scaled to [0, 1]; PELT finds level changes, then neighbouring
+segments of the same character are merged (a long ramp is one phase, not many).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import ruptures as rpt
+
+from tvae.analysis.roles import DIRECTION, LOG_ROLES, Roles
+from tvae.analysis.thresholds import Thresholds
+
+PHASE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality")
+LABELS = {
+    "fast improvement": "structure learning",
+    "slow improvement": "refinement",
+    "plateau": "plateau",
+    "regression": "degradation",
+}
+
+
+@dataclass
+class Phase:
+    """One phase: its epoch span, character, and mean slope per key (units per epoch)."""
+
+    start: float
+    end: float
+    character: str
+    label: str
+    mean_slope: float
+    slopes: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
+    """Bin means of each key on a uniform epoch grid: (grid epochs, matrix, raw matrix, keys)."""
+    epochs = history.index.to_numpy(dtype=float)
+    e0, e1 = float(epochs[0]), float(epochs[-1])
+    n_bins = int(min(points, len(epochs)))
+    edges = np.linspace(e0, e1, n_bins + 1)
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    cols, raws, used = [], [], []
+    for role, key in keys.items():
+        v = history[key].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        if role in LOG_ROLES:
+            ok &= v > 0
+        if ok.sum() < 3:
+            continue
+        b = np.clip(np.searchsorted(edges, epochs[ok], side="right") - 1, 0, n_bins - 1)
+        tv = np.log10(v[ok]) if role in LOG_ROLES else v[ok]
+        cnt = np.bincount(b, minlength=n_bins)
+        mean = np.bincount(b, weights=tv, minlength=n_bins) / np.maximum(cnt, 1)
+        filled = cnt > 0
+        mean = np.interp(centers, centers[filled], mean[filled])
+        rawm = np.bincount(b, weights=v[ok], minlength=n_bins) / np.maximum(cnt, 1)
+        rawm = np.interp(centers, centers[filled], rawm[filled])
+        oriented = mean * DIRECTION.get(role, 1)
+        lo, hi = oriented.min(), oriented.max()
+        if hi - lo <= 1e-12:
+            continue
+        cols.append((oriented - lo) / (hi - lo))
+        raws.append(rawm)
+        used.append(key)
+    if not cols:
+        return centers, None, None, []
+    return centers, np.column_stack(cols), np.column_stack(raws), used
+
+
+def _character(delta: float, frac_time: float, t: Thresholds) -> str:
+    if delta <= -t.phase_plateau_frac:
+        return "regression"
+    if delta < t.phase_plateau_frac:
+        return "plateau"
+    return "fast improvement" if delta / max(frac_time, 1e-9) >= 1.0 else "slow improvement"
+
+
+def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
+    """Phases over the run, or [] when no key metric has data."""
+    keys = {r: getattr(roles, r) for r in PHASE_ROLES if getattr(roles, r) in present}
+    if not keys or len(history) < 2:
+        return []
+    grid, sig, raw, used = _grid_signal(history, keys, t.phase_grid_points)
+    n = len(grid)
+    if sig is None or n < 6:
+        if sig is None:
+            return [
+                Phase(
+                    float(history.index[0]), float(history.index[-1]), "plateau", "plateau", 0.0, {}
+                )
+            ]
+        bkps = [n]
+    else:
+        d = sig.shape[1]
+        diffs = np.diff(sig, axis=0)
+        mad = np.median(np.abs(diffs - np.median(diffs, axis=0)), axis=0) * 1.4826 / math.sqrt(2)
+        var = float(np.mean(mad**2))
+        var = max(var, 1e-4)  # floor: a perfectly smooth curve still has finite resolution
+        pen = t.phase_penalty_scale * var * (d + 1) * math.log(n) * 2
+        bkps = rpt.Pelt(model="l2", min_size=3, jump=1).fit(sig).predict(pen=pen)
+    segs = []
+    start = 0
+    for b in bkps:
+        segs.append([start, b])
+        start = b
+    total = grid[-1] - grid[0] if n > 1 else 1.0
+
+    def describe(a: int, b: int) -> tuple[str, float]:
+        last = b - 1
+        delta = float(np.mean(sig[last] - sig[a])) if last > a else 0.0
+        frac = (grid[last] - grid[a]) / total if total > 0 else 1.0
+        return _character(delta, frac, t), delta
+
+    merged: list[list] = []
+    for a, b in segs:
+        ch, _ = describe(a, b)
+        if merged and merged[-1][2] == ch:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b, ch])
+    phases = []
+    for i, (a, b, ch) in enumerate(merged):
+        # boundaries sit where the next segment starts; the first/last use the run's ends
+        ea = float(history.index[0]) if i == 0 else float(grid[a])
+        eb = float(history.index[-1]) if i == len(merged) - 1 else float(grid[b])
+        span = max(grid[b - 1] - grid[a], 1e-9)
+        slopes = {k: float((raw[b - 1, j] - raw[a, j]) / span) for j, k in enumerate(used)}
+        mean_slope = float(np.mean(sig[b - 1] - sig[a]) / span) if b - 1 > a else 0.0
+        ch, _ = describe(a, b)
+        phases.append(Phase(round(ea, 3), round(eb, 3), ch, LABELS[ch], mean_slope, slopes))
+    return phases

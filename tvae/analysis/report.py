@@ -1,0 +1,133 @@
+"""The analysis report: everything found, as a dataclass, JSON, MLflow tags and a summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tvae.analysis.checks import Check
+from tvae.analysis.grokking import SEVERITIES, Candidate
+from tvae.analysis.phases import Phase
+from tvae.analysis.tiers import TierResult
+
+
+def _fmt_epoch(x: float) -> str:
+    return f"{int(x)}" if float(x).is_integer() else f"{x:g}"
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+@dataclass
+class AnalysisReport:
+    candidates: list[Candidate] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
+    tier: TierResult | None = None
+    tier_best: TierResult | None = None
+    checks: list[Check] = field(default_factory=list)
+    skipped_roles: dict[str, str] = field(default_factory=dict)
+    answers: dict[str, str] = field(default_factory=dict)
+    run_status: str | None = None
+    n_epochs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.verdict == "confirmed"]
+
+    @property
+    def rejected(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.verdict == "rejected"]
+
+    @property
+    def boundaries(self) -> list[float]:
+        return [p.start for p in self.phases[1:]]
+
+    @property
+    def severity(self) -> str:
+        levels = [SEVERITIES.index(c.severity) for c in self.confirmed]
+        return SEVERITIES[max(levels)] if levels else "none"
+
+    def tags(self) -> dict[str, str]:
+        """The DESIGN.md tag contract (all but ``analysis.run_id``, which the caller adds)."""
+        tags = {
+            "grokking.events": str(len(self.confirmed)),
+            "grokking.severity": self.severity,
+            "grokking.rejected": str(len(self.rejected)),
+            "phases.count": str(len(self.phases)),
+            "phases.boundaries": ",".join(_fmt_epoch(b) for b in self.boundaries),
+            "tier": self.tier.name if self.tier else "None",
+        }
+        if self.confirmed:
+            tags["grokking.first_epoch"] = _fmt_epoch(self.confirmed[0].breakthrough_epoch)
+        return tags
+
+    def to_dict(self) -> dict:
+        return _jsonable(
+            {
+                "n_epochs": self.n_epochs,
+                "run_status": self.run_status,
+                "tags": self.tags(),
+                "candidates": [c.to_dict() for c in self.candidates],
+                "phases": [p.to_dict() for p in self.phases],
+                "tier": self.tier.to_dict() if self.tier else None,
+                "tier_best": self.tier_best.to_dict() if self.tier_best else None,
+                "checks": [c.to_dict() for c in self.checks],
+                "skipped_roles": self.skipped_roles,
+                "answers": self.answers,
+                "notes": self.notes,
+            }
+        )
+
+    def summary(self) -> str:
+        """A short human summary of what was found."""
+        lines = []
+        if self.run_status and self.run_status.upper() == "RUNNING":
+            lines.append("run still RUNNING: analysis so far")
+        lines.append(f"{self.n_epochs} epochs analysed")
+        if self.confirmed:
+            for c in self.confirmed:
+                lines.append(
+                    f"grokking event at epoch {_fmt_epoch(c.breakthrough_epoch)} "
+                    f"({c.severity}): {c.reason}"
+                )
+        else:
+            lines.append("no grokking event")
+        for c in self.rejected:
+            lines.append(
+                f"rejected candidate at epoch {_fmt_epoch(c.breakthrough_epoch)}: {c.reason}"
+            )
+        if self.phases:
+            desc = ", ".join(
+                f"{_fmt_epoch(p.start)}-{_fmt_epoch(p.end)} {p.character}" for p in self.phases
+            )
+            lines.append(f"{len(self.phases)} phase(s): {desc}")
+        if self.tier:
+            extra = f" (next blocked by {self.tier.blocking})" if self.tier.blocking else ""
+            lines.append(f"tier {self.tier.name} on final values{extra}")
+            if self.tier_best and self.tier_best.name != self.tier.name:
+                lines.append(f"tier {self.tier_best.name} on best values")
+        else:
+            lines.append("tier not judged (coverage/hierarchy/quality roles missing)")
+        measured = [c for c in self.checks if c.status != "not measured"]
+        if measured:
+            lines.append(
+                "checks: " + ", ".join(f"{c.name} {c.status} ({c.value})" for c in measured)
+            )
+        unmeasured = [c.name for c in self.checks if c.status == "not measured"]
+        if unmeasured:
+            lines.append("not measured: " + ", ".join(unmeasured))
+        if self.skipped_roles:
+            lines.append(
+                "skipped roles: "
+                + ", ".join(f"{r} ({why})" for r, why in self.skipped_roles.items())
+            )
+        lines.extend(self.notes)
+        return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Analysis roles: which metric key plays which part, so any MLflow run can be analysed."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+
+#: Roles that name a single metric key (``controls`` is the one multi-key role).
+SINGLE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality", "grad_norm", "lr")
+
+#: Direction of improvement per role: +1 higher is better, -1 lower is better.
+DIRECTION = {"loss": -1, "accuracy": 1, "val_loss": -1, "hierarchy": -1, "quality": 1}
+
+#: Roles whose values are compared in log terms (losses span decades).
+LOG_ROLES = ("loss", "val_loss")
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Role -> metric key. Defaults are TernaryVAE's keys (DESIGN.md metric contract)."""
+
+    loss: str | None = "train/loss"
+    accuracy: str | None = "eval/coverage"
+    val_loss: str | None = None
+    hierarchy: str | None = "eval/hierarchy_B"
+    quality: str | None = "eval/Q"
+    grad_norm: str | None = "opt/grad_norm"
+    lr: str | None = "opt/lr"
+    controls: tuple[str, ...] = ("state/*",)
+
+    @classmethod
+    def from_metric_map(cls, text: str | None, base: Roles | None = None) -> Roles:
+        """Parse ``"accuracy=val_acc,loss=train_loss"`` over ``base`` (default: our roles).
+
+        An empty value unsets a role (``val_loss=``); ``controls`` takes ``|``-separated keys
+        or glob patterns. Raises ValueError (one line) on malformed text or unknown roles.
+        """
+        roles = base or cls()
+        if text is None or not text.strip():
+            return roles
+        known = {f.name for f in fields(cls)}
+        updates: dict[str, object] = {}
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if "=" not in item:
+                raise ValueError(f"metric_map entry {item!r} is not role=key")
+            role, key = (part.strip() for part in item.split("=", 1))
+            if role not in known:
+                raise ValueError(
+                    f"metric_map: unknown role {role!r} (known: {', '.join(sorted(known))})"
+                )
+            if role in updates:
+                raise ValueError(f"metric_map: role {role!r} given twice")
+            if role == "controls":
+                updates[role] = tuple(k.strip() for k in key.split("|") if k.strip())
+            else:
+                updates[role] = key or None
+        return replace(roles, **updates)
+
+    def mapping(self) -> dict[str, str]:
+        """Single-key roles that are set: role -> key."""
+        return {r: getattr(self, r) for r in SINGLE_ROLES if getattr(self, r)}
+
+    def missing(self, columns: Iterable[str]) -> list[str]:
+        """Roles whose key is set but absent from ``columns`` (these roles get skipped)."""
+        cols = set(columns)
+        return [role for role, key in self.mapping().items() if key not in cols]
+
+    def control_columns(self, columns: Iterable[str]) -> list[str]:
+        """Columns that are scheduled control signals: ``lr`` plus every ``controls`` match."""
+        cols = [c for c in columns if not c.startswith("system/")]
+        out = [self.lr] if self.lr in cols else []
+        for c in cols:
+            if c not in out and any(fnmatch.fnmatchcase(c, pat) for pat in self.controls):
+                out.append(c)
+        return out

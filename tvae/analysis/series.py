@@ -1,0 +1,93 @@
+"""Small numeric helpers over one metric's (epochs, values) series; all O(n)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def finite_series(history: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and values where ``key`` has a finite value (NaN/Inf dropped)."""
+    col = history[key].to_numpy(dtype=float)
+    ok = np.isfinite(col)
+    return history.index.to_numpy(dtype=float)[ok], col[ok]
+
+
+def noise_sigma(values: np.ndarray) -> float:
+    """Robust epoch-to-epoch noise level: scaled MAD of first differences / sqrt(2)."""
+    if len(values) < 3:
+        return 0.0
+    d = np.diff(values)
+    mad = np.median(np.abs(d - np.median(d)))
+    return float(1.4826 * mad / np.sqrt(2.0))
+
+
+def rolling_median3(values: np.ndarray) -> np.ndarray:
+    """Centred 3-point median: removes single-point spikes, keeps steps."""
+    if len(values) < 3:
+        return values.copy()
+    padded = np.concatenate([values[:1], values, values[-1:]])
+    stack = np.stack([padded[:-2], padded[1:-1], padded[2:]])
+    return np.median(stack, axis=0)
+
+
+def quantum(values: np.ndarray, max_distinct_frac: float) -> float | None:
+    """The logging step when values are quantised (few distinct values on a grid), else None."""
+    n = len(values)
+    if n < 10:
+        return None
+    distinct = np.unique(values)
+    if len(distinct) > max(3, max_distinct_frac * n):
+        return None
+    steps = np.diff(distinct)
+    q = float(steps.min()) if len(steps) else 0.0
+    if q <= 0:
+        return None
+    ratios = steps / q
+    if np.all(np.abs(ratios - np.round(ratios)) < 1e-3):
+        return q
+    return None
+
+
+def zigzag_up_swings(values: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """(low index, high index) of every upward swing larger than ``threshold``.
+
+    A swing ends only when the series retraces more than ``threshold`` from its extreme, so
+    one sustained rise with small wiggles is one swing, whatever its length.
+    """
+    n = len(values)
+    swings: list[tuple[int, int]] = []
+    if n < 2 or not threshold > 0:
+        return swings
+    lo = hi = 0
+    direction = 0  # +1 rising from lo, -1 falling from hi, 0 undecided
+    for i in range(1, n):
+        v = values[i]
+        if direction >= 0:
+            if v > values[hi]:
+                hi = i
+            if direction == 0:
+                if v <= values[lo]:
+                    lo = i
+                if values[hi] - values[lo] >= threshold and hi > lo:
+                    direction = 1
+                elif values[hi] - v >= threshold and hi < i:
+                    direction, lo = -1, i
+                continue
+            if values[hi] - v >= threshold:
+                swings.append((lo, hi))
+                direction, lo = -1, i
+        else:
+            if v <= values[lo]:
+                lo = i
+            if v - values[lo] >= threshold:
+                direction, hi = 1, i
+    if direction == 1 and values[hi] - values[lo] >= threshold:
+        swings.append((lo, hi))
+    return swings
+
+
+def first_at_least(values: np.ndarray, start: int, level: float) -> int:
+    """First index >= start where values >= level (len(values) - 1 when never)."""
+    idx = np.nonzero(values[start:] >= level)[0]
+    return start + int(idx[0]) if len(idx) else len(values) - 1
