@@ -46,6 +46,7 @@ class TrainConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1)
+    threads: int = Field(0, ge=0, le=1024)  # CPU intra-op threads; 0 keeps torch's default
 
 
 class ScheduleConfig(_Section):

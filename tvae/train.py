@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import platform
 import threading
 import time
@@ -26,6 +25,7 @@ import torch
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import read_checkpoint, save_checkpoint
 from tvae.config import TVAEConfig
+from tvae.flatparams import FlatParams
 from tvae.homeostasis import Homeostasis
 from tvae.losses import TERMS, LossComputer
 from tvae.metrics import EVAL_KEYS, evaluate_model
@@ -86,13 +86,13 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TVAEConfig, device: torch.device):
+def _make_optimizer(params: list[torch.nn.Parameter], cfg: TVAEConfig, device: torch.device):
     kwargs: dict[str, Any] = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}
     if device.type in ("cuda", "cpu"):
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True
-    return torch.optim.AdamW(model.parameters(), **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 class Trainer:
@@ -121,11 +121,16 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        if self.device.type == "cpu" and cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = TernaryVAE.from_config(cfg.model).to(self.device)
-        self.optimizer = _make_optimizer(self.model, cfg, self.device)
+        m = self.model
+        # segments 0 and 1 are the freezable encoder trunks (see Homeostasis)
+        self.flat = FlatParams(
+            [[m.encoder_A], [m.encoder_B], [m.projection_A, m.projection_B, m.decoder]]
+        )
+        self.optimizer = _make_optimizer(self.flat.segments, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.homeostasis = Homeostasis(cfg.homeostasis)
         self.losses = LossComputer(cfg.loss, self.device)
@@ -195,7 +200,7 @@ class Trainer:
         cfg = self.config.train
         model, opt, scaler = self.model, self.optimizer, self.scaler
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
-        params = [p for p in model.parameters() if p.requires_grad]
+        flat = self.flat
         term_sum = torch.zeros(len(TERMS), device=self.device)
         grad_sum = torch.zeros((), device=self.device)
         idx_all = self._epoch_indices()
@@ -208,10 +213,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(x)
             total, terms = self.losses(out, x, tgt, v, epoch, geodesic_active)
-            opt.zero_grad(set_to_none=True)
+            flat.zero_grad()
             scaler.scale(total).backward()
             scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            gnorm = flat.clip_grad_norm_(cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
             term_sum += terms.detach()
@@ -220,12 +225,8 @@ class Trainer:
         return term_sum / steps, grad_sum / steps
 
     def _apply_freeze(self) -> None:
-        for frozen, module in (
-            (self.homeostasis.frozen_A, self.model.encoder_A),
-            (self.homeostasis.frozen_B, self.model.encoder_B),
-        ):
-            for p in module.parameters():
-                p.requires_grad_(not frozen)
+        self.flat.set_frozen(0, self.homeostasis.frozen_A)
+        self.flat.set_frozen(1, self.homeostasis.frozen_B)
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, resume_checkpoint: Path | None = None) -> TrainResult:
