@@ -197,6 +197,17 @@ def detect_candidates(
     return out
 
 
+def _plateau_bounds(med: np.ndarray, lo: int, hi: int, level: float, tol: float) -> tuple[int, int]:
+    """Indices of the stagnant stretch around the swing's low: within ``tol`` of ``level``."""
+    ps = lo
+    while ps > 0 and abs(med[ps - 1] - level) <= tol:
+        ps -= 1
+    pe = lo
+    while pe + 1 < hi and abs(med[pe + 1] - level) <= tol:
+        pe += 1
+    return ps, pe
+
+
 def _judge_swing(
     history,
     roles,
@@ -218,18 +229,17 @@ def _judge_swing(
 ) -> Candidate | None:
     size0 = s[hi] - s[lo]
     tol = max(t.plateau_band_frac * size0, 3 * sigma)
-    ps = lo
-    while ps > 0 and abs(med[ps - 1] - s[lo]) <= tol:
-        ps -= 1
-    level = float(np.median(s[ps : lo + 1]))
+    ps, pe = _plateau_bounds(med, lo, hi, float(med[lo]), tol)
+    level = float(np.median(s[ps : pe + 1]))
+    ps, pe = _plateau_bounds(med, lo, hi, level, tol)  # re-centred on the plateau's level
+    level = float(np.median(s[ps : pe + 1]))
     top = float(s[hi])
     size = top - level
     if size <= 0:
         return None
-    i10 = first_at_least(s, lo, level + 0.1 * size)
-    i50 = first_at_least(s, lo, level + 0.5 * size)
-    i90 = first_at_least(s, lo, level + hi_frac * size)
-    pe_idx = max(i10 - 1, ps)
+    i50 = first_at_least(s, pe, level + 0.5 * size)
+    i90 = first_at_least(s, pe, level + hi_frac * size)
+    pe_idx = pe
     plateau_start, plateau_end = float(e[ps]), float(e[pe_idx])
     plateau_len = plateau_end - plateau_start
     if plateau_len < t.candidate_min_plateau_epochs:

@@ -77,11 +77,13 @@ def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
 
 
 def _character(delta: float, frac_time: float, t: Thresholds) -> str:
-    if delta <= -t.phase_plateau_frac:
-        return "regression"
-    if delta < t.phase_plateau_frac:
+    """Classify by pace: ``rate`` 1.0 covers the run's whole range over the whole run."""
+    rate = delta / max(frac_time, 1e-9)
+    if abs(delta) < t.phase_min_delta or abs(rate) < t.phase_plateau_rate:
         return "plateau"
-    return "fast improvement" if delta / max(frac_time, 1e-9) >= 1.0 else "slow improvement"
+    if rate < 0:
+        return "regression"
+    return "fast improvement" if rate >= t.phase_fast_rate else "slow improvement"
 
 
 def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
@@ -104,7 +106,7 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
         diffs = np.diff(sig, axis=0)
         mad = np.median(np.abs(diffs - np.median(diffs, axis=0)), axis=0) * 1.4826 / math.sqrt(2)
         var = float(np.mean(mad**2))
-        var = max(var, 1e-4)  # floor: a perfectly smooth curve still has finite resolution
+        var = max(var, 1e-3)  # floor: a perfectly smooth curve still has finite resolution
         pen = t.phase_penalty_scale * var * (d + 1) * math.log(n) * 2
         bkps = rpt.Pelt(model="l2", min_size=3, jump=1).fit(sig).predict(pen=pen)
     segs = []
@@ -127,14 +129,21 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
             merged[-1][1] = b
         else:
             merged.append([a, b, ch])
+    logged = history.index.to_numpy(dtype=float)
+
+    def snap(x: float) -> float:
+        """Nearest logged epoch, so boundaries are epochs the run actually has."""
+        i = int(np.clip(np.searchsorted(logged, x), 1, len(logged) - 1))
+        return float(logged[i] if abs(logged[i] - x) < abs(x - logged[i - 1]) else logged[i - 1])
+
     phases = []
     for i, (a, b, ch) in enumerate(merged):
         # boundaries sit where the next segment starts; the first/last use the run's ends
-        ea = float(history.index[0]) if i == 0 else float(grid[a])
-        eb = float(history.index[-1]) if i == len(merged) - 1 else float(grid[b])
+        ea = float(logged[0]) if i == 0 else snap(float(grid[a]))
+        eb = float(logged[-1]) if i == len(merged) - 1 else snap(float(grid[b]))
         span = max(grid[b - 1] - grid[a], 1e-9)
         slopes = {k: float((raw[b - 1, j] - raw[a, j]) / span) for j, k in enumerate(used)}
         mean_slope = float(np.mean(sig[b - 1] - sig[a]) / span) if b - 1 > a else 0.0
         ch, _ = describe(a, b)
-        phases.append(Phase(round(ea, 3), round(eb, 3), ch, LABELS[ch], mean_slope, slopes))
+        phases.append(Phase(ea, eb, ch, LABELS[ch], mean_slope, slopes))
     return phases

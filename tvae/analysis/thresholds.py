@@ -63,7 +63,9 @@ class Thresholds(BaseModel):
     # phases
     phase_grid_points: int = 240
     phase_penalty_scale: float = 1.0
-    phase_plateau_frac: float = 0.05
+    phase_plateau_rate: float = 0.2
+    phase_fast_rate: float = 2.0
+    phase_min_delta: float = 0.01
 
 
 def load_thresholds(path: str | Path | None) -> Thresholds:
