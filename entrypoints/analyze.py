@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from entrypoints._analyze_cli import BOOL, ERROR_TAG, OptionalStr, fail_own_run
+from entrypoints._analyze_cli import BOOL, OptionalStr, fail_own_run
 
 TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
@@ -94,8 +94,7 @@ def validate(
     return Inputs(run, roles, thresholds, register, model_name.strip(), min_tier)
 
 
-def _registry_step(client: Any, inputs: Inputs, report: Any, history: Any) -> Any:
-    from mlflow_plugins.evaluator import evaluate_model_uri
+def _registry_step(client: Any, inputs: Inputs, report: Any, history: Any, own_id: str) -> Any:
     from mlflow_plugins.registry import RegistryOutcome, register_if_earned
     from tvae.analysis import judge_tier
 
@@ -104,24 +103,57 @@ def _registry_step(client: Any, inputs: Inputs, report: Any, history: Any) -> An
     return register_if_earned(
         client,
         inputs.run.info.run_id,
-        tier=report.tier.name,
+        tier=report.tier.name if report.tier else "None",
         min_tier=inputs.min_tier,
         model_name=inputs.model_name,
         history=history,
         events=len(report.confirmed),
         judge=lambda c, h, q: judge_tier(c, h, q, inputs.thresholds).name,
-        evaluate=evaluate_model_uri,
+        evaluate=lambda uri: _evaluate_in(own_id, uri),
     )
+
+
+def _figures(history: Any, report: Any, roles: Any) -> dict[str, Any]:
+    """The report's plots (tvae.analysis.plots), or none where that module is unavailable."""
+    try:
+        from tvae.analysis.plots import plot_report
+    except ImportError:
+        return {}
+    return plot_report(history, report, roles)
+
+
+def _evaluate_in(run_id: str, model_uri: str) -> dict[str, float]:
+    """Re-evaluate the model with the analyze run active, so its metrics land there."""
+    import mlflow
+
+    from mlflow_plugins.evaluator import evaluate_model_uri
+
+    with mlflow.start_run(run_id=run_id):
+        return evaluate_model_uri(model_uri)
+
+
+def _own_run(client: Any, run: Any) -> tuple[str, bool]:
+    """(analyze run id, created here): the `mlflow run` one (MLFLOW_RUN_ID) or a new one.
+
+    Created with the client rather than `mlflow.start_run` so run-context plugins (which may
+    import torch) do not cost every analysis seconds of start-up.
+    """
+    own_id = os.environ.get("MLFLOW_RUN_ID")
+    if own_id:
+        return own_id, False
+    name = f"analyze-{run.info.run_name or run.info.run_id[:8]}"
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "tvae-analyze"}
+    created = client.create_run(run.info.experiment_id, run_name=name, tags=tags)
+    return created.info.run_id, True
 
 
 def run_analysis(client: Any, inputs: Inputs, raw_params: dict[str, str]) -> str:
     """Analyse, maybe register, write everything; returns the printed summary."""
-    import mlflow
+    from mlflow.entities import Metric, Param
 
-    from mlflow_plugins.analysis_writer import SOURCE_RUN_TAG, write_analysis
+    from mlflow_plugins.analysis_writer import write_analysis
     from mlflow_plugins.history import load_history
     from tvae.analysis import analyze
-    from tvae.analysis.plots import plot_report
 
     run = inputs.run
     source_id = run.info.run_id
@@ -130,27 +162,29 @@ def run_analysis(client: Any, inputs: Inputs, raw_params: dict[str, str]) -> str
     report = analyze(
         history, inputs.roles, inputs.thresholds, system=system, run_status=run.info.status
     )
-    figures = plot_report(history, report, inputs.roles)
-    own_id = os.environ.get("MLFLOW_RUN_ID")
-    start_kwargs = {"run_id": own_id} if own_id else {"experiment_id": run.info.experiment_id}
-    with mlflow.start_run(run_name=f"analyze-{run.info.run_name or source_id[:8]}", **start_kwargs):
-        active = mlflow.active_run().info.run_id
-        try:
-            have = client.get_run(active).data.params
-            todo = {k: v for k, v in raw_params.items() if k not in have}
-            if todo:
-                mlflow.log_params(todo)
-            mlflow.set_tag(SOURCE_RUN_TAG, source_id)
-            outcome = _registry_step(client, inputs, report, history)
-            report_dict = report.to_dict()
-            report_dict["registry"] = outcome.to_dict()
-            report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
-            write_analysis(client, source_id, active, report_dict, report.tags(), figures)
-            mlflow.log_metric("analysis/seconds", time.perf_counter() - started)
-        except Exception as err:
-            mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
-            raise
-    return _summary(run, report, outcome, active)
+    figures = _figures(history, report, inputs.roles)
+    own_id, created = _own_run(client, run)
+    try:
+        have = client.get_run(own_id).data.params
+        params = [Param(k, v) for k, v in raw_params.items() if k not in have]
+        client.log_batch(own_id, params=params)
+        outcome = _registry_step(client, inputs, report, history, own_id)
+        report_dict = report.to_dict()
+        report_dict["registry"] = outcome.to_dict()
+        report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
+        write_analysis(client, source_id, own_id, report_dict, report.tags(), figures)
+        seconds = time.perf_counter() - started
+        client.log_batch(own_id, metrics=[Metric("analysis/seconds", seconds, _now_ms(), 0)])
+    except Exception as err:
+        fail_own_run(f"{type(err).__name__}: {err}", own_id)
+        raise
+    if created:
+        client.set_terminated(own_id, "FINISHED")
+    return _summary(run, report, outcome, own_id)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _summary(run: Any, report: Any, outcome: Any, analyze_run_id: str) -> str:

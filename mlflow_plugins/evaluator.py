@@ -35,6 +35,17 @@ def _ops_array(features: Any) -> np.ndarray:
     return values
 
 
+def _model_input(model: Any, ops: np.ndarray) -> np.ndarray:
+    """Cast the trits to the dtype the model's tensor signature enforces (float64 if none)."""
+    dtype = np.float64
+    try:
+        spec = model.metadata.get_input_schema().inputs[0]
+        dtype = spec.type if isinstance(spec.type, np.dtype) else dtype
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return ops.astype(dtype)
+
+
 def eval_metrics_from_predictions(ops: np.ndarray, predictions: Any) -> dict[str, float]:
     """The eval metrics (keys without the `eval/` prefix) of one pyfunc prediction."""
     import torch
@@ -46,13 +57,13 @@ def eval_metrics_from_predictions(ops: np.ndarray, predictions: Any) -> dict[str
     frame = predictions_to_frame(predictions)
     ops_t = torch.from_numpy(np.ascontiguousarray(ops, dtype=np.float32))
     index = ((ops_t + 1).long() * (3 ** torch.arange(N_TRITS))).sum(dim=1)
-    recon = torch.from_numpy(frame[[f"recon_{i}" for i in range(N_TRITS)]].to_numpy(np.float32))
+    recon = torch.tensor(frame[[f"recon_{i}" for i in range(N_TRITS)]].to_numpy(np.float32))
     values = compute_eval_metrics(
         ops_t,
         valuation_of(index),
         recon.round(),
-        torch.from_numpy(frame["radius_A"].to_numpy(np.float32)),
-        torch.from_numpy(frame["radius_B"].to_numpy(np.float32)),
+        torch.tensor(frame["radius_A"].to_numpy(np.float32)),
+        torch.tensor(frame["radius_B"].to_numpy(np.float32)),
     )
     return {key.removeprefix("eval/"): float(v) for key, v in values.items()}
 
@@ -79,7 +90,7 @@ class TVAEEvaluator(ModelEvaluator):
     ) -> EvaluationResult:
         ops = _ops_array(dataset.features_data)
         if model is not None:
-            raw = model.predict(ops)
+            raw = model.predict(_model_input(model, ops))
         elif dataset.predictions_data is not None:
             raw = dataset.predictions_data
         else:
