@@ -23,6 +23,7 @@ from tvae.analysis.series import (
     noise_sigma,
     quantum,
     rolling_median3,
+    split_at_flats,
     zigzag_up_swings,
 )
 from tvae.analysis.thresholds import Thresholds
@@ -172,7 +173,14 @@ def detect_candidates(
     q = quantum(raw, t.quantised_max_distinct_frac)
     hi_frac = 0.75 if role in LOG_ROLES else 0.9
     out: list[Candidate] = []
-    for lo, hi in zigzag_up_swings(s, delta):
+    pairs = []
+    for lo0, hi0 in zigzag_up_swings(s, delta):
+        flat_tol = max(3 * sigma, 0.5 * delta)
+        # a flat stretch must be long next to the swing, or a slow steady rise would split
+        min_flat = max(t.candidate_min_plateau_epochs, 0.1 * (e[hi0] - e[lo0]))
+        parts = split_at_flats(e, med, lo0, hi0, flat_tol, min_flat)
+        pairs += [(a, b) for a, b in parts if s[b] - s[a] >= delta]
+    for lo, hi in pairs:
         cand = _judge_swing(
             history,
             roles,

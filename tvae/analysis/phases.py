@@ -117,9 +117,10 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
     total = grid[-1] - grid[0] if n > 1 else 1.0
 
     def describe(a: int, b: int) -> tuple[str, float]:
-        last = b - 1
-        delta = float(np.mean(sig[last] - sig[a])) if last > a else 0.0
-        frac = (grid[last] - grid[a]) / total if total > 0 else 1.0
+        # from the previous segment's end, so a level shift at the boundary counts
+        last, first = b - 1, max(a - 1, 0)
+        delta = float(np.mean(sig[last] - sig[first])) if last > first else 0.0
+        frac = (grid[last] - grid[first]) / total if total > 0 else 1.0
         return _character(delta, frac, t), delta
 
     merged: list[list] = []

@@ -37,7 +37,7 @@ def quantum(values: np.ndarray, max_distinct_frac: float) -> float | None:
     if n < 10:
         return None
     distinct = np.unique(values)
-    if len(distinct) > max(3, max_distinct_frac * n):
+    if len(distinct) < 3 or len(distinct) > max(3, max_distinct_frac * n):
         return None
     steps = np.diff(distinct)
     q = float(steps.min()) if len(steps) else 0.0
@@ -91,3 +91,22 @@ def first_at_least(values: np.ndarray, start: int, level: float) -> int:
     """First index >= start where values >= level (len(values) - 1 when never)."""
     idx = np.nonzero(values[start:] >= level)[0]
     return start + int(idx[0]) if len(idx) else len(values) - 1
+
+
+def split_at_flats(
+    epochs: np.ndarray, med: np.ndarray, lo: int, hi: int, tol: float, min_len: float
+) -> list[tuple[int, int]]:
+    """Split one rise (lo, hi) at internal flat stretches (>= min_len epochs within tol), so a
+    learn-plateau-jump curve yields the jump as its own (low, high) pair."""
+    parts: list[tuple[int, int]] = []
+    cur = lo
+    j = lo
+    for i in range(lo + 1, hi + 1):
+        if abs(med[i] - med[j]) <= tol:
+            continue
+        if epochs[i - 1] - epochs[j] >= min_len and j > cur:
+            parts.append((cur, cur + int(np.argmax(med[cur : j + 1]))))
+            cur = i - 1
+        j = i
+    parts.append((cur, hi))
+    return parts
