@@ -34,14 +34,16 @@ class Inputs:
     min_tier: str
 
 
-def parse_metric_map(text: str) -> dict[str, str]:
-    """'accuracy=val_acc,loss=train_loss' -> {role: key} (syntax only; roles checked later)."""
+def mapped_keys(text: str) -> dict[str, str]:
+    """Single-key roles the user mapped explicitly: {role: key} (unset roles and controls out).
+
+    Syntax is checked by `Roles.from_metric_map`; this only lists what must exist in the run.
+    """
     pairs: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
-        role, sep, key = (s.strip() for s in item.partition("="))
-        if not sep or not role or not key:
-            raise click.ClickException(f"--metric-map: '{item}' is not role=key")
-        pairs[role] = key
+        role, _, key = (s.strip() for s in item.partition("="))
+        if role != "controls" and key:
+            pairs[role] = key
     return pairs
 
 
@@ -71,11 +73,11 @@ def validate(
         raise click.ClickException(f"--run-id: run '{run_id}' is deleted")
     if not run.data.metrics:
         raise click.ClickException(f"--run-id: run '{run_id}' has no metrics to analyse")
-    explicit = parse_metric_map(metric_map or "")
     try:
         roles = Roles.from_metric_map(metric_map) if metric_map else Roles()
     except ValueError as err:
         raise click.ClickException(f"--metric-map: {err}") from None
+    explicit = mapped_keys(metric_map or "")
     absent = sorted(f"{r}={k}" for r, k in explicit.items() if k not in run.data.metrics)
     if absent:
         raise click.ClickException(

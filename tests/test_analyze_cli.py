@@ -1,0 +1,192 @@
+"""`tvae-analyze` in process against a real SQLite store, on runs logged from fixture CSVs.
+
+Expected tags/report come from running `tvae.analysis.analyze` on the CSV itself; the test
+checks that the MLflow path (history loading -> analysis -> tags/artifacts) reproduces them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from entrypoints.analyze import main as analyze_main
+from mlflow_plugins.analysis_writer import CONTRACT_TAGS
+from tvae.analysis import Roles, analyze
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LR_DROP = FIXTURES / "lr_drop_classifier.csv"
+METRIC_MAP = "accuracy=val_acc,loss=train_loss,val_loss=val_loss,lr=lr,grad_norm=grad_norm"
+
+
+def log_csv_run(csv: Path, *, end: str | None = "FINISHED", name: str = "fixture") -> str:
+    """A run holding every column of `csv` as a metric history (step = epoch)."""
+    client = MlflowClient()
+    frame = pd.read_csv(csv, index_col="epoch")
+    ts = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), ts + int(epoch), int(epoch))
+        for key in frame.columns
+        for epoch, value in frame[key].dropna().items()
+    ]
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id, run_name=name)
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
+    if end:
+        client.set_terminated(run.info.run_id, end)
+    return run.info.run_id
+
+
+def expected_report(csv: Path, metric_map: str = METRIC_MAP, status: str = "FINISHED"):
+    frame = pd.read_csv(csv, index_col="epoch")
+    return analyze(frame, Roles.from_metric_map(metric_map), run_status=status)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(analyze_main, list(args), catch_exceptions=False)
+
+
+def analysis_tags(run_id: str) -> dict[str, str]:
+    tags = MlflowClient().get_run(run_id).data.tags
+    return {k: v for k, v in tags.items() if k in CONTRACT_TAGS}
+
+
+def test_tags_report_plots_and_analyze_run(tracking_uri):
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    result = invoke("--run-id", run_id, "--metric-map", METRIC_MAP)
+    assert result.exit_code == 0, result.output
+
+    expected = expected_report(LR_DROP)
+    tags = analysis_tags(run_id)
+    analyze_run_id = tags.pop("analysis.run_id")
+    assert tags == expected.tags()
+    for candidate in expected.rejected:  # the summary names every rejected candidate
+        assert candidate.reason in result.output
+    assert "Registry: skipped" in result.output  # tier None < Good
+
+    files = {Path(f.path).name for f in client.list_artifacts(run_id, "analysis")}
+    assert "report.json" in files and any(f.endswith(".png") for f in files)
+    local = client.download_artifacts(run_id, "analysis/report.json", ".")
+    report = json.loads(Path(local).read_text())
+    assert report["tags"] == expected.tags()
+    assert len(report["candidates"]) == len(expected.candidates)
+    assert all(c["verdict"] and c["reason"] for c in report["candidates"])
+    assert report["registry"]["action"] == "skipped"
+
+    own = client.get_run(analyze_run_id)
+    assert own.info.status == "FINISHED"
+    assert own.data.tags["analysis.source_run_id"] == run_id
+    assert own.data.params["run_id"] == run_id and own.data.params["metric_map"] == METRIC_MAP
+    own_files = {Path(f.path).name for f in client.list_artifacts(analyze_run_id, "analysis")}
+    assert own_files == files
+    assert client.get_run(run_id).info.status == "FINISHED"  # the training run is untouched
+
+
+def test_rerun_replaces_tags_and_artifacts(tracking_uri):
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    stale = {key: "stale" for key in CONTRACT_TAGS}
+    for key, value in stale.items():
+        client.set_tag(run_id, key, value)
+    client.log_text(run_id, "old", "analysis/old_plot.png")
+
+    first = invoke("--run-id", run_id, "--metric-map", METRIC_MAP)
+    assert first.exit_code == 0, first.output
+    tags_first = analysis_tags(run_id)
+    files_first = sorted(f.path for f in client.list_artifacts(run_id, "analysis"))
+    assert "analysis/old_plot.png" not in files_first
+    expected = {**expected_report(LR_DROP).tags(), "analysis.run_id": tags_first["analysis.run_id"]}
+    assert tags_first == expected  # stale contract tags the report does not set are gone
+
+    second = invoke("--run-id", run_id, "--metric-map", METRIC_MAP)
+    assert second.exit_code == 0, second.output
+    tags_second = analysis_tags(run_id)
+    assert tags_second.pop("analysis.run_id") != tags_first.pop("analysis.run_id")
+    assert tags_second == tags_first
+    assert sorted(f.path for f in client.list_artifacts(run_id, "analysis")) == files_first
+
+
+def test_running_and_killed_runs_and_missing_roles(tracking_uri):
+    client = MlflowClient()
+    running = log_csv_run(LR_DROP, end=None)
+    result = invoke("--run-id", running, "--metric-map", METRIC_MAP)
+    assert result.exit_code == 0, result.output
+    assert "RUNNING" in result.output
+    assert client.get_run(running).info.status == "RUNNING"  # analysis never ends the run
+    assert analysis_tags(running)["tier"] == "None"
+
+    killed = log_csv_run(LR_DROP, end="KILLED")
+    result = invoke("--run-id", killed)  # our default roles: most keys absent -> skipped
+    assert result.exit_code == 0, result.output
+    skipped = expected_report(LR_DROP, metric_map="", status="KILLED").skipped_roles
+    assert skipped and all(role in result.output for role in skipped)
+    report = json.loads(
+        Path(client.download_artifacts(killed, "analysis/report.json", ".")).read_text()
+    )
+    assert report["skipped_roles"] == skipped
+    assert report["source_run"]["status"] == "KILLED"
+
+
+BAD_YAML = "grokking: [unclosed\n"
+UNKNOWN_KEY = "no_such_threshold: 3\n"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown_run", "no run"),
+        ("deleted_run", "is deleted"),
+        ("no_metrics", "has no metrics"),
+        ("missing_key", "has no metric for accuracy=val_accuracy"),
+        ("malformed_map", "--metric-map"),
+        ("unknown_role", "unknown role"),
+        ("bad_yaml", "--config"),
+        ("unknown_threshold", "--config"),
+        ("missing_config", "not found"),
+        ("bad_tier", "not one of"),
+        ("bad_bool", "not true or false"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(tracking_uri, tmp_path, case, message):
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    args = ["--run-id", run_id, "--metric-map", METRIC_MAP]
+    if case == "unknown_run":
+        args[1] = "0" * 32
+    elif case == "deleted_run":
+        client.delete_run(run_id)
+    elif case == "no_metrics":
+        empty = client.create_run(client.get_run(run_id).info.experiment_id)
+        run_id = args[1] = empty.info.run_id
+    elif case == "missing_key":
+        args[3] = "accuracy=val_accuracy,loss=train_loss"
+    elif case == "malformed_map":
+        args[3] = "accuracy"
+    elif case == "unknown_role":
+        args[3] = "speed=val_acc"
+    elif case in ("bad_yaml", "unknown_threshold", "missing_config"):
+        path = tmp_path / f"{case}.yaml"
+        if case != "missing_config":
+            path.write_text(BAD_YAML if case == "bad_yaml" else UNKNOWN_KEY)
+        args += ["--config", str(path)]
+    elif case == "bad_tier":
+        args += ["--min-tier", "Great"]
+    elif case == "bad_bool":
+        args += ["--register", "maybe"]
+    runs_before = len(client.search_runs(["0"], run_view_type=3))
+
+    result = CliRunner().invoke(analyze_main, args)
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    if case != "unknown_run":
+        assert analysis_tags(run_id) == {}
+        assert client.list_artifacts(run_id, "analysis") == []
+    assert len(client.search_runs(["0"], run_view_type=3)) == runs_before  # no analyze run
