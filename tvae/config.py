@@ -71,7 +71,7 @@ class WeightTerm(_Section):
 
 
 class KLTerm(WeightTerm):
-    beta: float = Field(0.01, ge=0.0)
+    beta: float = Field(0.001, ge=0.0)
     warmup_epochs: int = Field(5, ge=0)
 
 

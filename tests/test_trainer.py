@@ -1,0 +1,195 @@
+"""Trainer: contract metrics and events, determinism, stop/resume bit-for-bit, clean failures.
+
+Runs the smoke config on one CPU thread (~1 s per epoch); about 15 s in all.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tvae.callbacks import TrainLogger
+from tvae.checkpoint import load_model, read_checkpoint
+from tvae.config import load_config
+from tvae.metrics import EVAL_KEYS, evaluate_model
+from tvae.ops import ternary_ops, valuations
+from tvae.train import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT = {
+    "train/loss",
+    *(f"train/loss_{t}" for t in ("recon", "kl", "radial", "rank", "geodesic", "richness")),
+    "train/loss_separation",
+    *EVAL_KEYS,
+    "opt/grad_norm",
+    "opt/lr",
+    "state/frozen_encoder_A",
+    "state/frozen_encoder_B",
+    "state/lr_phase",
+    "state/geodesic_active",
+    "perf/samples_per_sec",
+    "perf/epoch_seconds",
+}
+
+
+def smoke(**overrides):
+    base = {"train.threads": 1, "train.device": "cpu"}
+    base.update(overrides)
+    return load_config(REPO / "configs/smoke.yaml", base)
+
+
+class Recorder(TrainLogger):
+    def __init__(self, on_epoch=None):
+        self.calls: list[tuple] = []
+        self.on_epoch = on_epoch
+
+    def on_train_start(self, info):
+        self.calls.append(("start", info))
+
+    def on_epoch_end(self, epoch, metrics):
+        self.calls.append(("epoch", epoch, dict(metrics)))
+        if self.on_epoch:
+            self.on_epoch(epoch)
+
+    def on_checkpoint(self, path, epoch, kind):
+        self.calls.append(("ckpt", Path(path), epoch, kind))
+
+    def on_event(self, name, payload):
+        self.calls.append(("event", name, payload))
+
+    def on_log_line(self, line):
+        self.calls.append(("line", line))
+
+    def on_train_end(self, status, summary):
+        self.calls.append(("end", status, summary))
+
+    def kind(self, k):
+        return [c for c in self.calls if c[0] == k]
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted 4-epoch run; keeps a copy of its epoch-2 last.pt."""
+    work = tmp_path_factory.mktemp("full")
+    saved = work / "epoch2.pt"
+
+    class Keep(Recorder):
+        def on_checkpoint(self, path, epoch, kind):
+            super().on_checkpoint(path, epoch, kind)
+            if kind == "last" and epoch == 2:
+                shutil.copy(path, saved)
+
+    rec = Keep()
+    result = Trainer(smoke(), work, rec, echo=False).fit()
+    return work, rec, result, saved
+
+
+def test_contract_metrics_events_and_checkpoints(full_run):
+    work, rec, result, _ = full_run
+    assert result.status == "FINISHED" and result.reason is None and result.last_epoch == 4
+    start = rec.kind("start")[0][1]
+    assert start["device"] == "cpu" and start["amp"] == "off" and start["start_epoch"] == 0
+    assert {"device_name", "torch", "cuda", "config"} <= set(start)
+    epochs = rec.kind("epoch")
+    assert [e[1] for e in epochs] == [1, 2, 3, 4]
+    for _, _, m in epochs:
+        assert set(m) == CONTRACT  # CPU: no perf/gpu_mem_peak_frac
+        assert all(type(v) is float and math.isfinite(v) for v in m.values())
+    assert [e[2]["state/geodesic_active"] for e in epochs] == [0.0, 1.0, 1.0, 1.0]
+    names = [e[1] for e in rec.kind("event")]
+    assert "geodesic_on" in names and "lr_phase" in names
+    assert len(rec.kind("line")) == 4 and "samples/s" in rec.kind("line")[0][1]
+    lasts = [(c[2], c[3]) for c in rec.kind("ckpt") if c[3] == "last"]
+    assert lasts == [(2, "last"), (4, "last")]  # checkpoint_every = 2
+    ckpt = torch.load(work / "checkpoints/last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scaler", "homeostasis", "rng", "epoch", "best_q"):
+        assert key in ckpt
+    assert ckpt["epoch"] == 4 and isinstance(ckpt["config"], dict)
+    best = read_checkpoint(work / "checkpoints/best.pt")
+    assert best["epoch"] == result.best_epoch and best["best_q"] == result.best_metrics["eval/Q"]
+    assert result.best_metrics["eval/Q"] == max(e[2]["eval/Q"] for e in epochs)
+    end = rec.kind("end")[0]
+    assert end[1] == "FINISHED" and end[2]["last_checkpoint"].endswith("last.pt")
+
+
+def test_load_model_reproduces_final_metrics(full_run):
+    work, rec, result, _ = full_run
+    model, cfg = load_model(work / "checkpoints/last.pt")
+    assert cfg.name == "smoke"
+    emb = model.embed(ternary_ops()[:10])
+    assert emb["recon"].shape == (10, 9) and set(emb["recon"].unique().tolist()) <= {-1, 0, 1}
+    assert emb["z_A"].dtype == torch.float32 and emb["radius_B"].shape == (10,)
+    again = evaluate_model(model, ternary_ops(), valuations())
+    for k in EVAL_KEYS:
+        assert again[k] == pytest.approx(result.final_metrics[k], abs=1e-9)
+
+
+def test_stop_is_deterministic_and_resume_is_bit_for_bit(full_run, tmp_path):
+    work, rec, result, epoch2 = full_run
+    # a fresh run with the same seed, asked to stop during epoch 2 -> KILLED at epoch 2
+    holder: dict = {}
+    stopper = Recorder(on_epoch=lambda e: holder["t"].request_stop() if e == 2 else None)
+    holder["t"] = Trainer(smoke(), tmp_path / "stopped", stopper, echo=False)
+    stopped = holder["t"].fit()
+    assert stopped.status == "KILLED" and stopped.last_epoch == 2
+    a = read_checkpoint(tmp_path / "stopped/checkpoints/last.pt")
+    b = read_checkpoint(epoch2)
+    assert a["epoch"] == b["epoch"] == 2
+    assert _same_state(a["model"], b["model"])  # determinism across runs
+    # resume from the epoch-2 checkpoint of the full run: epochs 3-4 identical
+    rec2 = Recorder()
+    resumed = Trainer(smoke(), tmp_path / "resumed", rec2, echo=False).fit(epoch2)
+    assert resumed.status == "FINISHED" and rec2.kind("start")[0][1]["start_epoch"] == 2
+    assert [e[1] for e in rec2.kind("epoch")] == [3, 4]
+    final_a = read_checkpoint(work / "checkpoints/last.pt")
+    final_b = read_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
+    assert _same_state(final_a["model"], final_b["model"])
+    full_epochs = {e[1]: e[2] for e in rec.kind("epoch")}
+    for _, epoch, m in rec2.kind("epoch"):
+        for k, v in m.items():
+            if not k.startswith("perf/"):
+                assert v == full_epochs[epoch][k], (epoch, k)
+
+
+def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):
+    holder: dict = {}
+
+    def poison(epoch):
+        if epoch == 1:
+            with torch.no_grad():
+                holder["t"].model.decoder[0].weight.fill_(float("nan"))
+
+    rec = Recorder(on_epoch=poison)
+    holder["t"] = Trainer(smoke(**{"train.checkpoint_every": 10}), tmp_path, rec, echo=False)
+    result = holder["t"].fit()
+    assert result.status == "FAILED" and "non-finite" in result.reason
+    assert result.last_epoch == 1 and [e[1] for e in rec.kind("epoch")] == [1]
+    assert any(e[1] == "divergence" for e in rec.kind("event"))
+    ckpt = read_checkpoint(result.last_checkpoint)
+    # the saved state is the last good epoch (before the poison took effect)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert rec.kind("end")[0][1] == "FAILED"
+
+
+def test_keyboard_interrupt_saves_last_and_reports_killed(tmp_path):
+    def interrupt(epoch):
+        raise KeyboardInterrupt
+
+    rec = Recorder(on_epoch=interrupt)
+    result = Trainer(smoke(), tmp_path, rec, echo=False).fit()
+    assert result.status == "KILLED" and result.last_epoch == 1
+    assert read_checkpoint(tmp_path / "checkpoints/last.pt")["epoch"] == 1
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fp16"):
+        Trainer(smoke(**{"train.amp": "fp16"}), tmp_path)
