@@ -99,9 +99,12 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     from mlflow_plugins.runs import experiment_name, run_name
 
     launcher = os.environ.get("MLFLOW_RUN_ID")
+    client = mlflow.MlflowClient()
+    existing = resume_from or launcher
+    if existing:  # fluent start_run refuses a run outside the active experiment
+        mlflow.set_experiment(experiment_id=client.get_run(existing).info.experiment_id)
     if resume_from:
         if launcher and launcher != resume_from:
-            client = mlflow.MlflowClient()
             client.set_tag(launcher, "resume.continued_in", resume_from)
             client.set_tag(launcher, "mlflow.note.content", f"Training continued in {resume_from}")
             client.set_terminated(launcher, "FINISHED")
@@ -110,7 +113,7 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
         run = mlflow.start_run(run_id=launcher, log_system_metrics=True)
         mlflow.set_tag("mlflow.runName", run_name(config))
         return run
-    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME") or not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment_name(config))
     return mlflow.start_run(run_name=run_name(config), log_system_metrics=True)
 

@@ -30,6 +30,7 @@ TAG_FAILURE_REASON = "failure.reason"
 TAG_STATUS = "train.status"
 TAG_RESUMED_FROM_EPOCH = "resume.from_epoch"
 TAG_PARAMS_CHANGED = "resume.changed_params"
+TAG_SKIPPED_STEPS = "resume.skipped_steps"  # retrained epochs whose first metrics are kept
 CONFIG_ARTIFACT = "config.yaml"
 LOG_ARTIFACT = "training.log"
 SUMMARY_ARTIFACT = "training_summary.json"
@@ -62,8 +63,10 @@ class MlflowTrainLogger(TrainLogger):
         workdir: Path,
         client: MlflowClient | None = None,
         synchronous: bool = False,
+        skip_through_step: int = 0,
     ) -> None:
         self.run_id = run_id
+        self.skip_through_step = skip_through_step  # resumed behind the last logged step
         self.client = client or MlflowClient()
         self.synchronous = synchronous
         self.workdir = Path(workdir)
@@ -82,9 +85,11 @@ class MlflowTrainLogger(TrainLogger):
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
+        device = str(info["device"]) if info.get("device") is not None else None
         tags = runtime_tags(
-            device=str(info.get("device")) if info.get("device") is not None else None,
-            device_name=info.get("device_name"),
+            device=device,
+            # the trainer names GPUs well; for CPUs, /proc/cpuinfo's model name says more
+            device_name=info.get("device_name") if device and device.startswith("cuda") else None,
             amp=str(info.get("amp")) if info.get("amp") is not None else None,
         )
         config = info.get("config")
@@ -96,12 +101,14 @@ class MlflowTrainLogger(TrainLogger):
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.last_epoch = int(epoch)
+        if epoch <= self.skip_through_step:  # already on the run: never log a step twice
+            return
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, int(epoch)) for k, v in metrics.items()]
         op = self.client.log_batch(self.run_id, metrics=batch, synchronous=self.synchronous)
         if op is not None:
             self._pending_ops.append(op)
-        self.last_epoch = int(epoch)
 
     def on_checkpoint(self, path: Path, epoch: int, kind: str) -> None:
         path = Path(path)
@@ -195,7 +202,18 @@ def train_in_run(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     log_config(client, run_id, config, workdir)
-    logger = MlflowTrainLogger(run_id, workdir, client)
+    skip = 0
+    if resume_checkpoint is not None:
+        import torch
+
+        from mlflow_plugins.runs import last_logged_step
+
+        ckpt_epoch = int(torch.load(resume_checkpoint, weights_only=True)["epoch"])
+        logged = last_logged_step(client, run_id)
+        if logged > ckpt_epoch:  # killed hard after the last checkpoint
+            skip = logged
+            client.set_tag(run_id, TAG_SKIPPED_STEPS, f"{ckpt_epoch + 1}-{logged}")
+    logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
     trainer = Trainer(config, workdir, logger)
     if on_trainer is not None:
         on_trainer(trainer)

@@ -1,0 +1,240 @@
+"""In-process training into a real temporary SQLite MLflow store (tiny model, a few epochs).
+
+One run is trained once per module and inspected by several tests; resume continues that same
+run at the end. Cost: ~30-60 s on 2 shared cores (store creation, three tiny trainings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from entrypoints.train import main as train_main
+from mlflow_plugins.model_logging import predictions_to_frame
+from tvae.ops import ternary_ops
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+CONTRACT_KEYS = [
+    "train/loss",
+    "eval/coverage",
+    "eval/hierarchy_A",
+    "eval/hierarchy_B",
+    "eval/dist_corr",
+    "eval/richness",
+    "eval/Q",
+    "eval/r_v0",
+    "eval/r_v9",
+    "opt/grad_norm",
+    "opt/lr",
+    "state/frozen_encoder_A",
+    "state/frozen_encoder_B",
+    "state/lr_phase",
+    "state/geodesic_active",
+    "perf/samples_per_sec",
+    "perf/epoch_seconds",
+]
+
+
+def tiny_config(path: Path, **train: object) -> Path:
+    """The smoke config shrunk to a seconds-per-epoch model."""
+    data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    data["name"] = "tiny"
+    data["model"].update(
+        encoder_hidden=[32], decoder_hidden=[16], latent_dim=4, projection_hidden=8
+    )
+    data["train"].update(epochs=EPOCHS, batch_size=4096, checkpoint_every=2, **train)
+    for term in ("rank", "geodesic"):
+        data["loss"][term]["pairs"] = 128
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_cli(*args: str) -> int:
+    """Call the CLI in-process as a fresh process would (mlflow.set_experiment sets this env)."""
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as done:
+            train_main(list(args))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    return done.value.code
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating a store costs seconds)."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    keys = (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+    )
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.5"  # runs here last seconds
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_tracking_uri(uri)
+    yield root
+    mlflow.set_tracking_uri(None)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+    cfg = tiny_config(store / "tiny.yaml")
+    assert run_cli("--config", str(cfg), "--seed", "3", "--lr", "") == 0
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([exp.experiment_id])
+    return client, run
+
+
+def test_run_finished_with_name_tags_and_params(trained):
+    client, run = trained
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny-s3-lr8e-4"
+    tags = run.data.tags
+    assert tags["torch.version"] == torch.__version__
+    assert tags["device"] == "cpu" and tags["device.name"]
+    assert tags["amp"] == "off" and tags["config.name"] == "tiny"
+    assert run.data.params["train.seed"] == "3"
+    assert run.data.params["loss.geodesic.start_epoch"] == "2"
+    assert run.data.params["model.encoder_hidden"] == "32"
+
+
+def test_contract_metrics_at_every_step_one_batch_per_epoch(trained):
+    client, run = trained
+    stamps: dict[int, set[int]] = {}
+    for key in CONTRACT_KEYS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
+        for m in history:
+            stamps.setdefault(m.step, set()).add(m.timestamp)
+    # one log_batch per epoch: every value of an epoch carries that batch's single timestamp
+    assert all(len(ts) == 1 for ts in stamps.values())
+    assert any(k.startswith("system/") for k in run.data.metrics)
+
+
+def test_artifacts_and_checkpoints_load(trained, tmp_path):
+    client, run = trained
+    rid = run.info.run_id
+    top = {a.path for a in client.list_artifacts(rid)}
+    assert {"config.yaml", "training.log", "training_summary.json"} <= top
+    summary = json.loads(Path(client.download_artifacts(rid, "training_summary.json")).read_text())
+    assert summary["status"] == "FINISHED" and summary["last_epoch"] == EPOCHS
+    log = Path(client.download_artifacts(rid, "training.log")).read_text().splitlines()
+    assert len(log) == EPOCHS
+    for name in ("last", "best"):
+        path = client.download_artifacts(rid, f"checkpoints/{name}.pt", str(tmp_path))
+        state = torch.load(path, weights_only=True)
+        assert {"model", "optimizer", "epoch", "config", "metrics"} <= set(state)
+    assert state["epoch"] == int(run.data.tags["model.step"])
+
+
+def test_logged_model_reproduces_logged_coverage(trained):
+    client, run = trained
+    tags = run.data.tags
+    step = int(tags["model.step"])
+    assert tags["model.uri"] == f"models:/{tags['model.id']}"
+    model = mlflow.pyfunc.load_model(tags["model.uri"])
+    ops = ternary_ops().numpy()
+    frame = predictions_to_frame(model.predict(pd.DataFrame(ops.astype(np.float64))))
+    assert list(frame.columns[:3]) == ["radius_A", "radius_B", "recon_0"]
+    assert frame.shape == (len(ops), 2 + 9 + 4)
+    recon = frame[[f"recon_{i}" for i in range(9)]].to_numpy()
+    coverage = float((recon == ops).all(axis=1).mean())
+    history = client.get_metric_history(run.info.run_id, "eval/coverage")
+    logged = next(m.value for m in history if m.step == step)
+    assert coverage == pytest.approx(logged, abs=1e-9)
+    logged_model = client.get_logged_model(tags["model.id"])
+    assert logged_model.source_run_id == run.info.run_id
+
+
+def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
+    before = len(MlflowClient().search_runs(search_all_experiments_ids(), max_results=1000))
+    assert run_cli("--config", str(store / "tiny.yaml"), "--epochs", "0") == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
+    assert len(err) == 1 and "--epochs" in err[0]
+    assert run_cli("--config", str(store / "missing.yaml")) == 2
+    assert "config file not found" in capsys.readouterr().err
+    after = MlflowClient().search_runs(search_all_experiments_ids(), max_results=1000)
+    assert len(after) == before
+    assert not [r for r in after if r.info.status == "RUNNING"]
+
+
+def search_all_experiments_ids() -> list[str]:
+    return [e.experiment_id for e in MlflowClient().search_experiments()]
+
+
+def test_divergence_fails_run_with_reason_and_keeps_last_good(store, monkeypatch, tmp_path):
+    import tvae.train as trainer_module
+
+    real = trainer_module.evaluate_model
+    calls = {"n": 0}
+
+    def nan_on_second(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        if calls["n"] == 2:
+            out = {k: float("nan") for k in out}
+        return out
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", nan_on_second)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "diverge")
+    cfg = tiny_config(tmp_path / "tiny.yaml")
+    assert run_cli("--config", str(cfg)) == 1
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("diverge").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "non-finite" in run.data.tags["failure.reason"]
+    path = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path))
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [1]
+
+
+def test_resume_continues_same_run_without_gaps_or_repeats(trained):
+    client, run = trained
+    rid = run.info.run_id
+    assert run_cli("--resume-from", rid, "--epochs", str(EPOCHS + 2)) == 0
+    again = client.get_run(rid)
+    assert again.info.status == "FINISHED"
+    assert again.data.tags["resume.from_epoch"] == str(EPOCHS)
+    for key in ("train/loss", "eval/Q", "opt/lr"):
+        steps = sorted(m.step for m in client.get_metric_history(rid, key))
+        assert steps == list(range(1, EPOCHS + 3)), key
+    assert "train.epochs" in again.data.tags["resume.changed_params"]
+    log = Path(client.download_artifacts(rid, "training.log")).read_text().splitlines()
+    assert len(log) == EPOCHS + 2
+
+
+def test_resume_of_unknown_run_is_bad_input(store, capsys):
+    assert run_cli("--resume-from", "0123456789abcdef0123456789abcdef") == 2
+    assert "no run with id" in capsys.readouterr().err
+
+
+def test_context_provider_tags_user_runs(store):
+    with mlflow.start_run() as run:
+        pass
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["torch.version"] == torch.__version__
+    assert tags["device"] in ("cpu", "cuda")
+    assert "device.name" in tags
