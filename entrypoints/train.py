@@ -47,6 +47,8 @@ def _fail_launcher_run(message: str) -> None:
 
     try:
         client = MlflowClient()
+        if client.get_run(run_id).info.status != "RUNNING":
+            return  # an existing run given with `mlflow run --run-id`: leave it as it was
         client.set_tag(run_id, "failure.reason", message[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception as err:  # the store itself may be what is broken
