@@ -1,0 +1,47 @@
+"""`mlflow run . -e analyze --env-manager local` end to end (subprocess, real SQLite store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from test_analyze_cli import LR_DROP, METRIC_MAP, analysis_tags, expected_report, log_csv_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mlflow_run(tracking_uri: str, *params: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze"]
+    cmd += ["--env-manager", "local"]
+    for p in params:
+        cmd += ["-P", p]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_mlflow_run_analyze_tags_run_and_fails_cleanly_on_bad_input(tracking_uri):
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    done = _mlflow_run(tracking_uri, f"run_id={run_id}", f"metric_map={METRIC_MAP}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    tags = analysis_tags(run_id)
+    analyze_run = client.get_run(tags.pop("analysis.run_id"))
+    assert tags == expected_report(LR_DROP).tags()
+    assert analyze_run.info.status == "FINISHED"
+    assert analyze_run.data.tags["analysis.source_run_id"] == run_id
+    assert analyze_run.data.params["run_id"] == run_id
+
+    client.delete_run(run_id)
+    before = {r.info.run_id for r in client.search_runs(["0"], run_view_type=3)}
+    failed = _mlflow_run(tracking_uri, f"run_id={run_id}")
+    assert failed.returncode != 0
+    assert f"run '{run_id}' is deleted" in failed.stderr + failed.stdout
+    (new,) = [r for r in client.search_runs(["0"], run_view_type=3) if r.info.run_id not in before]
+    assert new.info.status == "FAILED"
+    assert "is deleted" in new.data.tags["analysis.error"]
+    assert client.get_run(run_id).data.tags["analysis.run_id"] == analyze_run.info.run_id
