@@ -33,6 +33,7 @@ class ModelConfig(_Section):
     latent_dim: int = Field(16, ge=2, le=256)
     projection_hidden: int = Field(32, ge=4, le=1024)
     max_radius: float = Field(0.95, gt=0.0, lt=1.0)
+    activation: Literal["silu", "relu"] = "silu"
 
 
 class TrainConfig(_Section):
@@ -87,12 +88,12 @@ class RadialTerm(WeightTerm):
 
 
 class PairTerm(WeightTerm):
-    pairs: int = Field(1024, ge=1)
+    pairs: int = Field(512, ge=1)
     margin: float = Field(0.02, ge=0.0)
 
 
 class GeodesicTerm(WeightTerm):
-    pairs: int = Field(1024, ge=1)
+    pairs: int = Field(512, ge=1)
     start_epoch: int = Field(20, ge=0)
     scale: float = Field(2.0, gt=0.0)
 

@@ -11,8 +11,9 @@ Terms (reported as `train/loss_<term>`, already multiplied by their weight, so t
               scale * 3^-v(i-j), v(i-j) = number of equal leading trits (0 until start_epoch)
   richness    hinge keeping each level's within-batch radius variance above min_spread
   separation  hinge ordering per-level mean radii, margin * (level gap) apart
-All geometric terms run in fp32. Pair indices are drawn from torch's global generator so a
-seeded run (and a resumed one) draws the same pairs.
+All geometric terms run in fp32. Pairs are formed inside the (randomly drawn) batch by pairing
+element k with element k+s for s = 1..ceil(pairs / batch): at least `pairs` random pairs per
+step with no gathers, and no extra random numbers.
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ class LossComputer:
         self.level_gap = gap  # gap[a, b] = b - a
         self.upper = gap > 0
 
+    @staticmethod
+    def _rolled(pairs: int, n: int, a: torch.Tensor, b: torch.Tensor):
+        """(a, a shifted, b, b shifted) over ceil(pairs / n) shifts: n * shifts pairs."""
+        shifts = range(1, min(n - 1, -(-pairs // n)) + 1) if n > 1 else range(0)
+        if len(shifts) == 0:
+            return a[:0], a[:0], b[:0], b[:0]
+        if len(shifts) == 1:
+            return a, a.roll(1, 0), b, b.roll(1, 0)
+        rep = len(shifts)
+        a_rep = a.repeat(rep, *([1] * (a.dim() - 1)))
+        b_rep = b.repeat(rep, *([1] * (b.dim() - 1)))
+        a_sh = torch.cat([a.roll(k, 0) for k in shifts])
+        b_sh = torch.cat([b.roll(k, 0) for k in shifts])
+        return a_rep, a_sh, b_rep, b_sh
+
     def kl_weight(self, epoch: int) -> float:
         kl = self.cfg.kl
         warm = 1.0 if kl.warmup_epochs == 0 else min(1.0, epoch / kl.warmup_epochs)
@@ -75,7 +91,7 @@ class LossComputer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         n = x.shape[0]
-        recon = F.cross_entropy(out["logits"].float().reshape(-1, 3), target_cls.reshape(-1))
+        recon = F.cross_entropy(out["logits"].float().transpose(1, 2), target_cls)
         kl = kl_divergence(out["mu_A"], out["logvar_A"]) + kl_divergence(
             out["mu_B"], out["logvar_B"]
         )
@@ -83,19 +99,18 @@ class LossComputer:
         t = self.targets[v]
         radial = (r_A - t).pow(2).mean() + (r_B - t).pow(2).mean()
 
-        # rank: random in-batch pairs of different valuation
-        i = torch.randint(0, n, (cfg.rank.pairs,), device=x.device)
-        j = torch.randint(0, n, (cfg.rank.pairs,), device=x.device)
-        s = torch.sign((v[i] - v[j]).to(torch.float32))
-        hinge = F.relu(cfg.rank.margin + s * (r_B[i] - r_B[j])) * s.abs()
+        # pairs: the batch is a random sample, so element k paired with element k+s (mod n)
+        # for shifts s = 1..S gives random pairs without gathers (rolls are cheap both ways)
+        rank_r, rank_rs, rank_v, rank_vs = self._rolled(cfg.rank.pairs, n, r_B, v)
+        s = torch.sign((rank_v - rank_vs).to(torch.float32))
+        hinge = F.relu(cfg.rank.margin + s * (rank_r - rank_rs)) * s.abs()
         rank = hinge.sum() / s.abs().sum().clamp_min(1.0)
 
         if geodesic_active and cfg.geodesic.weight > 0:
-            gi = torch.randint(0, n, (cfg.geodesic.pairs,), device=x.device)
-            gj = torch.randint(0, n, (cfg.geodesic.pairs,), device=x.device)
-            k = shared_prefix(x[gi], x[gj])
+            z, zs, xa, xs = self._rolled(cfg.geodesic.pairs, n, out["z_B"], x)
+            k = shared_prefix(xa, xs)
             target = cfg.geodesic.scale * torch.pow(3.0, -k)
-            geodesic = (dist(out["z_B"][gi], out["z_B"][gj]) - target).pow(2).mean()
+            geodesic = (dist(z, zs) - target).pow(2).mean()
         else:
             geodesic = r_B.new_zeros(())
 

@@ -19,10 +19,13 @@ from tvae.ops import N_DIGITS
 N_CLASSES = 3
 
 
-def _mlp(sizes: list[int], out: int) -> nn.Sequential:
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU}
+
+
+def _mlp(sizes: list[int], out: int, act: str = "silu") -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.SiLU()]
+        layers += [nn.Linear(a, b), ACTIVATIONS[act]()]
     layers.append(nn.Linear(sizes[-1], out))
     return nn.Sequential(*layers)
 
@@ -30,9 +33,9 @@ def _mlp(sizes: list[int], out: int) -> nn.Sequential:
 class Encoder(nn.Module):
     """9 trits -> hidden MLP -> (mu, logvar), one linear head producing both halves."""
 
-    def __init__(self, hidden: list[int], latent: int) -> None:
+    def __init__(self, hidden: list[int], latent: int, act: str = "silu") -> None:
         super().__init__()
-        self.net = _mlp([N_DIGITS, *hidden], 2 * latent)
+        self.net = _mlp([N_DIGITS, *hidden], 2 * latent, act)
         self.latent = latent
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,10 +46,10 @@ class Encoder(nn.Module):
 class HyperbolicProjection(nn.Module):
     """mu -> point in the Poincaré ball: direction net (unit vector) x radius net (norm)."""
 
-    def __init__(self, latent: int, hidden: int, max_radius: float) -> None:
+    def __init__(self, latent: int, hidden: int, max_radius: float, act: str = "silu") -> None:
         super().__init__()
-        self.direction = _mlp([latent, hidden], latent)
-        self.radius = _mlp([latent, hidden], 1)
+        self.direction = _mlp([latent, hidden], latent, act)
+        self.radius = _mlp([latent, hidden], 1, act)
         self.max_radius = max_radius
 
     def forward(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,13 +70,15 @@ class TernaryVAE(nn.Module):
         latent_dim: int,
         projection_hidden: int,
         max_radius: float,
+        activation: str = "silu",
     ) -> None:
         super().__init__()
-        self.encoder_A = Encoder(encoder_hidden, latent_dim)
-        self.encoder_B = Encoder(encoder_hidden, latent_dim)
-        self.projection_A = HyperbolicProjection(latent_dim, projection_hidden, max_radius)
-        self.projection_B = HyperbolicProjection(latent_dim, projection_hidden, max_radius)
-        self.decoder = _mlp([latent_dim, *decoder_hidden], N_DIGITS * N_CLASSES)
+        act = activation
+        self.encoder_A = Encoder(encoder_hidden, latent_dim, act)
+        self.encoder_B = Encoder(encoder_hidden, latent_dim, act)
+        self.projection_A = HyperbolicProjection(latent_dim, projection_hidden, max_radius, act)
+        self.projection_B = HyperbolicProjection(latent_dim, projection_hidden, max_radius, act)
+        self.decoder = _mlp([latent_dim, *decoder_hidden], N_DIGITS * N_CLASSES, act)
 
     @classmethod
     def from_config(cls, model_cfg: ModelConfig) -> TernaryVAE:
@@ -83,6 +88,7 @@ class TernaryVAE(nn.Module):
             latent_dim=model_cfg.latent_dim,
             projection_hidden=model_cfg.projection_hidden,
             max_radius=model_cfg.max_radius,
+            activation=model_cfg.activation,
         )
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
