@@ -38,6 +38,13 @@ EVENTS_ARTIFACT = "events.json"
 _BATCH_LIMIT = 100  # MLflow's per-call param limit
 
 
+def _prewarm_export() -> None:
+    try:
+        import torch.export  # noqa: F401
+    except Exception:  # only a speed-up; log_model reports real problems
+        pass
+
+
 def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: Path) -> None:
     """Dotted params + config YAML; keys already on the run (resume, `mlflow run`) are kept."""
     existing = client.get_run(run_id).data.params
@@ -85,6 +92,9 @@ class MlflowTrainLogger(TrainLogger):
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
+        # importing torch.export (for the pt2 model at the end) costs ~2 s of pure Python;
+        # do it now, beside training, instead of after the last epoch
+        threading.Thread(target=_prewarm_export, name="tvae-prewarm", daemon=True).start()
         device = str(info["device"]) if info.get("device") is not None else None
         tags = runtime_tags(
             device=device,
@@ -189,6 +199,7 @@ def train_in_run(
     client: MlflowClient | None = None,
     on_trainer: Callable[[Any], None] | None = None,
     log_model: bool = True,
+    echo: bool = True,
 ) -> Any:
     """Train `config` inside the existing run `run_id`; return the TrainResult.
 
@@ -214,7 +225,7 @@ def train_in_run(
             skip = logged
             client.set_tag(run_id, TAG_SKIPPED_STEPS, f"{ckpt_epoch + 1}-{logged}")
     logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
-    trainer = Trainer(config, workdir, logger)
+    trainer = Trainer(config, workdir, logger, echo=echo)
     if on_trainer is not None:
         on_trainer(trainer)
     result = None
