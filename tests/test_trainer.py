@@ -193,3 +193,49 @@ def test_keyboard_interrupt_saves_last_and_reports_killed(tmp_path):
 def test_fp16_on_cpu_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fp16"):
         Trainer(smoke(**{"train.amp": "fp16"}), tmp_path)
+
+
+def test_frozen_segment_is_not_updated_and_gets_no_gradient():
+    from tvae.flatparams import FlatParams
+    from tvae.model import TernaryVAE
+
+    torch.manual_seed(0)
+    cfg = smoke()
+    model = TernaryVAE.from_config(cfg.model)
+    flat = FlatParams([[model.encoder_A], [model.encoder_B], [model.decoder]])
+    opt = torch.optim.AdamW(flat.segments, lr=1e-2, weight_decay=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flat.set_frozen(1, True)
+    x = ternary_ops()[:256]
+    out = model(x)
+    loss = out["logits"].pow(2).mean() + out["mu_B"].pow(2).mean() + out["radius_B"].mean()
+    flat.zero_grad()
+    loss.backward()
+    norm = flat.clip_grad_norm_(1e-3)
+    assert norm > 1e-3 and torch.linalg.vector_norm(flat.grad) <= 1e-3 * (1 + 1e-5)
+    opt.step()
+    after = model.state_dict()
+    for k in before:
+        changed = not torch.equal(before[k], after[k])
+        if k.startswith("encoder_B."):
+            assert not changed, k
+        elif k.startswith(("encoder_A.", "decoder.")):
+            assert changed, k
+    flat.set_frozen(1, False)
+    flat.zero_grad()
+    model(x)["mu_B"].pow(2).mean().backward()
+    opt.step()
+    assert not torch.equal(before["encoder_B.net.0.weight"], model.encoder_B.net[0].weight)
+
+
+def test_stratified_batches_take_their_share_from_high_levels(tmp_path):
+    cfg = smoke(**{"data.stratified": True, "data.stratified_share": 0.5})
+    trainer = Trainer(cfg, tmp_path, echo=False)
+    trainer._setup()
+    idx = trainer._epoch_indices()
+    v = trainer.vals[idx]
+    bs = cfg.train.batch_size
+    first = v[:bs]
+    # half of every batch comes from v >= 2 (1/9 of the ops), plus that share of the rest
+    assert (first >= 2).float().mean().item() >= 0.5
+    assert idx.numel() == 19683 and (v >= 2).float().mean().item() > 0.45

@@ -143,6 +143,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
+        self.resumed_metrics: dict[str, float] = {}
 
     def _rng_state(self) -> dict[str, Any]:
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
@@ -179,6 +180,7 @@ class Trainer:
         self.best_epoch = int(state.get("best_epoch", 0))
         self.best_metrics = dict(state.get("best_metrics", {}))
         self.last_eval = dict(state.get("last_eval", {}))
+        self.resumed_metrics = dict(state.get("metrics", {}))
         return int(state["epoch"])
 
     # -- one epoch -------------------------------------------------------------------------
@@ -203,6 +205,8 @@ class Trainer:
         flat = self.flat
         term_sum = torch.zeros(len(TERMS), device=self.device)
         grad_sum = torch.zeros((), device=self.device)
+        grad_steps = torch.zeros((), device=self.device)
+        skip_inf = scaler.is_enabled()  # fp16: inf/NaN grads are normal, the scaler skips them
         idx_all = self._epoch_indices()
         n = idx_all.numel()
         steps = 0
@@ -220,9 +224,15 @@ class Trainer:
             scaler.step(opt)
             scaler.update()
             term_sum += terms.detach()
-            grad_sum += gnorm.detach()
+            if skip_inf:
+                ok = torch.isfinite(gnorm)
+                grad_sum += torch.where(ok, gnorm.detach(), 0.0)
+                grad_steps += ok
+            else:
+                grad_sum += gnorm.detach()
+                grad_steps += 1
             steps += 1
-        return term_sum / steps, grad_sum / steps
+        return term_sum / steps, grad_sum / grad_steps.clamp_min(1)
 
     def _apply_freeze(self) -> None:
         self.flat.set_frozen(0, self.homeostasis.frozen_A)
@@ -250,7 +260,8 @@ class Trainer:
                 "config": cfg,
             }
         )
-        good = copy.deepcopy(self._state(start_epoch, {}))  # last state known to be finite
+        # the last state known to be finite (written on KILLED/FAILED)
+        good = copy.deepcopy(self._state(start_epoch, self.resumed_metrics))
         last_written = -1
         status, reason, epoch_done = "FINISHED", None, start_epoch
         metrics: dict[str, float] = {}
