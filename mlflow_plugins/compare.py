@@ -443,20 +443,23 @@ def overlay_figure(compared: Sequence[ComparedRun], key: str, name: str) -> Any:
             y = series.loc[at[-1]] if len(at) else series.iloc[0]
             ax.axvline(event.epoch, color=color, ls=":", lw=1, alpha=0.6)
             ax.scatter(
-                [event.epoch],
-                [y],
-                marker="*",
-                s=140,
-                color=color,
-                edgecolor="black",
-                zorder=5,
-                label="grokking event" if not marked else None,
+                [event.epoch], [y], marker="*", s=140, color=color, edgecolor="black", zorder=5
             )
             marked = True
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
     ax.set_title(f"{name} by epoch ({len(compared)} runs; * = confirmed grokking event)")
     ax.grid(alpha=0.3)
+    if marked:
+        ax.scatter(
+            [],
+            [],
+            marker="*",
+            s=140,
+            color="white",
+            edgecolor="black",
+            label="confirmed grokking event",
+        )
     if aligned.shape[1]:
         ax.legend(fontsize=7, loc="best", ncol=2 if len(compared) > 8 else 1)
     else:

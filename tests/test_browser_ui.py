@@ -1,0 +1,172 @@
+"""The MLflow UI, rendered by a real headless Chromium, shows what our runs promise.
+
+A real `mlflow server` (temp SQLite, proxied temp artifacts, one worker) receives two smoke
+trainings and their analyses through the real entry points; then the React UI must show the
+`tier` tag in the runs table (per run, equal to the stored tag) and list the `analysis/` plots
+in the training run's artifact view, and the compare run's HTML table must render there too.
+Screenshots go to screenshots/browser_ui/ (printed). Cost: ~100 s on 2 cores, mostly training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow_server import mlflow_server
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = REPO / "screenshots" / "browser_ui"
+UI_TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("playwright") is None,
+        reason="the playwright Python package is not installed",
+    ),
+]
+
+
+def _run_all(commands: list[list[str]], env: dict[str, str], cwd: Path, timeout: int) -> list[str]:
+    """Run commands concurrently (2 cores, 2 runs); fail with their output if any fails."""
+    procs = [
+        subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+        for cmd in commands
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for cmd, proc, out in zip(commands, procs, outputs, strict=True):
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-3000:]}"
+    return outputs
+
+
+def _env(url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_REGISTRY_URI": url,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
+
+
+def _open(page, url: str, ready_text: str) -> None:
+    """Go to a UI route and wait until the React app has rendered `ready_text`."""
+    page.goto(url)
+    page.get_by_text(ready_text, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+    close = page.get_by_role("button", name="Close")  # the assistant side panel, when shown
+    if close.count():
+        close.first.click()
+
+
+def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {SHOTS}")
+    with mlflow_server(tmp_path / "server") as server:
+        env = _env(server.url)
+        config = str(REPO / "configs" / "smoke.yaml")
+        # two epochs keep the test short; the experiment exists first so the runs do not race
+        train = [sys.executable, "-m", "entrypoints.train", "--config", config, "--epochs", "2"]
+        MlflowClient(server.url).create_experiment("smoke")
+        t0 = time.monotonic()
+        _run_all([train + ["--seed", "0"], train + ["--seed", "1"]], env, tmp_path, 400)
+        print(f"trained 2 runs: {time.monotonic() - t0:.0f} s")
+
+        client = MlflowClient(server.url)
+        exp = client.get_experiment_by_name("smoke")
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+        seen = [(r.info.run_name, r.info.status) for r in runs]
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), seen
+        ids = [r.info.run_id for r in runs]
+        analyze = [sys.executable, "-m", "entrypoints.analyze", "--register", "false", "--run-id"]
+        t0 = time.monotonic()
+        _run_all([analyze + [i] for i in ids], env, tmp_path, 300)
+        print(f"analysed: {time.monotonic() - t0:.0f} s")
+        t0 = time.monotonic()
+        compare = [sys.executable, "-m", "entrypoints.compare", "--runs", ",".join(ids)]
+        compare_out = _run_all([compare], env, tmp_path, 300)[0]
+        print(f"compared: {time.monotonic() - t0:.0f} s")
+
+        training = {i: client.get_run(i) for i in ids}
+        tiers = {i: training[i].data.tags["tier"] for i in ids}
+        names = {i: training[i].info.run_name for i in ids}
+        plots = sorted(
+            Path(f.path).name
+            for f in client.list_artifacts(ids[0], "analysis")
+            if f.path.endswith(".png")
+        )
+        assert plots, "analyze logged no analysis/*.png plots"
+        compare_id = compare_out.strip().splitlines()[-1].split()[3].rstrip(":")
+        eid = exp.experiment_id
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            try:
+                # Runs table: add the `tier` tag column through the Columns menu, as a user would.
+                runs_url = f"{server.url}/#/experiments/{eid}/runs?workflowType=machine_learning"
+                _open(page, runs_url, names[ids[0]])
+                page.get_by_role("button", name="Columns", exact=True).click()
+                page.get_by_placeholder("Search columns").fill("tier")
+                page.locator('span[title="tier"]').first.click()
+                page.keyboard.press("Escape")
+                page.get_by_role("columnheader", name="tier").first.wait_for()
+                for run_id in ids:
+                    cell = page.locator(f'[row-id="{run_id}"] [col-id="tags.`tier`"]')
+                    cell.wait_for(timeout=UI_TIMEOUT_MS)
+                    assert cell.inner_text().strip() == tiers[run_id]
+                page.screenshot(path=str(SHOTS / "runs_table_tier.png"))
+
+                # Training run's artifact view: analysis/ lists every plot; one previews.
+                art_url = f"{server.url}/#/experiments/{eid}/runs/{ids[0]}/artifacts"
+                _open(page, art_url, "analysis")
+                page.get_by_text("analysis", exact=True).first.click()
+                for name in plots:
+                    page.get_by_text(name, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+                page.get_by_text(plots[0], exact=True).first.click()
+                page.get_by_text(f"analysis/{plots[0]}", exact=True).wait_for()
+                page.wait_for_function(  # the PNG was fetched through the server and decoded
+                    "() => [...document.images].some(i => i.complete && i.naturalWidth > 200)",
+                    timeout=UI_TIMEOUT_MS,
+                )
+                page.screenshot(path=str(SHOTS / "training_run_analysis_artifacts.png"))
+
+                # Compare run: its HTML table renders in the artifact viewer's frame.
+                cmp_url = f"{server.url}/#/experiments/{eid}/runs/{compare_id}/artifacts"
+                _open(page, cmp_url, "compare")
+                page.get_by_text("compare", exact=True).first.click()
+                page.get_by_text("table.html", exact=True).first.click()
+                frame = page.frame_locator("iframe").first
+                for run_id in ids:
+                    frame.get_by_text(names[run_id], exact=True).first.wait_for(
+                        timeout=UI_TIMEOUT_MS
+                    )
+                page.screenshot(path=str(SHOTS / "compare_table_html.png"))
+            except Exception:
+                page.screenshot(path=str(SHOTS / "failure.png"))
+                raise
+            finally:
+                browser.close()

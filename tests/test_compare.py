@@ -1,0 +1,260 @@
+"""compare: run selection and its errors, epoch alignment, table/ranking, artifacts, CLI.
+
+Runs are created in a real temporary SQLite store with `log_batch` from synthetic histories.
+Cost: ~15 s on 2 cores (most of it matplotlib rendering and MLflow store set-up).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from mlflow_plugins.compare import (
+    CompareError,
+    align_by_epoch,
+    compare_runs,
+    load_compared_runs,
+    parse_run_ids,
+    select_runs,
+)
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def synthetic_history(
+    epochs: list[int], jump_at: int, height: float
+) -> dict[str, dict[int, float]]:
+    """Contract-like curves: coverage/Q rise by `height` at `jump_at`, hierarchy and loss fall."""
+    out: dict[str, dict[int, float]] = {}
+    for e in epochs:
+        up = 1.0 if e >= jump_at else 0.0
+        out.setdefault("eval/coverage", {})[e] = 0.6 + height * up + 0.001 * e
+        out.setdefault("eval/hierarchy_B", {})[e] = -0.5 - 0.3 * up * height
+        out.setdefault("eval/Q", {})[e] = 1.0 + 2 * height * up
+        out.setdefault("train/loss", {})[e] = 2.0 / (1 + e) + 0.01
+        out.setdefault("perf/samples_per_sec", {})[e] = 5000.0 + e
+    return out
+
+
+def log_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    history: dict[str, dict[int, float]],
+    tags: dict[str, str] | None = None,
+) -> str:
+    """A finished run holding `history` (step = epoch) and `tags`."""
+    run = client.create_run(experiment_id, run_name=name, tags=tags or {})
+    metrics = [
+        Metric(key, float(v), 1_700_000_000_000 + step, step)
+        for key, series in history.items()
+        for step, v in series.items()
+    ]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def analysed(tier: str, first_epoch: int | None, severity: str = "standard") -> dict[str, str]:
+    tags = {"tier": tier, "grokking.severity": severity if first_epoch else "none"}
+    tags["grokking.events"] = "1" if first_epoch else "0"
+    if first_epoch:
+        tags["grokking.first_epoch"] = str(first_epoch)
+    return tags
+
+
+@pytest.fixture
+def store(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    exp = client.create_experiment("cmp")
+    return client, exp
+
+
+def test_parse_run_ids_keeps_order_and_drops_blanks():
+    assert parse_run_ids(" b, a,,b ,") == ["b", "a"]
+    assert parse_run_ids("") == []
+
+
+def test_runs_of_different_lengths_and_irregular_steps_line_up_by_epoch(store):
+    client, exp = store
+    dense = log_run(
+        client, exp, "dense", synthetic_history(list(range(1, 11)), 5, 0.2), analysed("Good", 5)
+    )
+    sparse = log_run(
+        client, exp, "sparse", synthetic_history([1, 4, 9, 16, 25], 9, 0.3), analysed("Good", 9)
+    )
+    runs = select_runs(client, [dense, sparse])
+    compared = load_compared_runs(client, runs, analyzer=_no_analysis)
+    aligned = align_by_epoch(compared, "eval/Q")
+    assert list(aligned.index) == sorted(set(range(1, 11)) | {16, 25})
+    assert aligned.loc[25, "sparse"] == pytest.approx(1.6)
+    assert np.isnan(aligned.loc[25, "dense"]) and np.isnan(aligned.loc[2, "sparse"])
+    assert aligned.loc[5, "dense"] == pytest.approx(1.4) and aligned.loc[4, "sparse"] == 1.0
+
+
+def _no_analysis(history, system, status):  # only for runs that already carry tags
+    raise AssertionError("a stored analysis must be used, not a new one")
+
+
+def test_table_ranks_by_tier_then_quality_and_reports_stored_events(store):
+    client, exp = store
+    good = log_run(
+        client, exp, "good", synthetic_history(list(range(1, 31)), 12, 0.3), analysed("Good", 12)
+    )
+    best = log_run(
+        client,
+        exp,
+        "excellent",
+        synthetic_history(list(range(1, 41)), 20, 0.35),
+        analysed("Excellent", 20, "major"),
+    )
+    weak = log_run(
+        client, exp, "weak", synthetic_history(list(range(1, 21)), 99, 0.0), analysed("None", None)
+    )
+    result = compare_runs(
+        client, select_runs(client, [good, weak, best]), analyzer=_no_analysis, log=False
+    )
+    table = result.table
+    assert list(table["run"]) == ["excellent", "good", "weak"]
+    assert list(table["rank"]) == [1, 2, 3]
+    row = table.set_index("run").loc["excellent"]
+    assert row["events"] == 1 and row["event_epochs"] == "20" and row["severity"] == "major"
+    assert row["epochs"] == 40 and row["analysis"] == "stored"
+    assert row["best_Q"] == pytest.approx(1.7) and row["final_loss"] == pytest.approx(2 / 41 + 0.01)
+    assert row["best_hierarchy_B"] == pytest.approx(-0.5 - 0.3 * 0.35)
+    assert table.set_index("run").loc["weak", "events"] == 0
+    assert result.ranking[0].startswith(" 1. excellent [Excellent]")
+    assert "no grokking" in result.ranking[2]
+
+
+def test_compare_logs_plots_table_and_html_to_its_own_run_and_leaves_runs_alone(store, tmp_path):
+    client, exp = store
+    a = log_run(
+        client, exp, "a", synthetic_history(list(range(1, 21)), 8, 0.3), analysed("Good", 8)
+    )
+    b = log_run(
+        client, exp, "b", synthetic_history(list(range(1, 31, 2)), 15, 0.2), analysed("Minimal", 15)
+    )
+    before = {r: client.get_run(r).data for r in (a, b)}
+    result = compare_runs(client, select_runs(client, [a, b]), analyzer=_no_analysis)
+    own = client.get_run(result.compare_run_id)
+    assert own.info.experiment_id == exp and own.info.status == "FINISHED"
+    assert set(own.data.tags["compare.runs"].split(",")) == {a, b}
+    listed = {f.path for f in client.list_artifacts(result.compare_run_id, "compare")}
+    expected = {
+        "coverage.png",
+        "hierarchy_B.png",
+        "Q.png",
+        "loss.png",
+        "table.csv",
+        "table.html",
+        "ranking.txt",
+    }
+    assert listed == {f"compare/{n}" for n in expected}
+    local = client.download_artifacts(result.compare_run_id, "compare", str(tmp_path / "dl"))
+    csv = pd.read_csv(f"{local}/table.csv")
+    assert list(csv["run_id"]) == [a, b] and list(csv["tier"]) == ["Good", "Minimal"]
+    page = open(f"{local}/table.html").read()
+    assert page.startswith("<!DOCTYPE html>") and '<td class="Minimal">Minimal</td>' in page
+    assert open(f"{local}/coverage.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    for run_id, data in before.items():
+        after = client.get_run(run_id).data
+        assert after.tags == data.tags and after.metrics == data.metrics
+        assert client.list_artifacts(run_id) == []
+
+
+def test_experiment_and_filter_select_only_matching_training_runs(store):
+    client, exp = store
+    good = log_run(client, exp, "g", synthetic_history([1, 2, 3], 2, 0.2), analysed("Good", 2))
+    log_run(client, exp, "m", synthetic_history([1, 2, 3], 2, 0.1), analysed("Minimal", 2))
+    # an analyze run of `good` carries the same tags: a search must not take it for training
+    log_run(
+        client,
+        exp,
+        "analyze-g",
+        {"analysis/seconds": {0: 1.0}},
+        {**analysed("Good", 2), "analysis.source_run_id": good},
+    )
+    runs = select_runs(client, experiment="cmp", filter_string="tags.tier = 'Good'")
+    assert [r.info.run_id for r in runs] == [good]
+    assert len(select_runs(client, experiment="cmp")) == 2
+    assert [r.info.run_id for r in select_runs(client, filter_string="tags.tier = 'Good'")] == [
+        good
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"run_ids": ["0" * 32]}, "unknown run id(s): " + "0" * 32),
+        ({"experiment": "nope"}, "no experiment named 'nope'"),
+        ({"experiment": "cmp", "filter_string": "tags.tier = 'Exceptional'"}, "no training runs"),
+        ({"experiment": "cmp", "filter_string": "tags.tier =="}, "--filter:"),
+        ({}, "nothing to compare"),
+        ({"run_ids": ["x"], "experiment": "cmp"}, "not both"),
+    ],
+)
+def test_bad_selections_fail_with_one_clear_line(store, kwargs, message):
+    client, exp = store
+    log_run(client, exp, "only", synthetic_history([1, 2], 2, 0.1), analysed("Good", 2))
+    with pytest.raises(CompareError) as err:
+        select_runs(client, **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_runs_from_other_experiments_without_compared_metrics_are_refused(store):
+    client, exp = store
+    ours = log_run(client, exp, "ours", synthetic_history([1, 2], 2, 0.1), analysed("Good", 2))
+    other = client.create_experiment("sklearn")
+    theirs = log_run(client, other, "theirs", {"rmse": {0: 0.3}})
+    with pytest.raises(CompareError, match=f"log none of the compared metrics.*{theirs}"):
+        select_runs(client, [ours, theirs])
+    bare = client.create_run(other).info.run_id
+    with pytest.raises(CompareError, match=f"without metrics.*{bare}"):
+        select_runs(client, [ours, bare])
+
+
+def test_cli_prints_ranking_and_rejects_bad_input_without_logging(store):
+    client, exp = store
+    a = log_run(
+        client, exp, "alpha", synthetic_history(list(range(1, 6)), 3, 0.3), analysed("Excellent", 3)
+    )
+    b = log_run(
+        client, exp, "beta", synthetic_history(list(range(1, 6)), 3, 0.1), analysed("Minimal", 3)
+    )
+    from entrypoints.compare import main
+
+    ok = CliRunner().invoke(main, ["--runs", f"{b},{a}", "--experiment", "", "--filter", ""])
+    assert ok.exit_code == 0, ok.output
+    lines = ok.output.splitlines()
+    assert lines[1].startswith(" 1. alpha [Excellent]") and lines[2].startswith(
+        " 2. beta [Minimal]"
+    )
+    n_runs = len(client.search_runs([exp]))
+    bad = CliRunner().invoke(
+        main, ["--runs", "", "--experiment", "cmp", "--filter", "tags.x = 'y'"]
+    )
+    assert bad.exit_code != 0
+    assert bad.output.strip().splitlines() == [
+        "Error: no training runs in experiment 'cmp' matching filter \"tags.x = 'y'\""
+    ]
+    assert len(client.search_runs([exp])) == n_runs
+
+
+def test_help_documents_the_choice_for_runs_not_yet_analysed():
+    out = subprocess.run(
+        [sys.executable, "-m", "entrypoints.compare", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "ON THE FLY" in out and "nothing is written to those runs" in out
