@@ -39,8 +39,13 @@ _BATCH_LIMIT = 100  # MLflow's per-call param limit
 
 
 def _prewarm_export() -> None:
+    """Pay log_model's one-off costs beside training: importing torch.export and MLflow's
+    scan of installed packages (its requirement check), ~2 s each on a small CPU."""
     try:
         import torch.export  # noqa: F401
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_packages_to_modules_map()
     except Exception:  # only a speed-up; log_model reports real problems
         pass
 
@@ -92,8 +97,6 @@ class MlflowTrainLogger(TrainLogger):
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
-        # importing torch.export (for the pt2 model at the end) costs ~2 s of pure Python;
-        # do it now, beside training, instead of after the last epoch
         threading.Thread(target=_prewarm_export, name="tvae-prewarm", daemon=True).start()
         device = str(info["device"]) if info.get("device") is not None else None
         tags = runtime_tags(
