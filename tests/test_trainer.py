@@ -239,3 +239,6 @@ def test_stratified_batches_take_their_share_from_high_levels(tmp_path):
     # half of every batch comes from v >= 2 (1/9 of the ops), plus that share of the rest
     assert (first >= 2).float().mean().item() >= 0.5
     assert idx.numel() == 19683 and (v >= 2).float().mean().item() > 0.45
+    for share in (0.01, 1.0):  # tiny and full shares still give one epoch of indices
+        trainer.config.data.stratified_share = share
+        assert trainer._epoch_indices().numel() == 19683

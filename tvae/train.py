@@ -185,6 +185,8 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------
     def _epoch_indices(self) -> torch.Tensor:
+        """One epoch of N_OPS sample indices; with data.stratified, every batch ends with a
+        data.stratified_share slice drawn (with replacement) from levels v >= min_valuation."""
         data = self.config.data
         perm = torch.randperm(N_OPS, device=self.device)
         if not data.stratified or data.stratified_share <= 0:
@@ -193,10 +195,10 @@ class Trainer:
         n_high = min(bs, round(bs * data.stratified_share))
         steps = math.ceil(N_OPS / bs)
         picks = torch.randint(0, self.high_idx.numel(), (steps, n_high), device=self.device)
-        base = perm[: steps * (bs - n_high)].view(steps, bs - n_high) if n_high < bs else None
         high = self.high_idx[picks]
-        batches = high if base is None else torch.cat([base, high], dim=1)
-        return batches.reshape(-1)[:N_OPS] if n_high < bs else batches.reshape(-1)
+        n_base = steps * (bs - n_high)
+        base = perm.repeat(math.ceil(n_base / N_OPS))[:n_base].view(steps, bs - n_high)
+        return torch.cat([base, high], dim=1).reshape(-1)[:N_OPS]
 
     def _train_epoch(self, epoch: int, geodesic_active: bool) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config.train
