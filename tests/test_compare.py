@@ -258,3 +258,45 @@ def test_help_documents_the_choice_for_runs_not_yet_analysed():
         check=True,
     ).stdout
     assert "ON THE FLY" in out and "nothing is written to those runs" in out
+
+
+def grokking_history(jump_at: int, epochs: int = 60) -> dict[str, dict[int, float]]:
+    """A plateau, then a 2-epoch jump in coverage/hierarchy/Q with the loss falling too."""
+    rng = np.random.default_rng(jump_at)
+    out: dict[str, dict[int, float]] = {}
+    for e in range(1, epochs + 1):
+        up = min(max((e - jump_at) / 2, 0.0), 1.0)
+        out.setdefault("train/loss", {})[e] = 1.0 - 0.5 * up + rng.normal(0, 1e-5)
+        out.setdefault("eval/coverage", {})[e] = 0.80 + 0.19 * up + rng.normal(0, 1e-4)
+        out.setdefault("eval/hierarchy_B", {})[e] = -0.55 - 0.27 * up
+        out.setdefault("eval/Q", {})[e] = 1.2 + 1.0 * up
+        out.setdefault("opt/lr", {})[e] = 1e-3
+    return out
+
+
+def test_runs_not_analysed_are_analysed_in_memory_and_left_untouched(store):
+    from mlflow_plugins.history import load_history
+    from tvae.analysis import analyze
+
+    client, exp = store
+    fresh = log_run(client, exp, "fresh", grokking_history(30))
+    stored = log_run(
+        client, exp, "stored", synthetic_history(list(range(1, 21)), 8, 0.1), analysed("Minimal", 8)
+    )
+    before = client.get_run(fresh).data
+    result = compare_runs(client, select_runs(client, [stored, fresh]))
+    expected = analyze(load_history(client, fresh)[0])  # the engine itself, on the same history
+    assert expected.confirmed, "the fixture history must hold a grokking event"
+    row = result.table.set_index("run").loc["fresh"]
+    assert row["analysis"] == "on the fly"
+    assert row["tier"] == expected.tags()["tier"]
+    assert row["severity"] == expected.tags()["grokking.severity"]
+    assert row["event_epochs"] == ",".join(
+        str(int(c.breakthrough_epoch)) for c in expected.confirmed
+    )
+    assert result.table.set_index("run").loc["stored", "analysis"] == "stored"
+    after = client.get_run(fresh)
+    assert after.data.tags == before.tags and "tier" not in after.data.tags
+    assert client.list_artifacts(fresh) == []
+    everything = {r.info.run_id for r in client.search_runs([exp])}
+    assert everything == {fresh, stored, result.compare_run_id}  # no analyze run was made
