@@ -93,3 +93,12 @@ def test_kl_warmup():
     kl = LossConfig().kl
     assert lc.kl_weight(1) == pytest.approx(kl.beta / kl.warmup_epochs)
     assert lc.kl_weight(kl.warmup_epochs + 3) == pytest.approx(kl.beta)
+
+
+def test_single_sample_batch_is_finite():
+    torch.manual_seed(0)
+    model = TernaryVAE.from_config(ModelConfig())
+    lc = LossComputer(LossConfig(), torch.device("cpu"))
+    ops, v = ternary_ops()[5:6], valuations()[5:6]
+    total, terms = lc(model(ops), ops, (ops + 1).long(), v, 30, True)
+    assert torch.isfinite(terms).all() and terms[TERMS.index("geodesic")] == 0.0

@@ -110,7 +110,8 @@ class LossComputer:
             z, zs, xa, xs = self._rolled(cfg.geodesic.pairs, n, out["z_B"], x)
             k = shared_prefix(xa, xs)
             target = cfg.geodesic.scale * torch.pow(3.0, -k)
-            geodesic = (dist(z, zs) - target).pow(2).mean()
+            sq = (dist(z, zs) - target).pow(2)
+            geodesic = sq.sum() / max(1, sq.numel())  # a 1-sample batch has no pairs
         else:
             geodesic = r_B.new_zeros(())
 
