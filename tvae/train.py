@@ -7,6 +7,12 @@ inside the batch loop), evaluate all operations, report every contract metric, c
 With train.eval_every > 1, epochs without an eval carry the most recent eval values forward
 (every contract key is reported every epoch); best.pt and homeostasis only react to real evals.
 perf/samples_per_sec counts the training pass only; perf/epoch_seconds is the whole epoch.
+state/frozen_encoder_* report the freeze state the epoch trained with (homeostasis decides
+after the epoch's eval; the change shows from the next epoch on).
+
+Events (logger.on_event): "lr_phase" {epoch, phase, name, lr}, "geodesic_on" {epoch},
+"homeostasis_freeze" / "homeostasis_unfreeze" {epoch, encoder, coverage|hierarchy_B},
+"divergence" {epoch, reason}.
 """
 
 from __future__ import annotations
