@@ -104,7 +104,14 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
         _run_all([analyze + [i] for i in ids], env, tmp_path, 300)
         print(f"analysed: {time.monotonic() - t0:.0f} s")
         t0 = time.monotonic()
-        compare = [sys.executable, "-m", "entrypoints.compare", "--runs", ",".join(ids)]
+        # compare through `mlflow run`, with a quoted filter: only the 2 training runs match
+        # (the analyze runs carry `tier` too and must be left out)
+        analysed = "tags.tier LIKE '%' and attributes.status = 'FINISHED'"
+        compare = [
+            sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+            "--experiment-name", "smoke", "-e", "compare",
+            "-P", "experiment=smoke", "-P", f"filter={analysed}",
+        ]  # fmt: skip
         compare_out = _run_all([compare], env, tmp_path, 300)[0]
         print(f"compared: {time.monotonic() - t0:.0f} s")
 
@@ -117,7 +124,12 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
             if f.path.endswith(".png")
         )
         assert plots, "analyze logged no analysis/*.png plots"
-        compare_id = compare_out.strip().splitlines()[-1].split()[3].rstrip(":")
+        compare_id = next(
+            line.split()[3].rstrip(":")
+            for line in compare_out.splitlines()
+            if line.startswith("Logged to run ")
+        )
+        assert set(client.get_run(compare_id).data.tags["compare.runs"].split(",")) == set(ids)
         eid = exp.experiment_id
 
         with sync_playwright() as pw:
