@@ -242,3 +242,16 @@ def test_stratified_batches_take_their_share_from_high_levels(tmp_path):
     for share in (0.01, 1.0):  # tiny and full shares still give one epoch of indices
         trainer.config.data.stratified_share = share
         assert trainer._epoch_indices().numel() == 19683
+
+
+def test_eval_every_carries_last_eval_forward(tmp_path):
+    rec = Recorder()
+    result = Trainer(smoke(**{"train.eval_every": 3}), tmp_path, rec, echo=False).fit()
+    assert result.status == "FINISHED"
+    m = {e[1]: e[2] for e in rec.kind("epoch")}
+    # evals at epoch 1 (nothing to carry yet), 3, and the last epoch (4)
+    for k in EVAL_KEYS:
+        assert m[2][k] == m[1][k]
+    assert m[3]["eval/hierarchy_B"] != m[2]["eval/hierarchy_B"]
+    assert m[4]["eval/hierarchy_B"] != m[3]["eval/hierarchy_B"]
+    assert result.best_epoch in (1, 3, 4)
