@@ -2,7 +2,8 @@
 
 A real `mlflow server` (temp SQLite, proxied temp artifacts, one worker) receives two smoke
 trainings and their analyses through the real entry points; then the React UI must show the
-`tier` tag in the runs table (per run, equal to the stored tag) and list the `analysis/` plots
+`tier` tag in the runs table (per run, equal to the stored tag), chart the contract metrics
+of both runs against step (= epoch) in the chart view, and list the `analysis/` plots
 in the training run's artifact view, and the compare run's HTML table must render there too.
 Screenshots go to screenshots/browser_ui/ (printed). Cost: ~100 s on 2 cores, mostly training.
 """
@@ -32,6 +33,18 @@ CHROMIUM_ARGS = [
 ]
 SHOTS = REPO / "screenshots" / "browser_ui"
 UI_TIMEOUT_MS = 60_000
+# Number of runs drawn in the chart titled `key`: distinct colours of non-empty plotly lines
+# (runs without the metric, such as the analyze and compare runs, draw none).
+LINES_JS = """key => {
+  const title = [...document.querySelectorAll('*')]
+    .find(e => e.children.length === 0 && e.textContent.trim() === key);
+  let card = title;
+  while (card && !card.querySelector('svg.main-svg')) card = card.parentElement;
+  if (!card) return -1;
+  const drawn = [...card.querySelectorAll('path.js-line')]
+    .filter(p => (p.getAttribute('d') || '').length > 2);
+  return new Set(drawn.map(p => p.style.stroke)).size;
+}"""
 
 pytestmark = [
     pytest.mark.browser,
@@ -151,6 +164,21 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
                     cell.wait_for(timeout=UI_TIMEOUT_MS)
                     assert cell.inner_text().strip() == tiers[run_id]
                 page.screenshot(path=str(SHOTS / "runs_table_tier.png"))
+
+                # Chart view: the contract metrics of both runs, epoch (step) on the x-axis.
+                _open(page, runs_url + "&compareRunsMode=CHART", names[ids[0]])
+                search = page.get_by_placeholder("Search metric charts")
+                for key in ("eval/coverage", "eval/hierarchy_B", "eval/Q", "train/loss"):
+                    search.fill(key)
+                    page.get_by_text(key, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+                    page.wait_for_function(
+                        f"key => ({LINES_JS})(key) === {len(ids)}", arg=key, timeout=UI_TIMEOUT_MS
+                    )
+                    assert page.get_by_text("Step", exact=True).count() >= 1
+                search.fill("eval/")
+                page.get_by_text("eval/Q", exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+                page.wait_for_timeout(1500)  # let the filtered grid settle for the screenshot
+                page.screenshot(path=str(SHOTS / "chart_view_contract_metrics.png"))
 
                 # Training run's artifact view: analysis/ lists every plot; one previews.
                 art_url = f"{server.url}/#/experiments/{eid}/runs/{ids[0]}/artifacts"
