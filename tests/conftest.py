@@ -35,9 +35,23 @@ def tracking_uri(tmp_path, monkeypatch, _migrated_db) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.chdir(tmp_path)
+    _forget_fluent_state()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+    _forget_fluent_state()
     mlflow.set_tracking_uri(None)
+
+
+def _forget_fluent_state() -> None:
+    """MLflow's fluent API caches the active experiment (and model) per process; a later test's
+    fresh store does not have them, so drop them between tests."""
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
+    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        os.environ.pop(leaked, None)  # mlflow.set_experiment exports the first
+    mlflow.clear_active_model()
