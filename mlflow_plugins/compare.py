@@ -376,19 +376,31 @@ def ranking_lines(table: pd.DataFrame) -> list[str]:
 
 _HTML_STYLE = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:16px;color:#1f2328}
-table{border-collapse:collapse;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;font-size:12px}
+th,td{border:1px solid #d0d7de;padding:3px 6px;text-align:left;white-space:nowrap}
 th{background:#f6f8fa;position:sticky;top:0}
-td:nth-child(2),td:nth-child(3),td:nth-child(5){text-align:left}
 tr:nth-child(even) td{background:#fbfcfd}
 .Exceptional{color:#6f42c1;font-weight:600}.Excellent{color:#1a7f37;font-weight:600}
 .Good{color:#1a7f37}.Minimal{color:#9a6700}.None{color:#6e7781}
 """
 
 
+def _html_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown on the page: best and final of a metric share one "best / final" cell."""
+    view = table.drop(columns=["run_id"]).copy()
+    for _, name, _ in KEY_METRICS:
+        best, final = view.pop(f"best_{name}"), view.pop(f"final_{name}")
+        view[f"{name} best / final"] = [
+            f"{_fmt(b)} / {_fmt(f)}" for b, f in zip(best, final, strict=True)
+        ]
+    for col in ("epochs", "wall_s", "samples_per_s"):
+        view[col] = view.pop(col)
+    return view
+
+
 def table_html(table: pd.DataFrame, title: str) -> str:
     """A standalone HTML page of the table (the MLflow artifact viewer shows it as is)."""
-    shown = table.drop(columns=["run_id"]).copy()
+    shown = _html_view(table)
     header = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     body = []
     for _, row in shown.iterrows():

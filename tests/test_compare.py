@@ -260,14 +260,17 @@ def test_help_documents_the_choice_for_runs_not_yet_analysed():
     assert "ON THE FLY" in out and "nothing is written to those runs" in out
 
 
-def grokking_history(jump_at: int, epochs: int = 60) -> dict[str, dict[int, float]]:
-    """A plateau, then a 2-epoch jump in coverage/hierarchy/Q with the loss falling too."""
-    rng = np.random.default_rng(jump_at)
+def grokking_history(jumps: tuple[int, ...], epochs: int = 60) -> dict[str, dict[int, float]]:
+    """Plateaus, each ended by a 2-epoch jump in coverage/hierarchy/Q with the loss falling."""
+    rng = np.random.default_rng(sum(jumps))
+    n = len(jumps)
     out: dict[str, dict[int, float]] = {}
     for e in range(1, epochs + 1):
-        up = min(max((e - jump_at) / 2, 0.0), 1.0)
+        up = sum(min(max((e - j) / 2, 0.0), 1.0) for j in jumps) / n
         out.setdefault("train/loss", {})[e] = 1.0 - 0.5 * up + rng.normal(0, 1e-5)
-        out.setdefault("eval/coverage", {})[e] = 0.80 + 0.19 * up + rng.normal(0, 1e-4)
+        out.setdefault("eval/coverage", {})[e] = (
+            0.99 - 0.19 * n + 0.19 * n * up + rng.normal(0, 1e-4)
+        )
         out.setdefault("eval/hierarchy_B", {})[e] = -0.55 - 0.27 * up
         out.setdefault("eval/Q", {})[e] = 1.2 + 1.0 * up
         out.setdefault("opt/lr", {})[e] = 1e-3
@@ -279,7 +282,7 @@ def test_runs_not_analysed_are_analysed_in_memory_and_left_untouched(store):
     from tvae.analysis import analyze
 
     client, exp = store
-    fresh = log_run(client, exp, "fresh", grokking_history(30))
+    fresh = log_run(client, exp, "fresh", grokking_history((30,)))
     stored = log_run(
         client, exp, "stored", synthetic_history(list(range(1, 21)), 8, 0.1), analysed("Minimal", 8)
     )
@@ -300,3 +303,23 @@ def test_runs_not_analysed_are_analysed_in_memory_and_left_untouched(store):
     assert client.list_artifacts(fresh) == []
     everything = {r.info.run_id for r in client.search_runs([exp])}
     assert everything == {fresh, stored, result.compare_run_id}  # no analyze run was made
+
+
+def test_stored_analysis_events_come_from_the_report_the_analyzer_wrote(store, tmp_path):
+    from mlflow_plugins.analysis_writer import render_artifacts, write_training_run
+    from mlflow_plugins.history import load_history
+    from tvae.analysis import analyze
+
+    client, exp = store
+    run_id = log_run(client, exp, "grokked", grokking_history((30, 70), epochs=100))
+    report = analyze(load_history(client, run_id)[0])
+    # two events: the tags alone (grokking.first_epoch) could not give the second epoch
+    assert len(report.confirmed) == 2, report.summary()
+    folder = tmp_path / "analysis"
+    render_artifacts(report.to_dict(), {}, folder)
+    write_training_run(client, run_id, folder, report.tags())  # as `analyze` stores it
+    result = compare_runs(client, select_runs(client, [run_id]), analyzer=_no_analysis, log=False)
+    row = result.table.iloc[0]
+    assert row["analysis"] == "stored" and row["tier"] == report.tags()["tier"]
+    assert row["event_epochs"] == ",".join(str(int(c.breakthrough_epoch)) for c in report.confirmed)
+    assert row["events"] == len(report.confirmed)
