@@ -38,6 +38,7 @@ def _optional(value: str | None) -> str | None:
 @click.option("--experiment", default="", help="experiment name")
 @click.option("--filter", "filter_string", default="", help="MLflow search filter")
 def main(runs: str, experiment: str, filter_string: str) -> None:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from mlflow_plugins.compare import CompareError, compare_runs, parse_run_ids, select_runs
@@ -53,6 +54,9 @@ def main(runs: str, experiment: str, filter_string: str) -> None:
         result = compare_runs(client, selected)
     except CompareError as err:
         raise click.ClickException(str(err)) from None
+    except MlflowException as err:  # e.g. an unreachable tracking server
+        first = str(err.message).splitlines()[0] if err.message else type(err).__name__
+        raise click.ClickException(f"tracking store: {first}") from None
     click.echo(f"Compared {len(result.table)} runs (best first):")
     for line in result.ranking:
         click.echo(line)

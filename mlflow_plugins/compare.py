@@ -43,6 +43,7 @@ TAG_COUNT = "compare.count"
 # Runs that are not training runs: analyze runs (analysis_writer) and compare runs (ours).
 NOT_TRAINING_TAGS = ("analysis.source_run_id", TAG_COMPARED)
 REPORT_PATH = "analysis/report.json"
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "NOT_FOUND")
 
 
 class CompareError(ValueError):
@@ -112,7 +113,9 @@ def _get_runs(client: MlflowClient, run_ids: Sequence[str]) -> list[Run]:
     for run_id in run_ids:
         try:
             run = client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as err:
+            if err.error_code not in _NOT_FOUND:
+                raise  # the store itself failed (e.g. server unreachable): not the id's fault
             unknown.append(run_id)
             continue
         if run.info.lifecycle_stage == "deleted":

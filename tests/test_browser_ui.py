@@ -94,6 +94,8 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
 
+    from mlflow_plugins.compare import CompareError, select_runs
+
     SHOTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {SHOTS}")
     with mlflow_server(tmp_path / "server") as server:
@@ -143,6 +145,8 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
             if line.startswith("Logged to run ")
         )
         assert set(client.get_run(compare_id).data.tags["compare.runs"].split(",")) == set(ids)
+        with pytest.raises(CompareError, match="unknown run id"):  # 404 over REST, not a crash
+            select_runs(client, [ids[0], "0" * 32])
         eid = exp.experiment_id
 
         with sync_playwright() as pw:
