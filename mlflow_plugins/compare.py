@@ -43,7 +43,8 @@ TAG_COUNT = "compare.count"
 # Runs that are not training runs: analyze runs (analysis_writer) and compare runs (ours).
 NOT_TRAINING_TAGS = ("analysis.source_run_id", TAG_COMPARED)
 REPORT_PATH = "analysis/report.json"
-_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "NOT_FOUND")
+# MLflow error codes that blame the input (unknown id, bad filter), not a failing store.
+_BAD_INPUT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "NOT_FOUND")
 
 
 class CompareError(ValueError):
@@ -114,7 +115,7 @@ def _get_runs(client: MlflowClient, run_ids: Sequence[str]) -> list[Run]:
         try:
             run = client.get_run(run_id)
         except MlflowException as err:
-            if err.error_code not in _NOT_FOUND:
+            if err.error_code not in _BAD_INPUT:
                 raise  # the store itself failed (e.g. server unreachable): not the id's fault
             unknown.append(run_id)
             continue
@@ -142,6 +143,8 @@ def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str)
             )
         )
     except MlflowException as err:
+        if err.error_code not in _BAD_INPUT:
+            raise  # the store failed, the filter may be fine
         first = str(err.message).splitlines()[0] if err.message else "invalid"
         raise CompareError(f"--filter: {first}") from None
 
