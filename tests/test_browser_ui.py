@@ -1,21 +1,25 @@
 """The MLflow UI, rendered by a real headless Chromium, shows what our runs promise.
 
 A real `mlflow server` (temp SQLite, proxied temp artifacts, one worker) receives two smoke
-trainings and their analyses through the real entry points; then the React UI must show the
-`tier` tag in the runs table (per run, equal to the stored tag), chart the contract metrics
-of both runs against step (= epoch) in the chart view, and list the `analysis/` plots
-in the training run's artifact view, and the compare run's HTML table must render there too.
-Screenshots go to screenshots/browser_ui/ (printed). Cost: ~100 s on 2 cores, mostly training.
+trainings (2 epochs each), their analyses and a comparison through the real entry points
+(compare via `mlflow run` with a quoted filter). Then the React UI must show: the `tier` tag
+in the runs table (per run, equal to the stored tag); the contract metrics of both runs
+charted against step (= epoch) in the chart view; the compare-runs view with parallel
+coordinates and every contract metric; the `analysis/` plots in the training run's artifact
+view (one previewed); and the compare run's HTML table rendered in the artifact viewer.
+Screenshots go to screenshots/browser_ui/ (printed). Cost: ~85 s on 2 cores, mostly training.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from mlflow_server import mlflow_server
@@ -183,6 +187,19 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
                 page.get_by_text("eval/Q", exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
                 page.wait_for_timeout(1500)  # let the filtered grid settle for the screenshot
                 page.screenshot(path=str(SHOTS / "chart_view_contract_metrics.png"))
+
+                # Compare view of the two runs (what "Compare" opens): parallel coordinates with a
+                # differing param preselected, and every contract metric in the metrics table.
+                cmp_runs = f"runs={quote(json.dumps(ids))}&experiments={quote(json.dumps([eid]))}"
+                _open(
+                    page,
+                    f"{server.url}/#/compare-runs?{cmp_runs}",
+                    "Parallel Coordinates Plot",
+                )
+                page.locator("svg.main-svg").first.wait_for(timeout=UI_TIMEOUT_MS)
+                for key in ("eval/coverage", "eval/hierarchy_B", "eval/Q", "train/loss"):
+                    page.get_by_text(key, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+                page.screenshot(path=str(SHOTS / "compare_runs_view.png"), full_page=True)
 
                 # Training run's artifact view: analysis/ lists every plot; one previews.
                 art_url = f"{server.url}/#/experiments/{eid}/runs/{ids[0]}/artifacts"
