@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -519,15 +520,14 @@ def compare_runs(
     """Compare `runs`; with log=True store everything on a new (or `mlflow run`'s) compare run.
 
     The compare run goes into the runs' experiment when they share one (MLFLOW_EXPERIMENT_*
-    and `mlflow run` take precedence, as for any MLflow run).
+    and `mlflow run` take precedence, as for any MLflow run). It is logged through the fluent
+    API, i.e. to the current tracking URI, which the CLI makes the same as `client`'s.
     """
     compared = load_compared_runs(client, runs, analyzer)
     table = build_table(compared)
     result = CompareResult(table=table, ranking=ranking_lines(table))
     if not log:
         return result
-    import os
-
     import mlflow
 
     kwargs: dict[str, Any] = {"run_name": f"compare-{len(runs)}-runs"}
