@@ -98,7 +98,12 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     """Resume run, the `mlflow run` run, or a new run in the config's experiment."""
     import mlflow
 
-    from mlflow_plugins.runs import experiment_name, run_name
+    from mlflow_plugins.runs import (
+        ensure_experiment,
+        experiment_name,
+        mark_model_training,
+        run_name,
+    )
 
     launcher = os.environ.get("MLFLOW_RUN_ID")
     client = mlflow.MlflowClient()
@@ -113,10 +118,11 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
         return mlflow.start_run(run_id=resume_from, log_system_metrics=True)
     if launcher:
         run = mlflow.start_run(run_id=launcher, log_system_metrics=True)
+        mark_model_training(client, run.info.experiment_id)
         mlflow.set_tag("mlflow.runName", run_name(config))
         return run
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") or not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment_name(config))
+        mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment_name(config)))
     return mlflow.start_run(run_name=run_name(config), log_system_metrics=True)
 
 

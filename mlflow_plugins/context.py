@@ -8,6 +8,7 @@ gets it too (MLflow does not call context providers for runs `mlflow run` create
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -79,13 +80,15 @@ def runtime_tags(
 ) -> dict[str, str]:
     """Tags describing where a run executes. Pass what the trainer resolved when known."""
     tags: dict[str, str] = {}
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # importing torch here would cost every run ~3 s
+    if torch is not None:
         tags[TAG_TORCH] = torch.__version__
         tags[TAG_CUDA] = torch.version.cuda or "none"
-    except ImportError:
-        pass
+    else:
+        try:
+            tags[TAG_TORCH] = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            pass
     if device_name is None:
         if device is None or device.startswith("cuda"):
             device_name = _gpu_name()

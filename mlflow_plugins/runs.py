@@ -37,6 +37,39 @@ def experiment_name(config: TVAEConfig) -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or config.name
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_model_training(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment as model training so the MLflow UI opens its runs table and charts
+    (untagged new experiments open in the GenAI view)."""
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Id of the live experiment `name`, created if missing.
+
+    Safe when two trainings create it at once (mlflow.set_experiment is not: the loser of the
+    race is left on the Default experiment).
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage != "active":
+        raise MlflowException(
+            f"experiment '{name}' is deleted: restore it or set MLFLOW_EXPERIMENT_NAME"
+        )
+    mark_model_training(client, exp.experiment_id)
+    return exp.experiment_id
+
+
 def get_resumable_run(client: MlflowClient, run_id: str) -> Run:
     """The run to continue; it must exist, be active and hold a last checkpoint."""
     try:

@@ -1,0 +1,31 @@
+"""Experiment choice for training runs: one per config, safe under concurrent starts."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlflow_plugins.runs import EXPERIMENT_KIND_TAG, ensure_experiment
+
+
+def test_concurrent_starts_share_one_experiment_tagged_for_model_training(tracking_uri):
+    client = MlflowClient()
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda _: ensure_experiment(client, "cfg-a"), range(8)))
+    assert len(set(ids)) == 1
+    exp = client.get_experiment(ids[0])
+    assert exp.name == "cfg-a"
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_existing_untagged_experiment_is_tagged_and_deleted_one_refused(tracking_uri):
+    client = MlflowClient()
+    old = client.create_experiment("legacy")
+    assert ensure_experiment(client, "legacy") == old
+    assert EXPERIMENT_KIND_TAG in client.get_experiment(old).tags
+    client.delete_experiment(old)
+    with pytest.raises(MlflowException, match="deleted"):
+        ensure_experiment(client, "legacy")
