@@ -10,7 +10,6 @@ public client, which pages itself. Either way: every key, every step, one pass p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -31,44 +30,44 @@ def _sql_engine(client: MlflowClient):
     return engine
 
 
-def _series(steps: Iterable[int], values: Iterable[float], timestamps: Iterable[int]) -> pd.Series:
+def _series(steps: np.ndarray, values: np.ndarray, stamps: np.ndarray) -> pd.Series:
     """One key's rows -> Series indexed by step; a step logged twice keeps its latest value."""
-    frame = pd.DataFrame({"step": steps, "value": values, "ts": timestamps})
-    if frame.empty:
+    if len(steps) == 0:
         return pd.Series(dtype=float)
-    frame = frame.sort_values(["step", "ts"], kind="stable")
-    frame = frame.drop_duplicates("step", keep="last")
-    values_arr = frame["value"].to_numpy(dtype=float, copy=True)
-    values_arr[values_arr >= _FLOAT_MAX] = math.inf
-    values_arr[values_arr <= -_FLOAT_MAX] = -math.inf
-    return pd.Series(values_arr, index=frame["step"].to_numpy(dtype=np.int64))
+    order = np.lexsort((stamps, steps))
+    steps, values = steps[order], values[order].astype(float, copy=True)
+    last = np.append(steps[1:] != steps[:-1], True)  # last row of each step after sorting
+    steps, values = steps[last], values[last]
+    values[values >= _FLOAT_MAX] = math.inf
+    values[values <= -_FLOAT_MAX] = -math.inf
+    return pd.Series(values, index=steps.astype(np.int64))
 
 
 def _read_sql(engine, run_id: str, key: str) -> pd.Series:
+    """Stream one key's rows as plain driver tuples (no ORM, no Row objects) into numpy."""
     from sqlalchemy import text
 
     query = text(
-        "SELECT step, CASE WHEN is_nan THEN NULL ELSE value END, timestamp FROM metrics "
-        "WHERE run_uuid = :run AND key = :key"
+        "SELECT step, timestamp, value, is_nan FROM metrics WHERE run_uuid = :run AND key = :key"
     )
-    steps: list[int] = []
-    values: list[float] = []
-    stamps: list[int] = []
+    chunks = []
     with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True).execute(
-            query, {"run": run_id, "key": key}
-        )
-        while rows := result.fetchmany(PAGE_ROWS):
-            s, v, t = zip(*rows, strict=True)
-            steps.extend(s)
-            values.extend(np.nan if x is None else x for x in v)
-            stamps.extend(t)
-    return _series(steps, values, stamps)
+        cursor = conn.execute(query, {"run": run_id, "key": key}).cursor
+        while rows := cursor.fetchmany(PAGE_ROWS):
+            flat = np.fromiter((float(x) for row in rows for x in row), np.float64, 4 * len(rows))
+            chunks.append(flat.reshape(-1, 4))
+    table = np.concatenate(chunks) if chunks else np.empty((0, 4))
+    values = np.where(table[:, 3] != 0, np.nan, table[:, 2])
+    return _series(table[:, 0].astype(np.int64), values, table[:, 1])
 
 
 def _read_client(client: MlflowClient, run_id: str, key: str) -> pd.Series:
     rows = client.get_metric_history(run_id, key)
-    return _series([m.step for m in rows], [m.value for m in rows], [m.timestamp for m in rows])
+    return _series(
+        np.fromiter((m.step for m in rows), np.int64, len(rows)),
+        np.fromiter((m.value for m in rows), np.float64, len(rows)),
+        np.fromiter((m.timestamp for m in rows), np.float64, len(rows)),
+    )
 
 
 def load_history(
