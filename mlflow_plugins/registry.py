@@ -273,7 +273,12 @@ def register_if_earned(
     if logged is None:
         out.reason = "run has no eval/coverage, eval/hierarchy_B, eval/Q, eval/richness history"
         return out
-    out.evaluated = evaluate(out.model_uri)
+    try:
+        out.evaluated = evaluate(out.model_uri)
+    except Exception as err:  # noqa: BLE001 - an unloadable model blocks, the analysis stands
+        out.action = "blocked"
+        out.reason = f"re-evaluation of {out.model_uri} failed: {type(err).__name__}: {err}"
+        return out
     confirmed = judge(out.evaluated["coverage"], out.evaluated["hierarchy_B"], out.evaluated["Q"])
     diffs = mismatches(out.evaluated, logged)
     if diffs or not tier_at_least(confirmed, min_tier):

@@ -116,3 +116,9 @@ def test_registry_story_on_real_smoke_training(tracking_uri, tmp_path):
     low = _twin(client, run_id, history, shift_q=0.0)
     out = CliRunner().invoke(analyze_main, ["--run-id", low, "--min-tier", "Exceptional"]).output
     assert "Registry: skipped" in out and "below min_tier Exceptional" in out
+
+    broken = _twin(client, run_id, history, shift_q=0.0)
+    client.set_tag(broken, "model.uri", "models:/m-00000000000000000000000000000000")
+    out = _analyze(broken)  # an unloadable model blocks registration; the analysis is written
+    assert "Registry: blocked" in out and "re-evaluation of" in out
+    assert client.get_run(broken).data.tags["tier"] == client.get_run(run_id).data.tags["tier"]
