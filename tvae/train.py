@@ -134,7 +134,8 @@ class Trainer:
         m = self.model
         # segments 0 and 1 are the freezable encoder trunks (see Homeostasis)
         self.flat = FlatParams(
-            [[m.encoder_A], [m.encoder_B], [m.projection_A, m.projection_B, m.decoder]]
+            [[m.encoder_A], [m.encoder_B], [m.projection_A, m.projection_B, m.decoder]],
+            transposed=[m.encoder_A.net[0].weight, m.encoder_B.net[0].weight],
         )
         self.optimizer = _make_optimizer(self.flat.segments, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
