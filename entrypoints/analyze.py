@@ -10,12 +10,15 @@ an analyze run for us, that run is marked FAILED with the reason in tag `analysi
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 
+from entrypoints._analysis_worker import AnalysisWorker, InputError
 from entrypoints._analyze_cli import BOOL, OptionalStr, fail_own_run
 
 TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
@@ -49,9 +52,9 @@ def mapped_keys(text: str) -> dict[str, str]:
 
 def validate(
     client: Any,
+    worker: AnalysisWorker,
     run_id: str,
     metric_map: str,
-    config: str,
     register: bool,
     model_name: str,
     min_tier: str,
@@ -59,44 +62,35 @@ def validate(
     """Check every input against the tracking store; raise ClickException (one line) if bad."""
     from mlflow.exceptions import MlflowException
 
-    from tvae.analysis import Roles, load_thresholds
-
     if run_id == os.environ.get("MLFLOW_RUN_ID"):
         raise click.ClickException("--run-id names this analyze run itself")
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise click.ClickException(
-            f"--run-id: no run '{run_id}' in {client.tracking_uri}"
-        ) from None
+        where = client.tracking_uri
+        raise click.ClickException(f"--run-id: no run '{run_id}' in {where}") from None
     if run.info.lifecycle_stage == "deleted":
         raise click.ClickException(f"--run-id: run '{run_id}' is deleted")
     if not run.data.metrics:
         raise click.ClickException(f"--run-id: run '{run_id}' has no metrics to analyse")
     try:
-        roles = Roles.from_metric_map(metric_map) if metric_map else Roles()
-    except ValueError as err:
-        raise click.ClickException(f"--metric-map: {err}") from None
+        roles, thresholds = worker.inputs()
+    except InputError as err:
+        raise click.ClickException(str(err)) from None
     explicit = mapped_keys(metric_map or "")
     absent = sorted(f"{r}={k}" for r, k in explicit.items() if k not in run.data.metrics)
     if absent:
         raise click.ClickException(
             f"--metric-map: run '{run_id}' has no metric for {', '.join(absent)}"
         )
-    thresholds = None
-    if config:
-        if not os.path.isfile(config):
-            raise click.ClickException(f"--config: thresholds file not found: {config}")
-        try:
-            thresholds = load_thresholds(config)
-        except ValueError as err:
-            raise click.ClickException(f"--config: {err}") from None
     if not model_name.strip():
         raise click.ClickException("--model-name must not be blank")
     return Inputs(run, roles, thresholds, register, model_name.strip(), min_tier)
 
 
-def _registry_step(client: Any, inputs: Inputs, report: Any, history: Any, own_id: str) -> Any:
+def _registry_step(
+    client: Any, inputs: Inputs, result: dict[str, Any], history: Any, own_id: str
+) -> Any:
     from mlflow_plugins.registry import RegistryOutcome, register_if_earned
     from tvae.analysis import judge_tier
 
@@ -105,23 +99,14 @@ def _registry_step(client: Any, inputs: Inputs, report: Any, history: Any, own_i
     return register_if_earned(
         client,
         inputs.run.info.run_id,
-        tier=report.tier.name if report.tier else "None",
+        tier=result["tier"],
         min_tier=inputs.min_tier,
         model_name=inputs.model_name,
         history=history,
-        events=len(report.confirmed),
+        events=result["confirmed"],
         judge=lambda c, h, q: judge_tier(c, h, q, inputs.thresholds).name,
         evaluate=lambda uri: _evaluate_in(own_id, uri),
     )
-
-
-def _figures(history: Any, report: Any, roles: Any) -> dict[str, Any]:
-    """The report's plots (tvae.analysis.plots), or none where that module is unavailable."""
-    try:
-        from tvae.analysis.plots import plot_report
-    except ImportError:
-        return {}
-    return plot_report(history, report, roles)
 
 
 def _evaluate_in(run_id: str, model_uri: str) -> dict[str, float]:
@@ -149,51 +134,51 @@ def _own_run(client: Any, run: Any) -> tuple[str, bool]:
     return created.info.run_id, True
 
 
-def run_analysis(client: Any, inputs: Inputs, raw_params: dict[str, str]) -> str:
+def run_analysis(
+    client: Any, inputs: Inputs, raw_params: dict[str, str], worker: AnalysisWorker
+) -> str:
     """Analyse, maybe register, write everything; returns the printed summary."""
     from mlflow.entities import Metric, Param
 
-    from mlflow_plugins.analysis_writer import write_analysis
+    from mlflow_plugins.analysis_writer import ARTIFACT_DIR, write_analysis, write_report
     from mlflow_plugins.history import load_history
-    from tvae.analysis import analyze
 
     run = inputs.run
     source_id = run.info.run_id
     started = time.perf_counter()
     history, system = load_history(client, source_id)
-    report = analyze(
-        history, inputs.roles, inputs.thresholds, system=system, run_status=run.info.status
-    )
-    figures = _figures(history, report, inputs.roles)
-    own_id, created = _own_run(client, run)
-    try:
-        have = client.get_run(own_id).data.params
-        params = [Param(k, v) for k, v in raw_params.items() if k not in have]
-        client.log_batch(own_id, params=params)
-        outcome = _registry_step(client, inputs, report, history, own_id)
-        report_dict = report.to_dict()
-        report_dict["registry"] = outcome.to_dict()
-        report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
-        write_analysis(client, source_id, own_id, report_dict, report.tags(), figures)
-        seconds = time.perf_counter() - started
-        client.log_batch(own_id, metrics=[Metric("analysis/seconds", seconds, _now_ms(), 0)])
-    except Exception as err:
-        fail_own_run(f"{type(err).__name__}: {err}", own_id)
-        raise
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT_DIR
+        result = worker.analyse(
+            history, system, inputs.roles, inputs.thresholds, run.info.status, str(folder)
+        )
+        own_id, created = _own_run(client, run)
+        try:
+            have = client.get_run(own_id).data.params
+            params = [Param(k, v) for k, v in raw_params.items() if k not in have]
+            client.log_batch(own_id, params=params)
+            outcome = _registry_step(client, inputs, result, history, own_id)
+            report_dict = dict(result["report"])
+            report_dict["registry"] = outcome.to_dict()
+            report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
+            write_report(report_dict, folder)
+            write_analysis(client, source_id, own_id, folder, result["tags"])
+            seconds = time.perf_counter() - started
+            client.log_batch(own_id, metrics=[Metric("analysis/seconds", seconds, _now_ms(), 0)])
+        except Exception as err:
+            fail_own_run(f"{type(err).__name__}: {err}", own_id)
+            raise
     if created:
         client.set_terminated(own_id, "FINISHED")
-    return _summary(run, report, outcome, own_id)
+    return _summary(run, result["summary"], outcome, own_id)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _summary(run: Any, report: Any, outcome: Any, analyze_run_id: str) -> str:
-    lines = [f"Training run {run.info.run_id} ({run.info.status})"]
-    if run.info.status == "RUNNING":
-        lines.append("  run is still RUNNING: this is the analysis so far")
-    lines.append(report.summary())
+def _summary(run: Any, report_summary: str, outcome: Any, analyze_run_id: str) -> str:
+    lines = [f"Training run {run.info.run_id} ({run.info.status})", report_summary]
     registry = f"Registry: {outcome.action} - {outcome.reason}"
     if outcome.version:
         registry += f" ({outcome.model_name} v{outcome.version})"
@@ -222,37 +207,41 @@ def main(
     min_tier: str,
 ) -> None:
     """Analyse a training run: grokking events, phases, tier, plots; register if earned."""
-    from mlflow.tracking import MlflowClient
-
     raw = dict(zip(PARAM_NAMES, (run_id, metric_map, config), strict=False))
     raw.update(
         register="true" if register in (None, True) else "false",
         model_name=model_name or "TernaryVAE",
         min_tier=min_tier or "Good",
     )
+    if not run_id:
+        fail_own_run("--run-id is required")
+        raise click.ClickException("--run-id is required")
+    # started before MLflow is imported, so the two start-ups overlap (see _analysis_worker)
+    worker = AnalysisWorker(metric_map or "", config or "")
     try:
-        if not run_id:
-            raise click.ClickException("--run-id is required")
+        from mlflow.tracking import MlflowClient
+
         client = MlflowClient()
         inputs = validate(
             client,
+            worker,
             run_id,
             metric_map,
-            config,
             register is not False,
             model_name or "TernaryVAE",
             min_tier or "Good",
         )
-        summary = run_analysis(client, inputs, raw)
+        summary = run_analysis(client, inputs, raw, worker)
     except click.ClickException as err:
         fail_own_run(err.format_message())
         raise
     except Exception as err:  # noqa: BLE001 - one line for the user, FAILED for the run
-        message = (
-            f"analysis failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        )
+        first = (str(err).splitlines() or [""])[0]
+        message = f"analysis failed: {type(err).__name__}: {first}"
         fail_own_run(message)
         raise click.ClickException(message) from err
+    finally:
+        worker.close()
     click.echo(summary)
 
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import RunTag
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:  # MLflow is imported only where it is used, so the plot half stays light
+    from mlflow.tracking import MlflowClient
 
 ARTIFACT_DIR = "analysis"
 REPORT_FILE = "report.json"
@@ -52,17 +50,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def render_artifacts(report_dict: dict[str, Any], figures: Mapping[str, Any], folder: Path) -> None:
-    """Write report.json and one PNG per figure into `folder` (created), closing the figures."""
+def save_figures(figures: Mapping[str, Any], folder: Path) -> None:
+    """One PNG per figure into `folder` (created), closing the figures. Needs no MLflow."""
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(report_dict), indent=2, sort_keys=False, allow_nan=False)
-    (folder / REPORT_FILE).write_text(text + "\n")
     for name, fig in figures.items():
-        filename = name if name.endswith(".png") else f"{name}.png"
-        fig.savefig(folder / filename, dpi=100)
+        fig.savefig(folder / (name if name.endswith(".png") else f"{name}.png"), dpi=100)
         plt.close(fig)
+
+
+def write_report(report_dict: dict[str, Any], folder: Path) -> None:
+    """report.json (strict JSON: NaN/inf as strings) into `folder` (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(report_dict), indent=2, allow_nan=False)
+    (folder / REPORT_FILE).write_text(text + "\n")
 
 
 def _delete_stale_artifacts(client: MlflowClient, run_id: str, keep: set[str]) -> list[str]:
@@ -74,6 +76,8 @@ def _delete_stale_artifacts(client: MlflowClient, run_id: str, keep: set[str]) -
     ]
     if not stale:
         return []
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
     repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
     removed = []
     for path in stale:
@@ -87,6 +91,8 @@ def _delete_stale_artifacts(client: MlflowClient, run_id: str, keep: set[str]) -
 
 def replace_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     """Set `tags` on the run and delete contract tags that the new analysis does not set."""
+    from mlflow.entities import RunTag
+
     current = client.get_run(run_id).data.tags
     for key in CONTRACT_TAGS:
         if key in current and key not in tags:
@@ -110,18 +116,14 @@ def write_analysis(
     client: MlflowClient,
     training_run_id: str,
     analyze_run_id: str,
-    report_dict: dict[str, Any],
+    folder: Path,
     tags: Mapping[str, Any],
-    figures: Mapping[str, Any],
 ) -> None:
-    """Store one analysis on both runs: the training run (replacing) and the analyze run."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / ARTIFACT_DIR
-        render_artifacts(report_dict, figures, folder)
-        write_training_run(
-            client, training_run_id, folder, {**tags, ANALYSIS_RUN_TAG: analyze_run_id}
-        )
-        client.log_artifacts(analyze_run_id, str(folder), ARTIFACT_DIR)
+    """Store one rendered analysis `folder` on the training run (replacing) and the analyze run."""
+    from mlflow.entities import RunTag
+
+    write_training_run(client, training_run_id, folder, {**tags, ANALYSIS_RUN_TAG: analyze_run_id})
+    client.log_artifacts(analyze_run_id, str(folder), ARTIFACT_DIR)
     client.log_batch(
         analyze_run_id,
         tags=[RunTag(SOURCE_RUN_TAG, training_run_id)]

@@ -190,3 +190,28 @@ def test_bad_input_one_line_nothing_written(tracking_uri, tmp_path, case, messag
         assert analysis_tags(run_id) == {}
         assert client.list_artifacts(run_id, "analysis") == []
     assert len(client.search_runs(["0"], run_view_type=3)) == runs_before  # no analyze run
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
+    from entrypoints._analysis_worker import AnalysisWorker, InputError
+
+    history = pd.read_csv(LR_DROP, index_col="epoch")
+    worker = AnalysisWorker(METRIC_MAP, "", fork=fork)
+    try:
+        assert worker.forked is fork
+        roles, thresholds = worker.inputs()
+        assert roles == Roles.from_metric_map(METRIC_MAP) and thresholds is None
+        result = worker.analyse(history, None, roles, thresholds, "FINISHED", str(tmp_path))
+    finally:
+        worker.close()
+    assert result["tags"] == expected_report(LR_DROP).tags()
+    assert sorted(p.suffix for p in tmp_path.iterdir()) and all(
+        p.suffix == ".png" for p in tmp_path.iterdir()
+    )
+    bad = AnalysisWorker("speed=val_acc", "", fork=fork)
+    try:
+        with pytest.raises(InputError, match="unknown role"):
+            bad.inputs()
+    finally:
+        bad.close()
