@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tvae.config import LossConfig
-from tvae.geometry import dist
+from tvae.geometry import EPS
 from tvae.ops import N_LEVELS
 
 TERMS = ("recon", "kl", "radial", "rank", "geodesic", "richness", "separation")
@@ -49,8 +49,19 @@ def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cumprod((a == b).to(torch.float32), dim=1).sum(dim=1)
 
 
+def _kl_sum(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Sum over batch and dims of mu^2 + e^logvar - logvar (the KL without its constant)."""
+    mu, logvar = mu.float(), logvar.float()
+    return (mu.square() + logvar.exp() - logvar).sum()
+
+
 class LossComputer:
-    """Holds the device-side constants; `__call__` returns (total, per-term weighted values)."""
+    """Holds the device-side constants; `__call__` returns (total, per-term weighted values).
+
+    The per-step work is written for few small ops (it is most of a CPU step's overhead):
+    constants such as 3^-k targets are tables, pairwise terms reuse per-point quantities
+    (|z|^2 is computed once and rolled with z), and masks are built without autograd.
+    """
 
     def __init__(self, cfg: LossConfig, device: torch.device) -> None:
         self.cfg = cfg
@@ -59,21 +70,23 @@ class LossComputer:
         gap = (self.level_ids.view(1, -1) - self.level_ids.view(-1, 1)).to(torch.float32)
         self.level_gap = gap  # gap[a, b] = b - a
         self.upper = gap > 0
+        self.sep_margin = cfg.separation.margin * gap
+        # geodesic target by shared prefix k = 0..9: scale * 3^-k
+        k = torch.arange(N_LEVELS, dtype=torch.float32, device=device)
+        self.geo_target = cfg.geodesic.scale * torch.pow(3.0, -k)
 
     @staticmethod
-    def _rolled(pairs: int, n: int, a: torch.Tensor, b: torch.Tensor):
-        """(a, a shifted, b, b shifted) over ceil(pairs / n) shifts: n * shifts pairs."""
-        shifts = range(1, min(n - 1, -(-pairs // n)) + 1) if n > 1 else range(0)
-        if len(shifts) == 0:
-            return a[:0], a[:0], b[:0], b[:0]
-        if len(shifts) == 1:
-            return a, a.roll(1, 0), b, b.roll(1, 0)
-        rep = len(shifts)
-        a_rep = a.repeat(rep, *([1] * (a.dim() - 1)))
-        b_rep = b.repeat(rep, *([1] * (b.dim() - 1)))
-        a_sh = torch.cat([a.roll(k, 0) for k in shifts])
-        b_sh = torch.cat([b.roll(k, 0) for k in shifts])
-        return a_rep, a_sh, b_rep, b_sh
+    def _shifts(pairs: int, n: int) -> int:
+        """Number of roll shifts giving at least `pairs` in-batch pairs (0 without pairs)."""
+        return min(n - 1, -(-pairs // n)) if n > 1 else 0
+
+    @staticmethod
+    def _pair(t: torch.Tensor, shifts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t repeated, t rolled by 1..shifts) along dim 0: n * shifts pairs."""
+        if shifts == 1:
+            return t, t.roll(1, 0)
+        rep = t.repeat(shifts, *([1] * (t.dim() - 1)))
+        return rep, torch.cat([t.roll(k, 0) for k in range(1, shifts + 1)])
 
     def kl_weight(self, epoch: int) -> float:
         kl = self.cfg.kl
@@ -92,45 +105,52 @@ class LossComputer:
         cfg = self.cfg
         n = x.shape[0]
         recon = F.cross_entropy(out["logits"].float().transpose(1, 2), target_cls)
-        kl = kl_divergence(out["mu_A"], out["logvar_A"]) + kl_divergence(
-            out["mu_B"], out["logvar_B"]
-        )
+        # KL(q || N(0, I)) of both encoders: 0.5 * mean_n sum_d (mu^2 + e^lv - 1 - lv) each
+        latent = out["mu_A"].shape[-1]
+        kl_sum = _kl_sum(out["mu_A"], out["logvar_A"]) + _kl_sum(out["mu_B"], out["logvar_B"])
+        kl = kl_sum * (0.5 / max(n, 1)) - float(latent)
         r_A, r_B = out["radius_A"], out["radius_B"]
         t = self.targets[v]
-        radial = (r_A - t).pow(2).mean() + (r_B - t).pow(2).mean()
+        radial = ((r_A - t).square().sum() + (r_B - t).square().sum()) / n
 
         # pairs: the batch is a random sample, so element k paired with element k+s (mod n)
         # for shifts s = 1..S gives random pairs without gathers (rolls are cheap both ways)
-        rank_r, rank_rs, rank_v, rank_vs = self._rolled(cfg.rank.pairs, n, r_B, v)
-        s = torch.sign((rank_v - rank_vs).to(torch.float32))
-        hinge = F.relu(cfg.rank.margin + s * (rank_r - rank_rs)) * s.abs()
-        rank = hinge.sum() / s.abs().sum().clamp_min(1.0)
+        shifts = self._shifts(cfg.rank.pairs, n)
+        if shifts:
+            rank_r, rank_rs = self._pair(r_B, shifts)
+            with torch.no_grad():
+                v_a, v_s = self._pair(v, shifts)
+                s = torch.sign(v_a - v_s).to(torch.float32)
+                used = s.abs()
+            # |s| is 0 or 1, so relu(margin*|s| + s*d) is the hinge masked to unequal levels
+            hinge = F.relu(torch.addcmul(used * cfg.rank.margin, s, rank_r - rank_rs))
+            rank = hinge.sum() / used.sum().clamp_min(1.0)
+        else:
+            rank = r_B.new_zeros(())
 
-        if geodesic_active and cfg.geodesic.weight > 0:
-            z, zs, xa, xs = self._rolled(cfg.geodesic.pairs, n, out["z_B"], x)
-            k = shared_prefix(xa, xs)
-            target = cfg.geodesic.scale * torch.pow(3.0, -k)
-            sq = (dist(z, zs) - target).pow(2)
-            geodesic = sq.sum() / max(1, sq.numel())  # a 1-sample batch has no pairs
+        shifts = self._shifts(cfg.geodesic.pairs, n)
+        if geodesic_active and cfg.geodesic.weight > 0 and shifts:
+            geodesic = self._geodesic(out["z_B"], x, shifts)
         else:
             geodesic = r_B.new_zeros(())
 
         # per-level statistics of B radii in this batch (one-hot matmuls, no host sync)
-        onehot = (v.unsqueeze(1) == self.level_ids).to(torch.float32)
-        count = onehot.sum(0)
-        s1 = r_B @ onehot
-        s2 = (r_B * r_B) @ onehot
-        mean = s1 / count.clamp_min(1.0)
-        var = s2 / count.clamp_min(1.0) - mean * mean
-        multi = (count > 1).to(torch.float32)
-        richness = (F.relu(cfg.richness.min_spread - var) * multi).sum() / multi.sum().clamp_min(1)
-        present = (count > 0).to(torch.float32)
-        pair_mask = present.view(-1, 1) * present.view(1, -1) * self.upper
+        with torch.no_grad():
+            onehot = (v.unsqueeze(1) == self.level_ids).to(torch.float32)
+            count = onehot.sum(0)
+            inv_count = 1.0 / count.clamp_min(1.0)
+            multi = (count > 1).to(torch.float32)
+            multi_w = multi / multi.sum().clamp_min(1.0)
+            present = (count > 0).to(torch.float32)
+            pair_mask = torch.outer(present, present) * self.upper
+            pair_mask /= pair_mask.sum().clamp_min(1.0)
+        s12 = torch.stack([r_B, r_B * r_B]) @ onehot
+        mean = s12[0] * inv_count
+        var = s12[1] * inv_count - mean * mean
+        richness = (F.relu(cfg.richness.min_spread - var) * multi_w).sum()
         # level a < level b must have mean_a - mean_b >= margin * (b - a)
-        viol = F.relu(
-            cfg.separation.margin * self.level_gap - (mean.view(-1, 1) - mean.view(1, -1))
-        )
-        separation = (viol * pair_mask).sum() / pair_mask.sum().clamp_min(1.0)
+        viol = F.relu(self.sep_margin - (mean.view(-1, 1) - mean.view(1, -1)))
+        separation = (viol * pair_mask).sum()
 
         terms = torch.stack(
             [
@@ -144,3 +164,19 @@ class LossComputer:
             ]
         )
         return terms.sum(), terms
+
+    def _geodesic(self, z: torch.Tensor, x: torch.Tensor, shifts: int) -> torch.Tensor:
+        """Mean squared error of pair distances (Poincaré, as geometry.dist) to scale * 3^-k."""
+        with torch.no_grad():
+            xa, xs = self._pair(x, shifts)
+            k = (xa == xs).to(torch.int32).cumprod(dim=1).sum(dim=1)
+            target = self.geo_target[k]
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            z2 = (z * z).sum(-1).clamp(max=(1.0 - EPS) ** 2)
+            za, zs = self._pair(z, shifts)
+            n2a, n2s = self._pair(z2, shifts)
+            diff2 = (za - zs).square().sum(-1)
+            q = diff2 / ((1.0 - n2a) * (1.0 - n2s))
+            d = 2.0 * torch.asinh(torch.sqrt(q.clamp_min(1e-15)))
+            return (d - target).square().mean()
