@@ -110,7 +110,7 @@ class LossComputer:
         kl_sum = _kl_sum(out["mu_A"], out["logvar_A"]) + _kl_sum(out["mu_B"], out["logvar_B"])
         kl = kl_sum * (0.5 / max(n, 1)) - float(latent)
         r_A, r_B = out["radius_A"], out["radius_B"]
-        t = self.targets[v]
+        t = self.targets.index_select(0, v)
         radial = ((r_A - t).square().sum() + (r_B - t).square().sum()) / n
 
         # pairs: the batch is a random sample, so element k paired with element k+s (mod n)

@@ -218,11 +218,14 @@ class Trainer:
         skip_inf = scaler.is_enabled()  # fp16: inf/NaN grads are normal, the scaler skips them
         idx_all = self._epoch_indices()
         n = idx_all.numel()
+        # gather the epoch once: each batch is then a contiguous slice (no per-step gathers)
+        ops_e, vals_e = self.ops[idx_all], self.vals[idx_all]
+        tgt_e = self.target_cls[idx_all]
         steps = 0
         model.train()
         for start in range(0, n, cfg.batch_size):
-            idx = idx_all[start : start + cfg.batch_size]
-            x, v, tgt = self.ops[idx], self.vals[idx], self.target_cls[idx]
+            stop = start + cfg.batch_size
+            x, v, tgt = ops_e[start:stop], vals_e[start:stop], tgt_e[start:stop]
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(x)
             total, terms = self.losses(out, x, tgt, v, epoch, geodesic_active)
