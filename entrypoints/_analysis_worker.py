@@ -64,17 +64,22 @@ def analyse(history, system, roles, thresholds, status: str, folder: str) -> dic
 
 
 def _serve(conn: Any, metric_map: str, config: str) -> None:
-    """Worker process: answer the inputs, then analyse one history; errors go back as text."""
+    """Worker process: check the inputs, then analyse one history; errors go back as text.
+
+    Roles and thresholds stay here: unpickling them in the parent would import the whole
+    analysis stack there and undo the overlap.
+    """
     try:
         try:
-            conn.send(("ok", parse_inputs(metric_map, config)))
+            roles, thresholds = parse_inputs(metric_map, config)
         except InputError as err:
             conn.send(("input", str(err)))
             return
+        conn.send(("ok", None))
         job = conn.recv()
         if job is None:
             return
-        conn.send(("ok", analyse(*job)))
+        conn.send(("ok", analyse(job[0], job[1], roles, thresholds, *job[2:])))
     except Exception as err:  # noqa: BLE001 - reported by the parent as one line
         conn.send(("error", f"{type(err).__name__}: {err}"))
     finally:
@@ -89,6 +94,7 @@ class AnalysisWorker:
         if fork is None:
             fork = hasattr(os, "fork") and threading.active_count() == 1
         self.conn = self.process = None
+        self._parsed: tuple[Any, Any] | None = None
         if fork and os.environ.get("TVAE_ANALYZE_INLINE") != "1":
             import multiprocessing
 
@@ -113,16 +119,19 @@ class AnalysisWorker:
             raise RuntimeError(value)
         return value
 
-    def inputs(self) -> tuple[Any, Any]:
-        """(Roles, Thresholds or None); InputError when the metric map or config is bad."""
+    def check_inputs(self) -> None:
+        """Raise InputError (one line) when the metric map or thresholds file is bad."""
         if not self.forked:
-            return parse_inputs(self.metric_map, self.config)
-        return self._answer()
+            self._parsed = parse_inputs(self.metric_map, self.config)
+            return
+        self._answer()
 
-    def analyse(self, history, system, roles, thresholds, status: str, folder: str) -> dict:
+    def analyse(self, history, system, status: str, folder: str) -> dict[str, Any]:
+        """The analysis of `history` as plain data, PNGs written into `folder`."""
         if not self.forked:
+            roles, thresholds = self._parsed or parse_inputs(self.metric_map, self.config)
             return analyse(history, system, roles, thresholds, status, folder)
-        self.conn.send((history, system, roles, thresholds, status, folder))
+        self.conn.send((history, system, status, folder))
         return self._answer()
 
     def close(self) -> None:

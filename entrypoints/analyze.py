@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from entrypoints._analysis_worker import AnalysisWorker, InputError
+from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
 from entrypoints._analyze_cli import BOOL, OptionalStr, fail_own_run
 
 TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
@@ -30,8 +30,8 @@ class Inputs:
     """Everything validated, ready to run."""
 
     run: Any
-    roles: Any
-    thresholds: Any
+    metric_map: str
+    config: str
     register: bool
     model_name: str
     min_tier: str
@@ -55,6 +55,7 @@ def validate(
     worker: AnalysisWorker,
     run_id: str,
     metric_map: str,
+    config: str,
     register: bool,
     model_name: str,
     min_tier: str,
@@ -74,7 +75,7 @@ def validate(
     if not run.data.metrics:
         raise click.ClickException(f"--run-id: run '{run_id}' has no metrics to analyse")
     try:
-        roles, thresholds = worker.inputs()
+        worker.check_inputs()
     except InputError as err:
         raise click.ClickException(str(err)) from None
     explicit = mapped_keys(metric_map or "")
@@ -85,14 +86,13 @@ def validate(
         )
     if not model_name.strip():
         raise click.ClickException("--model-name must not be blank")
-    return Inputs(run, roles, thresholds, register, model_name.strip(), min_tier)
+    return Inputs(run, metric_map or "", config or "", register, model_name.strip(), min_tier)
 
 
 def _registry_step(
     client: Any, inputs: Inputs, result: dict[str, Any], history: Any, own_id: str
 ) -> Any:
     from mlflow_plugins.registry import RegistryOutcome, register_if_earned
-    from tvae.analysis import judge_tier
 
     if not inputs.register:
         return RegistryOutcome("skipped", "register=false", inputs.model_name)
@@ -104,9 +104,17 @@ def _registry_step(
         model_name=inputs.model_name,
         history=history,
         events=result["confirmed"],
-        judge=lambda c, h, q: judge_tier(c, h, q, inputs.thresholds).name,
+        judge=lambda c, h, q: _judge(c, h, q, inputs.config),
         evaluate=lambda uri: _evaluate_in(own_id, uri),
     )
+
+
+def _judge(coverage: float, hierarchy: float, quality: float, config: str) -> str:
+    """Tier name of re-evaluated values (imports the analysis stack only when registering)."""
+    from tvae.analysis import judge_tier
+
+    thresholds = parse_inputs("", config)[1]
+    return judge_tier(coverage, hierarchy, quality, thresholds).name
 
 
 def _evaluate_in(run_id: str, model_uri: str) -> dict[str, float]:
@@ -149,9 +157,7 @@ def run_analysis(
     history, system = load_history(client, source_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ARTIFACT_DIR
-        result = worker.analyse(
-            history, system, inputs.roles, inputs.thresholds, run.info.status, str(folder)
-        )
+        result = worker.analyse(history, system, run.info.status, str(folder))
         own_id, created = _own_run(client, run)
         try:
             have = client.get_run(own_id).data.params
@@ -227,6 +233,7 @@ def main(
             worker,
             run_id,
             metric_map,
+            config,
             register is not False,
             model_name or "TernaryVAE",
             min_tier or "Good",

@@ -200,9 +200,8 @@ def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
     worker = AnalysisWorker(METRIC_MAP, "", fork=fork)
     try:
         assert worker.forked is fork
-        roles, thresholds = worker.inputs()
-        assert roles == Roles.from_metric_map(METRIC_MAP) and thresholds is None
-        result = worker.analyse(history, None, roles, thresholds, "FINISHED", str(tmp_path))
+        worker.check_inputs()
+        result = worker.analyse(history, None, "FINISHED", str(tmp_path))
     finally:
         worker.close()
     assert result["tags"] == expected_report(LR_DROP).tags()
@@ -212,6 +211,6 @@ def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
     bad = AnalysisWorker("speed=val_acc", "", fork=fork)
     try:
         with pytest.raises(InputError, match="unknown role"):
-            bad.inputs()
+            bad.check_inputs()
     finally:
         bad.close()
