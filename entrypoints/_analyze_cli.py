@@ -68,3 +68,14 @@ def fail_own_run(message: str, run_id: str | None = None) -> None:
         client.set_terminated(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - reporting the failure must not hide the original error
         pass
+
+
+class MarksRunFailed(click.Command):
+    """A command whose bad parameters also end the `mlflow run` analyze run FAILED, with why."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            fail_own_run(err.format_message())
+            raise

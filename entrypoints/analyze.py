@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
-from entrypoints._analyze_cli import BOOL, OptionalStr, fail_own_run
+from entrypoints._analyze_cli import BOOL, MarksRunFailed, OptionalStr, fail_own_run
 
 TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
@@ -195,7 +195,7 @@ def _summary(run: Any, report_summary: str, outcome: Any, analyze_run_id: str) -
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=MarksRunFailed, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--run-id", required=True, type=OptionalStr(), help="training run to analyse")
 @click.option("--metric-map", default="", type=OptionalStr(), help="role=key,... for other runs")
 @click.option("--config", default="", type=OptionalStr(), help="detection thresholds YAML")

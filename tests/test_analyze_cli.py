@@ -214,3 +214,20 @@ def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
             bad.check_inputs()
     finally:
         bad.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [(["--min-tier", "Great"], "not one of"), (["--metric-map", "speed=x"], "unknown role")],
+)
+def test_launcher_run_ends_failed_with_reason(tracking_uri, monkeypatch, args, reason):
+    """As under `mlflow run`: the pre-made analyze run (MLFLOW_RUN_ID) ends FAILED, with why."""
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    result = CliRunner().invoke(analyze_main, ["--run-id", run_id, *args])
+    assert result.exit_code != 0
+    own = client.get_run(launcher)
+    assert own.info.status == "FAILED" and reason in own.data.tags["analysis.error"]
+    assert analysis_tags(run_id) == {}
