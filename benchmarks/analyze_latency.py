@@ -124,16 +124,20 @@ def mlflow_run(entry: str, *params: str) -> list[str]:
 
 
 def bench_mlflow_run(uri: str, env: dict[str, str], tmp: Path, repeats: int) -> None:
+    """noop vs analyze (forked analysis worker, the default) vs analyze with the worker inline."""
     run_id = log_small_run(uri, 50)
-    noop, analyze = [], []
-    for _ in range(repeats):  # interleaved, so load changes hit both alike
+    inline_env = {**env, "TVAE_ANALYZE_INLINE": "1"}
+    noop, forked, inline = [], [], []
+    for _ in range(repeats):  # interleaved, so load changes hit all alike
         noop.append(timed(mlflow_run("noop"), env, tmp))
-        analyze.append(timed(mlflow_run("analyze", f"run_id={run_id}"), env, tmp))
-    n, a = statistics.median(noop), statistics.median(analyze)
-    show = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-    print(f"mlflow run -e noop            median {n:6.2f} s  ({show(noop)})")
-    print(f"mlflow run -e analyze (50 ep) median {a:6.2f} s  ({show(analyze)})")
-    print(f"ratio analyze / noop          {a / n:6.2f}  (target <= 1.5)")
+        forked.append(timed(mlflow_run("analyze", f"run_id={run_id}"), env, tmp))
+        inline.append(timed(mlflow_run("analyze", f"run_id={run_id}"), inline_env, tmp))
+    n = statistics.median(noop)
+    for label, xs in (("noop", noop), ("analyze (50 ep)", forked), ("analyze, inline", inline)):
+        listed = ", ".join(f"{x:.2f}" for x in xs)
+        print(f"mlflow run -e {label:16s} median {statistics.median(xs):6.2f} s  ({listed})")
+    print(f"ratio analyze / noop             {statistics.median(forked) / n:6.2f}  (target <= 1.5)")
+    print(f"ratio analyze inline / noop      {statistics.median(inline) / n:6.2f}")
 
 
 def bench_long(uri: str, db: Path, env: dict[str, str], tmp: Path, epochs: int) -> None:
