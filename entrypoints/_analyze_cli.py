@@ -11,6 +11,8 @@ import os
 import click
 
 ERROR_TAG = "analysis.error"
+# tvae.analysis.TIER_ORDER, repeated so the CLIs start without importing the analysis stack
+TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 
 
 class OptionalStr(click.ParamType):

@@ -19,9 +19,8 @@ from typing import Any
 import click
 
 from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
-from entrypoints._analyze_cli import BOOL, MarksRunFailed, OptionalStr, fail_own_run
+from entrypoints._analyze_cli import BOOL, TIERS, MarksRunFailed, OptionalStr, fail_own_run
 
-TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import click
 
-from entrypoints._analyze_cli import BOOL, OptionalStr
-
-TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
+from entrypoints._analyze_cli import BOOL, TIERS, OptionalStr
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,6 +23,7 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 MODEL_URI_TAG = "model.uri"
 VALUE_KEYS = ("coverage", "hierarchy_B", "Q", "richness")
+# tvae.analysis.TIER_ORDER (not imported: that would load the analysis stack for every promote)
 TIER_ORDER = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 
 
