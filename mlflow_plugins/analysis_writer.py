@@ -67,6 +67,12 @@ def write_report(report_dict: dict[str, Any], folder: Path) -> None:
     (folder / REPORT_FILE).write_text(text + "\n")
 
 
+def render_artifacts(report_dict: dict[str, Any], figures: Mapping[str, Any], folder: Path) -> None:
+    """report.json plus one PNG per figure into `folder`: what `write_training_run` uploads."""
+    save_figures(figures, folder)
+    write_report(report_dict, folder)
+
+
 def _delete_stale_artifacts(client: MlflowClient, run_id: str, keep: set[str]) -> list[str]:
     """Remove files under analysis/ that the new analysis did not write; best effort."""
     stale = [
