@@ -24,8 +24,8 @@ class ControlChange:
 def control_changes(
     history: pd.DataFrame, keys: list[str], lr_key: str | None, t: Thresholds
 ) -> list[ControlChange]:
-    """Step changes of every control column; the LR counts only relative jumps > lr_change_rel
-    so smooth (cosine, warm-up) schedules do not mark every epoch."""
+    """Step changes of every control column; for the LR only steps that break its schedule's
+    trend (see `_lr_steps`), so smooth cosine or linear decays do not mark every epoch."""
     out: list[ControlChange] = []
     epochs = history.index.to_numpy(dtype=float)
     for key in keys:
@@ -35,15 +35,30 @@ def control_changes(
         if len(v) < 2:
             continue
         prev, cur = v[:-1], v[1:]
-        if key == lr_key:
-            denom = np.maximum(np.abs(prev), 1e-30)
-            changed = np.abs(cur - prev) / denom > t.lr_change_rel
-        else:
-            changed = cur != prev
+        changed = _lr_steps(prev, cur, t.lr_change_rel) if key == lr_key else cur != prev
         for i in np.nonzero(changed)[0]:
             out.append(ControlChange(key, float(e[i + 1]), float(prev[i]), float(cur[i])))
     out.sort(key=lambda c: c.epoch)
     return out
+
+
+def _lr_steps(prev: np.ndarray, cur: np.ndarray, rel: float) -> np.ndarray:
+    """Which LR changes are steps, not the smooth course of a schedule.
+
+    A change counts when it is larger than `rel` of the LR and breaks the trend of the change
+    before it: after a flat stretch (step schedules, the start of a decay), reversing direction
+    (warm restarts), or over 3x the previous change. The epochs inside a cosine or linear decay
+    change by a large fraction near its end, yet follow their trend, so they do not count.
+    """
+    delta = cur - prev
+    big = np.abs(delta) > rel * np.maximum(np.abs(prev), 1e-30)
+    before = np.concatenate([[0.0], delta[:-1]])
+    breaks = (
+        (np.abs(before) <= 0.1 * np.abs(delta))
+        | (np.sign(before) != np.sign(delta))
+        | (np.abs(delta) > 3.0 * np.abs(before))
+    )
+    return big & breaks
 
 
 def nonfinite_stretches(history: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
