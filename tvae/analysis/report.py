@@ -119,7 +119,10 @@ class AnalysisReport:
         measured = [c for c in self.checks if c.status != "not measured"]
         if measured:
             lines.append(
-                "checks: " + ", ".join(f"{c.name} {c.status} ({c.value}, want {c.threshold})" for c in measured)
+                "checks: "
+                + ", ".join(
+                    f"{c.name} {c.status} ({c.value}, want {c.threshold})" for c in measured
+                )
             )
         unmeasured = [c.name for c in self.checks if c.status == "not measured"]
         if unmeasured:
