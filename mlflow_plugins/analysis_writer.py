@@ -23,6 +23,7 @@ ARTIFACT_DIR = "analysis"
 REPORT_FILE = "report.json"
 ANALYSIS_RUN_TAG = "analysis.run_id"
 SOURCE_RUN_TAG = "analysis.source_run_id"
+RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 ERROR_TAG = "analysis.error"
 # Every tag an analysis may own on the training run (DESIGN.md tag contract).
 CONTRACT_TAGS = (
@@ -130,8 +131,9 @@ def write_analysis(
 
     write_training_run(client, training_run_id, folder, {**tags, ANALYSIS_RUN_TAG: analyze_run_id})
     client.log_artifacts(analyze_run_id, str(folder), ARTIFACT_DIR)
+    # prefixed, so a UI filter such as tags.tier = 'Good' lists training runs only
     client.log_batch(
         analyze_run_id,
         tags=[RunTag(SOURCE_RUN_TAG, training_run_id)]
-        + [RunTag(k, str(v)) for k, v in tags.items()],
+        + [RunTag(f"{RESULT_PREFIX}{k}", str(v)) for k, v in tags.items()],
     )

@@ -83,6 +83,8 @@ def test_tags_report_plots_and_analyze_run(tracking_uri):
     own = client.get_run(analyze_run_id)
     assert own.info.status == "FINISHED"
     assert own.data.tags["analysis.source_run_id"] == run_id
+    assert own.data.tags["result.tier"] == expected.tags()["tier"]
+    assert not set(CONTRACT_TAGS) & set(own.data.tags)  # tier filters find training runs only
     assert own.data.params["run_id"] == run_id and own.data.params["metric_map"] == METRIC_MAP
     own_files = {Path(f.path).name for f in client.list_artifacts(analyze_run_id, "analysis")}
     assert own_files == files
