@@ -284,11 +284,9 @@ class Trainer:
                 sps.append(metrics["perf/samples_per_sec"])
                 epoch_done = epoch
                 good = copy.deepcopy(self._state(epoch, metrics))
-                if metrics.get("_is_best"):
+                if self.best_epoch == epoch:
                     best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
                     self.logger.on_checkpoint(best_ckpt, epoch, "best")
-                metrics.pop("_is_best", None)
-                good["metrics"] = dict(metrics)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == total:
                     last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
                     last_written = epoch
@@ -349,8 +347,8 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         train_seconds = time.perf_counter() - t_train
         if not all(math.isfinite(x) for x in values):
-            bad = [n for n, x in zip((*TERMS, "grad_norm"), values, strict=True)]
-            bad = [n for n, x in zip(bad, values, strict=True) if not math.isfinite(x)]
+            names = (*TERMS, "grad_norm")
+            bad = [n for n, x in zip(names, values, strict=True) if not math.isfinite(x)]
             raise Diverged(f"non-finite training value at epoch {epoch}: {', '.join(bad)}")
 
         metrics: dict[str, float] = {"train/loss": float(sum(values[: len(TERMS)]))}
@@ -387,8 +385,7 @@ class Trainer:
             if metrics["eval/Q"] > self.best_q:
                 self.best_q = metrics["eval/Q"]
                 self.best_epoch = epoch
-                metrics["_is_best"] = 1.0
         metrics["perf/epoch_seconds"] = time.perf_counter() - t_epoch
-        if metrics.get("_is_best"):
-            self.best_metrics = {k: v for k, v in metrics.items() if k != "_is_best"}
+        if self.best_epoch == epoch:
+            self.best_metrics = dict(metrics)
         return metrics
