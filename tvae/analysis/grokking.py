@@ -180,26 +180,12 @@ def detect_candidates(
         min_flat = max(t.candidate_min_plateau_epochs, 0.1 * (e[hi0] - e[lo0]))
         parts = split_at_flats(e, med, lo0, hi0, flat_tol, min_flat)
         pairs += [(a, b) for a, b in parts if s[b] - s[a] >= delta]
+    ctx = _Swings(
+        history, roles, present, role, key, e, s, med, sigma, hi_frac, unit, q, controls,
+        nonfinite, t,
+    )  # fmt: skip
     for lo, hi in pairs:
-        cand = _judge_swing(
-            history,
-            roles,
-            present,
-            role,
-            key,
-            e,
-            s,
-            med,
-            lo,
-            hi,
-            sigma,
-            hi_frac,
-            unit,
-            q,
-            controls,
-            nonfinite,
-            t,
-        )
+        cand = _judge_swing(ctx, lo, hi)
         if cand is not None:
             out.append(cand)
     return out
@@ -216,25 +202,31 @@ def _plateau_bounds(med: np.ndarray, lo: int, hi: int, level: float, tol: float)
     return ps, pe
 
 
-def _judge_swing(
-    history,
-    roles,
-    present,
-    role,
-    key,
-    e,
-    s,
-    med,
-    lo,
-    hi,
-    sigma,
-    hi_frac,
-    unit,
-    q,
-    controls,
-    nonfinite,
-    t: Thresholds,
-) -> Candidate | None:
+@dataclass(frozen=True)
+class _Swings:
+    """What every swing of one primary metric is judged against (built once per run)."""
+
+    history: pd.DataFrame
+    roles: Roles
+    present: set[str]
+    role: str
+    key: str
+    e: np.ndarray  # epochs
+    s: np.ndarray  # the (transformed) primary series
+    med: np.ndarray  # its 3-point rolling median
+    sigma: float
+    hi_frac: float
+    unit: str
+    q: float | None
+    controls: list[ControlChange]
+    nonfinite: dict[str, list[tuple[float, float]]]
+    t: Thresholds
+
+
+def _judge_swing(ctx: _Swings, lo: int, hi: int) -> Candidate | None:
+    history, roles, present, role, key = ctx.history, ctx.roles, ctx.present, ctx.role, ctx.key
+    e, s, med, sigma, hi_frac, unit = ctx.e, ctx.s, ctx.med, ctx.sigma, ctx.hi_frac, ctx.unit
+    q, controls, nonfinite, t = ctx.q, ctx.controls, ctx.nonfinite, ctx.t
     size0 = s[hi] - s[lo]
     tol = max(t.plateau_band_frac * size0, 3 * sigma)
     ps, pe = _plateau_bounds(med, lo, hi, float(med[lo]), tol)
