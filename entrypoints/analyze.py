@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
-from entrypoints._analyze_cli import BOOL, TIERS, MarksRunFailed, OptionalStr, fail_own_run
+from entrypoints._cli import BOOL, TIERS, Blank, MarksRunFailed, fail_own_run
 
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
 
@@ -195,13 +195,13 @@ def _summary(run: Any, report_summary: str, outcome: Any, analyze_run_id: str) -
 
 
 @click.command(cls=MarksRunFailed, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--run-id", required=True, type=OptionalStr(), help="training run to analyse")
-@click.option("--metric-map", default="", type=OptionalStr(), help="role=key,... for other runs")
-@click.option("--config", default="", type=OptionalStr(), help="detection thresholds YAML")
+@click.option("--run-id", required=True, type=Blank(), help="training run to analyse")
+@click.option("--metric-map", default="", type=Blank(), help="role=key,... for other runs")
+@click.option("--config", default="", type=Blank(), help="detection thresholds YAML")
 @click.option("--register", default="", type=BOOL, help="register the model if earned")
-@click.option("--model-name", default="", type=OptionalStr(), help="registered model name")
+@click.option("--model-name", default="", type=Blank(), help="registered model name")
 @click.option(
-    "--min-tier", default="", type=OptionalStr(choices=TIERS), help="tier needed to register"
+    "--min-tier", default="", type=Blank(click.Choice(TIERS)), help="tier needed to register"
 )
 def main(
     run_id: str,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import click
 
-from entrypoints._analyze_cli import BOOL, TIERS, OptionalStr
+from entrypoints._cli import BOOL, TIERS, Blank
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", "version", required=True, type=OptionalStr(), help="model version")
-@click.option("--model-name", default="", type=OptionalStr(), help="registered model name")
-@click.option("--min-tier", default="", type=OptionalStr(choices=TIERS), help="lowest tier")
+@click.option("--version", "version", required=True, type=Blank(), help="model version")
+@click.option("--model-name", default="", type=Blank(), help="registered model name")
+@click.option("--min-tier", default="", type=Blank(click.Choice(TIERS)), help="lowest tier")
 @click.option("--force", default="", type=BOOL, help="promote even below min-tier")
 def main(version: str | None, model_name: str | None, min_tier: str | None, force: bool | None):
     """Make VERSION of the registered model the `champion`."""

@@ -17,48 +17,21 @@ from typing import Any
 
 import click
 
+from entrypoints._cli import Blank, fail_launcher_run
 from tvae.config import ConfigError, TVAEConfig, config_from_dict, load_config
 
 DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_KILLED = 130
-
-
-class _Blank(click.ParamType):
-    """An optional value where the empty string (what MLproject passes) means 'not given'."""
-
-    def __init__(self, inner: click.ParamType) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip() == ""):
-            return None
-        return self.inner.convert(value.strip() if isinstance(value, str) else value, param, ctx)
-
-
-def _fail_launcher_run(message: str) -> None:
-    """End the run `mlflow run` created (if any) FAILED, with the reason as a tag."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        return
-    from mlflow import MlflowClient
-
-    try:
-        client = MlflowClient()
-        if client.get_run(run_id).info.status != "RUNNING":
-            return  # an existing run given with `mlflow run --run-id`: leave it as it was
-        client.set_tag(run_id, "failure.reason", message[:5000])
-        client.set_terminated(run_id, "FAILED")
-    except Exception as err:  # the store itself may be what is broken
-        click.echo(f"error: could not mark run {run_id} FAILED: {err}", err=True)
+# = mlflow_plugins.tracking.TAG_FAILURE_REASON, named here so bad input never imports mlflow
+TAG_FAILURE_REASON = "failure.reason"
 
 
 def _bad_input(message: str) -> None:
     message = " ".join(message.split())
     click.echo(f"error: {message}", err=True)
-    _fail_launcher_run(message)
+    fail_launcher_run(message, TAG_FAILURE_REASON)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -132,7 +105,7 @@ def train(
     """Train inside the chosen run and end it with the trainer's status; returns exit code."""
     import mlflow
 
-    from mlflow_plugins.tracking import TAG_FAILURE_REASON, train_in_run
+    from mlflow_plugins.tracking import train_in_run
 
     holder: dict[str, Any] = {}
 
@@ -183,17 +156,17 @@ def train(
     show_default=True,
     help="YAML config file (ignored with --resume-from: the run's config is used).",
 )
-@click.option("--epochs", type=_Blank(click.IntRange(min=1)), default=None)
-@click.option("--batch-size", type=_Blank(click.IntRange(min=1, max=19683)), default=None)
-@click.option("--lr", type=_Blank(click.FloatRange(min=0, min_open=True, max=1)), default=None)
-@click.option("--seed", type=_Blank(click.IntRange(min=0, max=2**31 - 1)), default=None)
-@click.option("--amp", type=_Blank(click.Choice(["auto", "bf16", "fp16", "off"])), default=None)
+@click.option("--epochs", type=Blank(click.IntRange(min=1)), default=None)
+@click.option("--batch-size", type=Blank(click.IntRange(min=1, max=19683)), default=None)
+@click.option("--lr", type=Blank(click.FloatRange(min=0, min_open=True, max=1)), default=None)
+@click.option("--seed", type=Blank(click.IntRange(min=0, max=2**31 - 1)), default=None)
+@click.option("--amp", type=Blank(click.Choice(["auto", "bf16", "fp16", "off"])), default=None)
 @click.option(
-    "--device", type=_Blank(click.STRING), default=None, help="auto, cpu, cuda, cuda:N or mps."
+    "--device", type=Blank(click.STRING), default=None, help="auto, cpu, cuda, cuda:N or mps."
 )
 @click.option(
     "--resume-from",
-    type=_Blank(click.STRING),
+    type=Blank(click.STRING),
     default=None,
     help="Run id whose checkpoints/last.pt to continue, in that same run.",
 )
@@ -238,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         _bad_input(err.format_message())
     except click.exceptions.Abort:
-        _fail_launcher_run("aborted")
+        fail_launcher_run("aborted", TAG_FAILURE_REASON)
         sys.exit(EXIT_KILLED)
 
 

@@ -102,7 +102,7 @@ def test_promote_cli_bad_input_is_one_line_error(tracking_uri, args, message):
 
 
 def test_tier_copies_match_the_analysis_tier_order():
-    from entrypoints._analyze_cli import TIERS
+    from entrypoints._cli import TIERS
     from tvae.analysis import TIER_ORDER
 
     assert registry.TIER_ORDER == TIERS == TIER_ORDER

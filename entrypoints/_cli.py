@@ -1,4 +1,4 @@
-"""Click parameter types and failure handling shared by the analyze and promote CLIs.
+"""Click parameter types and failure handling shared by the train, analyze and promote CLIs.
 
 MLproject passes every parameter as a string and an empty string means "not given", so the
 types here turn "" into None (the caller's default) and reject anything else that is not valid.
@@ -7,6 +7,7 @@ types here turn "" into None (the caller's default) and reject anything else tha
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -15,23 +16,17 @@ ERROR_TAG = "analysis.error"
 TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 
 
-class OptionalStr(click.ParamType):
-    """A string where "" means not given (None); optionally restricted to `choices`."""
+class Blank(click.ParamType):
+    """`inner` (default: any text), except that "" (what MLproject passes) means not given."""
 
-    name = "text"
+    def __init__(self, inner: click.ParamType = click.STRING) -> None:
+        self.inner = inner
+        self.name = inner.name
 
-    def __init__(self, choices: list[str] | None = None) -> None:
-        self.choices = choices
-
-    def convert(self, value, param, ctx):
-        if value is None:
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip() == ""):
             return None
-        text = str(value).strip()
-        if not text:
-            return None
-        if self.choices is not None and text not in self.choices:
-            self.fail(f"'{text}' is not one of {', '.join(self.choices)}", param, ctx)
-        return text
+        return self.inner.convert(value.strip() if isinstance(value, str) else value, param, ctx)
 
 
 class OptionalBool(click.ParamType):
@@ -57,8 +52,10 @@ class OptionalBool(click.ParamType):
 BOOL = OptionalBool()
 
 
-def fail_own_run(message: str, run_id: str | None = None) -> None:
-    """Mark the analyze run (ours, or the one `mlflow run` made: MLFLOW_RUN_ID) FAILED + reason."""
+def fail_launcher_run(message: str, tag: str, run_id: str | None = None) -> None:
+    """End `run_id` (default: the run `mlflow run` created, MLFLOW_RUN_ID) FAILED, with the
+    reason in `tag`. A run that is not RUNNING (an existing run given with `mlflow run
+    --run-id`) is left as it was."""
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
@@ -66,10 +63,17 @@ def fail_own_run(message: str, run_id: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
-        client.set_tag(run_id, ERROR_TAG, message[:5000])
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        client.set_tag(run_id, tag, message[:5000])
         client.set_terminated(run_id, "FAILED")
-    except Exception:  # noqa: BLE001 - reporting the failure must not hide the original error
-        pass
+    except Exception as err:  # noqa: BLE001 - the store itself may be what is broken
+        click.echo(f"error: could not mark run {run_id} FAILED: {err}", err=True)
+
+
+def fail_own_run(message: str, run_id: str | None = None) -> None:
+    """Mark the analyze run (ours, or the one `mlflow run` made) FAILED, reason in ERROR_TAG."""
+    fail_launcher_run(message, ERROR_TAG, run_id)
 
 
 class MarksRunFailed(click.Command):
