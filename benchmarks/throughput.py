@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tvae does; must preced
 
 import torch  # noqa: E402
 
+from tvae.branches import BranchRunner  # noqa: E402
 from tvae.config import load_config  # noqa: E402
 from tvae.losses import LossComputer  # noqa: E402
 from tvae.model import TernaryVAE  # noqa: E402
@@ -92,7 +93,7 @@ def main() -> None:
     elif args.threads:
         thread_counts = [args.threads]
     else:
-        thread_counts = sorted({1, torch.get_num_threads()})
+        thread_counts = sorted({1, os.cpu_count() or 1})
     print(
         f"device {device} ({_name(device)}) amp {amp} torch {torch.__version__}"
         f" OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} batch {args.batch_size}"
@@ -110,12 +111,16 @@ def main() -> None:
     best = 0.0
     for threads in thread_counts:
         torch.set_num_threads(threads)
+        trainer.runner = (
+            BranchRunner(threads // 2) if device.type == "cpu" and threads >= 2 else None
+        )
         ours = [run_trainer() for _ in range(args.epochs + 1)][1:]
         fast = statistics.median(ours)
         best = max(best, fast)
         line = f"threads {threads}: trainer {fast:,.0f} samples/s (epochs: "
         line += ", ".join(f"{x:,.0f}" for x in ours) + ")"
         if not args.skip_baseline and amp != "fp16":
+            torch.set_num_threads(threads)  # the textbook loop uses them as intra-op threads
             torch.manual_seed(0)
             model = TernaryVAE.from_config(cfg.model).to(device)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, foreach=False)

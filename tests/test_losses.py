@@ -102,3 +102,19 @@ def test_single_sample_batch_is_finite():
     ops, v = ternary_ops()[5:6], valuations()[5:6]
     total, terms = lc(model(ops), ops, (ops + 1).long(), v, 30, True)
     assert torch.isfinite(terms).all() and terms[TERMS.index("geodesic")] == 0.0
+
+
+def test_branch_shares_sum_to_the_kl_and_radial_terms():
+    """Each branch carries its own encoder's share; combined they are the DESIGN terms."""
+    torch.manual_seed(0)
+    model = TernaryVAE.from_config(ModelConfig())
+    lc = LossComputer(LossConfig(), torch.device("cpu"))
+    ops, v = ternary_ops()[:300], valuations()[:300]
+    out = model(ops)
+    _, terms = lc(out, ops, (ops + 1).long(), v, 2, True)
+    t = dict(zip(TERMS, terms.tolist(), strict=True))
+    kl = kl_divergence(out["mu_A"], out["logvar_A"]) + kl_divergence(out["mu_B"], out["logvar_B"])
+    assert t["kl"] == pytest.approx(lc.kl_weight(2) * kl.item(), rel=1e-5)
+    target = lc.targets[v]
+    radial = ((out["radius_A"] - target) ** 2 + (out["radius_B"] - target) ** 2).mean()
+    assert t["radial"] == pytest.approx(LossConfig().radial.weight * radial.item(), rel=1e-5)

@@ -159,6 +159,24 @@ def test_stop_is_deterministic_and_resume_is_bit_for_bit(full_run, tmp_path):
                 assert v == full_epochs[epoch][k], (epoch, k)
 
 
+def test_two_branch_threads_train_exactly_like_one_thread(full_run, tmp_path):
+    """threads=2 runs branch A and B concurrently (tvae.branches): same bits as the serial run."""
+    work, rec, _, _ = full_run
+    holder: dict = {}
+    rec2 = Recorder(on_epoch=lambda e: holder["t"].request_stop() if e == 2 else None)
+    trainer = holder["t"] = Trainer(smoke(**{"train.threads": 2}), tmp_path, rec2, echo=False)
+    result = trainer.fit()
+    assert result.last_epoch == 2 and trainer.runner is not None
+    assert trainer.runner._pool._shutdown  # the worker thread is gone after fit
+    serial = {e[1]: e[2] for e in rec.kind("epoch")}
+    for _, epoch, m in rec2.kind("epoch"):
+        for k in ("train/loss_recon", "train/loss_geodesic", "opt/grad_norm", "eval/Q"):
+            assert m[k] == serial[epoch][k], (epoch, k)
+    a = read_checkpoint(tmp_path / "checkpoints/last.pt")["model"]
+    b = torch.load(work / "epoch2.pt", weights_only=True)["model"]
+    assert _same_state(a, b)
+
+
 def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):
     holder: dict = {}
 

@@ -47,7 +47,9 @@ class TrainConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1)
-    threads: int = Field(0, ge=0, le=1024)  # CPU intra-op threads; 0 keeps torch's default
+    # CPU threads: with 2 or more, branches A and B train concurrently (tvae.branches), each
+    # with threads // 2 intra-op threads; 0 = torch's default (all cores)
+    threads: int = Field(2, ge=0, le=1024)
 
 
 class ScheduleConfig(_Section):

@@ -55,6 +55,14 @@ class FlatParams:
             seg.grad = self.grad[start:offset]
             self.segments.append(seg)
 
+    def grad_span(self, first: int, last: int) -> torch.Tensor:
+        """The flat gradient covering segments first..last (inclusive), one contiguous view."""
+        return self.grad[self._start(first) : self._start(last) + self.segments[last].numel()]
+
+    def _start(self, index: int) -> int:
+        seg = self.segments[index]
+        return (seg.data.data_ptr() - self.data.data_ptr()) // self.data.element_size()
+
     def zero_grad(self) -> None:
         self.grad.zero_()
 
@@ -69,6 +77,5 @@ class FlatParams:
         for p in self.model_params[index]:
             p.requires_grad_(not frozen)
         seg = self.segments[index]
-        start = seg.data.data_ptr() - self.data.data_ptr()
-        start //= self.data.element_size()
+        start = self._start(index)
         seg.grad = None if frozen else self.grad[start : start + seg.numel()]

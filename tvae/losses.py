@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tvae.config import LossConfig
-from tvae.geometry import EPS
+from tvae.geometry import EPS, no_autocast
 from tvae.ops import N_LEVELS
 
 TERMS = ("recon", "kl", "radial", "rank", "geodesic", "richness", "separation")
@@ -49,18 +49,14 @@ def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cumprod((a == b).to(torch.float32), dim=1).sum(dim=1)
 
 
-def _kl_sum(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Sum over batch and dims of mu^2 + e^logvar - logvar (the KL without its constant)."""
-    mu, logvar = mu.float(), logvar.float()
-    return (mu.square() + logvar.exp() - logvar).sum()
-
-
 class LossComputer:
     """Holds the device-side constants; `__call__` returns (total, per-term weighted values).
 
-    The per-step work is written for few small ops (it is most of a CPU step's overhead):
-    constants such as 3^-k targets are tables, pairwise terms reuse per-point quantities
-    (|z|^2 is computed once and rolled with z), and masks are built without autograd.
+    The terms split by branch (A: recon and A's kl/radial shares; B: the rest), so each
+    branch is its own autograd graph (tvae.branches). The per-step work is written for few
+    small ops (they are most of a CPU step): constants such as the 3^-k geodesic targets are
+    tables, pairwise terms reuse per-point quantities (|z|^2 is rolled with z), and masks are
+    built without autograd.
     """
 
     def __init__(self, cfg: LossConfig, device: torch.device) -> None:
@@ -80,14 +76,6 @@ class LossComputer:
         """Number of roll shifts giving at least `pairs` in-batch pairs (0 without pairs)."""
         return min(n - 1, -(-pairs // n)) if n > 1 else 0
 
-    @staticmethod
-    def _pair(t: torch.Tensor, shifts: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t repeated, t rolled by 1..shifts) along dim 0: n * shifts pairs."""
-        if shifts == 1:
-            return t, t.roll(1, 0)
-        rep = t.repeat(shifts, *([1] * (t.dim() - 1)))
-        return rep, torch.cat([t.roll(k, 0) for k in range(1, shifts + 1)])
-
     def kl_weight(self, epoch: int) -> float:
         kl = self.cfg.kl
         warm = 1.0 if kl.warmup_epochs == 0 else min(1.0, epoch / kl.warmup_epochs)
@@ -102,24 +90,66 @@ class LossComputer:
         epoch: int,
         geodesic_active: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total, the 7 weighted terms) of both branches."""
+        a = self.branch_A(out, x, v, target_cls, epoch, geodesic_active)
+        b = self.branch_B(out, x, v, target_cls, epoch, geodesic_active)
+        return a.sum() + b.sum(), self.combine(a, b)
+
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The 7 TERMS from branch A's (recon, kl, radial) and branch B's 6 weighted parts."""
+        return torch.cat([a[:1], a[1:] + b[:2], b[2:]])
+
+    def _kl(self, mu: torch.Tensor, logvar: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One encoder's weighted share of the kl term (the two shares sum to the term)."""
+        mu, logvar = mu.float(), logvar.float()
+        kl = (mu.square() + logvar.exp() - logvar).sum() * (0.5 / max(mu.shape[0], 1))
+        return self.kl_weight(epoch) * (kl - 0.5 * float(mu.shape[-1]))
+
+    def _radial(self, r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t = self.targets.index_select(0, v)
+        return self.cfg.radial.weight * (r - t).square().sum() / r.shape[0]
+
+    def branch_A(
+        self,
+        out: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        v: torch.Tensor,
+        target_cls: torch.Tensor,
+        epoch: int,
+        geodesic_active: bool,
+    ) -> torch.Tensor:
+        """Branch A's weighted (recon, kl share, radial share): needs only forward_A's outputs."""
+        recon = F.cross_entropy(out["logits"].float().transpose(1, 2), target_cls)
+        return torch.stack(
+            [
+                self.cfg.recon.weight * recon,
+                self._kl(out["mu_A"], out["logvar_A"], epoch),
+                self._radial(out["radius_A"], v),
+            ]
+        )
+
+    def branch_B(
+        self,
+        out: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        v: torch.Tensor,
+        target_cls: torch.Tensor,
+        epoch: int,
+        geodesic_active: bool,
+    ) -> torch.Tensor:
+        """Branch B's weighted (kl share, radial share, rank, geodesic, richness, separation)."""
         cfg = self.cfg
         n = x.shape[0]
-        recon = F.cross_entropy(out["logits"].float().transpose(1, 2), target_cls)
-        # KL(q || N(0, I)) of both encoders: 0.5 * mean_n sum_d (mu^2 + e^lv - 1 - lv) each
-        latent = out["mu_A"].shape[-1]
-        kl_sum = _kl_sum(out["mu_A"], out["logvar_A"]) + _kl_sum(out["mu_B"], out["logvar_B"])
-        kl = kl_sum * (0.5 / max(n, 1)) - float(latent)
-        r_A, r_B = out["radius_A"], out["radius_B"]
-        t = self.targets.index_select(0, v)
-        radial = ((r_A - t).square().sum() + (r_B - t).square().sum()) / n
+        r_B = out["radius_B"]
 
         # pairs: the batch is a random sample, so element k paired with element k+s (mod n)
         # for shifts s = 1..S gives random pairs without gathers (rolls are cheap both ways)
         shifts = self._shifts(cfg.rank.pairs, n)
         if shifts:
-            rank_r, rank_rs = self._pair(r_B, shifts)
+            rank_r, rank_rs = pair(r_B, shifts)
             with torch.no_grad():
-                v_a, v_s = self._pair(v, shifts)
+                v_a, v_s = pair(v, shifts)
                 s = torch.sign(v_a - v_s).to(torch.float32)
                 used = s.abs()
             # |s| is 0 or 1, so relu(margin*|s| + s*d) is the hinge masked to unequal levels
@@ -152,31 +182,37 @@ class LossComputer:
         viol = F.relu(self.sep_margin - (mean.view(-1, 1) - mean.view(1, -1)))
         separation = (viol * pair_mask).sum()
 
-        terms = torch.stack(
+        return torch.stack(
             [
-                cfg.recon.weight * recon,
-                self.kl_weight(epoch) * kl,
-                cfg.radial.weight * radial,
+                self._kl(out["mu_B"], out["logvar_B"], epoch),
+                self._radial(r_B, v),
                 cfg.rank.weight * rank,
                 cfg.geodesic.weight * geodesic,
                 cfg.richness.weight * richness,
                 cfg.separation.weight * separation,
             ]
         )
-        return terms.sum(), terms
 
     def _geodesic(self, z: torch.Tensor, x: torch.Tensor, shifts: int) -> torch.Tensor:
         """Mean squared error of pair distances (Poincaré, as geometry.dist) to scale * 3^-k."""
         with torch.no_grad():
-            xa, xs = self._pair(x, shifts)
+            xa, xs = pair(x, shifts)
             k = (xa == xs).to(torch.int32).cumprod(dim=1).sum(dim=1)
             target = self.geo_target[k]
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with no_autocast(z):
             z = z.float()
             z2 = (z * z).sum(-1).clamp(max=(1.0 - EPS) ** 2)
-            za, zs = self._pair(z, shifts)
-            n2a, n2s = self._pair(z2, shifts)
+            za, zs = pair(z, shifts)
+            n2a, n2s = pair(z2, shifts)
             diff2 = (za - zs).square().sum(-1)
             q = diff2 / ((1.0 - n2a) * (1.0 - n2s))
             d = 2.0 * torch.asinh(torch.sqrt(q.clamp_min(1e-15)))
             return (d - target).square().mean()
+
+
+def pair(t: torch.Tensor, shifts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t repeated, t rolled by 1..shifts) along dim 0: n * shifts pairs."""
+    if shifts == 1:
+        return t, t.roll(1, 0)
+    rep = t.repeat(shifts, *([1] * (t.dim() - 1)))
+    return rep, torch.cat([t.roll(k, 0) for k in range(1, shifts + 1)])

@@ -30,6 +30,14 @@ def _mlp(sizes: list[int], out: int, act: str = "silu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """seq(x) without Module.__call__ per layer: on a small CPU step the call machinery is a
+    measurable share, and with two branch threads it is time held under the GIL."""
+    for layer in seq:
+        x = layer.forward(x)
+    return x
+
+
 class Encoder(nn.Module):
     """9 trits -> hidden MLP -> (mu, logvar), one linear head producing both halves."""
 
@@ -39,7 +47,7 @@ class Encoder(nn.Module):
         self.latent = latent
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.net(x).chunk(2, dim=-1)
+        mu, logvar = run_mlp(self.net, x).chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 10.0)
 
 
@@ -54,9 +62,9 @@ class HyperbolicProjection(nn.Module):
 
     def forward(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (point, Euclidean norm of the point); both fp32."""
-        d = self.direction(mu).float()
+        d = run_mlp(self.direction, mu).float()
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        norm = torch.sigmoid(self.radius(mu).float()).squeeze(-1) * self.max_radius
+        norm = torch.sigmoid(run_mlp(self.radius, mu).float()).squeeze(-1) * self.max_radius
         return d * norm.unsqueeze(-1), norm
 
 
@@ -93,29 +101,42 @@ class TernaryVAE(nn.Module):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (N, latent) -> logits (N, 9, 3) over the trit values -1, 0, +1."""
-        return self.decoder(z).view(-1, N_DIGITS, N_CLASSES)
+        return run_mlp(self.decoder, z).view(-1, N_DIGITS, N_CLASSES)
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
-        """Training pass: sampled z_A feeds the decoder; projections read mu."""
-        mu_A, logvar_A = self.encoder_A(x)
-        mu_B, logvar_B = self.encoder_B(x)
+    def forward_A(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+        """Branch A (coverage): encoder A, its projection, and the decoder fed by z_A's sample.
+
+        The two branches share no parameters and no activations, so each is its own autograd
+        graph; the CPU trainer runs them on two threads at once (tvae.branches).
+        """
+        mu_A, logvar_A = self.encoder_A.forward(x)
         if sample:
             z = mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * logvar_A)
         else:
             z = mu_A
-        z_A, norm_A = self.projection_A(mu_A)
-        z_B, norm_B = self.projection_B(mu_B)
+        z_A, norm_A = self.projection_A.forward(mu_A)
         return {
             "logits": self.decode_logits(z),
             "mu_A": mu_A,
             "logvar_A": logvar_A,
+            "z_A": z_A,
+            "radius_A": radius_from_norm(norm_A),
+        }
+
+    def forward_B(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Branch B (hierarchy): encoder B and its projection (no sampling, no decoder)."""
+        mu_B, logvar_B = self.encoder_B.forward(x)
+        z_B, norm_B = self.projection_B.forward(mu_B)
+        return {
             "mu_B": mu_B,
             "logvar_B": logvar_B,
-            "z_A": z_A,
             "z_B": z_B,
-            "radius_A": radius_from_norm(norm_A),
             "radius_B": radius_from_norm(norm_B),
         }
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+        """Training pass: sampled z_A feeds the decoder; projections read mu."""
+        return {**self.forward_A(x, sample), **self.forward_B(x)}
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ Events (logger.on_event): "lr_phase" {epoch, phase, name, lr}, "geodesic_on" {ep
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import platform
 import threading
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from tvae.branches import Branch, BranchRunner, train_branch_epoch
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import read_checkpoint, save_checkpoint
 from tvae.config import TVAEConfig
@@ -127,20 +129,42 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        if self.device.type == "cpu" and cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        threads = cfg.train.threads or torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
         torch.manual_seed(cfg.train.seed)
         self.model = TernaryVAE.from_config(cfg.model).to(self.device)
         m = self.model
-        # segments 0 and 1 are the freezable encoder trunks (see Homeostasis)
+        # segments: 0 encoder A trunk, 1 rest of branch A, 2 encoder B trunk, 3 rest of branch B;
+        # the trunks are what homeostasis freezes; each branch has its own optimizer
         self.flat = FlatParams(
-            [[m.encoder_A], [m.encoder_B], [m.projection_A, m.projection_B, m.decoder]],
+            [[m.encoder_A], [m.projection_A, m.decoder], [m.encoder_B], [m.projection_B]],
             transposed=[m.encoder_A.net[0].weight, m.encoder_B.net[0].weight],
         )
-        self.optimizer = _make_optimizer(self.flat.segments, cfg, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.homeostasis = Homeostasis(cfg.homeostasis)
+        seg = self.flat.segments
         self.losses = LossComputer(cfg.loss, self.device)
+        self.branch_params = (
+            Branch(
+                "A",
+                m.forward_A,
+                self.losses.branch_A,
+                self.flat.grad_span(0, 1),
+                _make_optimizer(seg[0:2], cfg, self.device),
+                torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"),
+            ),
+            Branch(
+                "B",
+                m.forward_B,
+                self.losses.branch_B,
+                self.flat.grad_span(2, 3),
+                _make_optimizer(seg[2:4], cfg, self.device),
+                torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"),
+            ),
+        )
+        self.runner = None
+        if self.device.type == "cpu" and threads >= 2:
+            self.runner = BranchRunner(threads // 2)
+        self.homeostasis = Homeostasis(cfg.homeostasis)
         self.ops = ternary_ops().to(self.device)
         self.vals = valuations().to(self.device)
         self.target_cls = (self.ops + 1).long()
@@ -161,8 +185,8 @@ class Trainer:
     def _state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "optimizer": {b.name: b.optimizer.state_dict() for b in self.branch_params},
+            "scaler": {b.name: b.scaler.state_dict() for b in self.branch_params},
             "homeostasis": self.homeostasis.state_dict(),
             "rng": self._rng_state(),
             "epoch": epoch,
@@ -177,8 +201,9 @@ class Trainer:
     def _restore(self, path: Path) -> int:
         state = read_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        for b in self.branch_params:
+            b.optimizer.load_state_dict(state["optimizer"][b.name])
+            b.scaler.load_state_dict(state["scaler"][b.name])
         self.homeostasis.load_state_dict(state["homeostasis"])
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -208,47 +233,39 @@ class Trainer:
         return torch.cat([base, high], dim=1).reshape(-1)[:N_OPS]
 
     def _train_epoch(self, epoch: int, geodesic_active: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train both branches one epoch; returns (mean weighted terms, mean pre-clip norm)."""
         cfg = self.config.train
-        model, opt, scaler = self.model, self.optimizer, self.scaler
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
-        flat = self.flat
-        term_sum = torch.zeros(len(TERMS), device=self.device)
-        grad_sum = torch.zeros((), device=self.device)
-        grad_steps = torch.zeros((), device=self.device)
-        skip_inf = scaler.is_enabled()  # fp16: inf/NaN grads are normal, the scaler skips them
         idx_all = self._epoch_indices()
-        n = idx_all.numel()
         # gather the epoch once: each batch is then a contiguous slice (no per-step gathers)
-        ops_e, vals_e = self.ops[idx_all], self.vals[idx_all]
-        tgt_e = self.target_cls[idx_all]
-        steps = 0
-        model.train()
-        for start in range(0, n, cfg.batch_size):
-            stop = start + cfg.batch_size
-            x, v, tgt = ops_e[start:stop], vals_e[start:stop], tgt_e[start:stop]
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(x)
-            total, terms = self.losses(out, x, tgt, v, epoch, geodesic_active)
-            flat.zero_grad()
-            scaler.scale(total).backward()
-            scaler.unscale_(opt)
-            gnorm = flat.clip_grad_norm_(cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            term_sum += terms.detach()
-            if skip_inf:
-                ok = torch.isfinite(gnorm)
-                grad_sum += torch.where(ok, gnorm.detach(), 0.0)
-                grad_steps += ok
-            else:
-                grad_sum += gnorm.detach()
-                grad_steps += 1
-            steps += 1
-        return term_sum / steps, grad_sum / grad_steps.clamp_min(1)
+        ops_e, vals_e, tgt_e = self.ops[idx_all], self.vals[idx_all], self.target_cls[idx_all]
+        bs = cfg.batch_size
+        batches = [
+            (ops_e[i : i + bs], vals_e[i : i + bs], tgt_e[i : i + bs])
+            for i in range(0, idx_all.numel(), bs)
+        ]
+        self.model.train()
+        jobs = [
+            functools.partial(
+                train_branch_epoch, b, batches, epoch, geodesic_active, cfg.grad_clip, amp_dtype
+            )
+            for b in self.branch_params
+        ]
+        if self.runner is not None:  # CPU: the two branch loops at once, on two threads
+            (terms_A, sq_A), (terms_B, sq_B) = self.runner.run(*jobs)
+        else:
+            (terms_A, sq_A), (terms_B, sq_B) = jobs[0](), jobs[1]()
+        norms = (sq_A + sq_B).sqrt()  # the whole model's pre-clip gradient norm, per batch
+        if self.amp == "fp16":  # inf/NaN grads are normal there, the scaler skips those steps
+            ok = torch.isfinite(norms)
+            mean_norm = torch.where(ok, norms, 0.0).sum() / ok.sum().clamp_min(1)
+        else:
+            mean_norm = norms.mean()
+        return self.losses.combine(terms_A, terms_B) / len(batches), mean_norm
 
     def _apply_freeze(self) -> None:
         self.flat.set_frozen(0, self.homeostasis.frozen_A)
-        self.flat.set_frozen(1, self.homeostasis.frozen_B)
+        self.flat.set_frozen(2, self.homeostasis.frozen_B)
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, resume_checkpoint: Path | None = None) -> TrainResult:
@@ -304,6 +321,9 @@ class Trainer:
         except Diverged as err:
             status, reason = "FAILED", str(err)
             self.logger.on_event("divergence", {"epoch": epoch_done + 1, "reason": reason})
+        finally:
+            if self.runner is not None:
+                self.runner.close()
         if status != "FINISHED" and last_written != good["epoch"]:
             last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
             self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
@@ -327,8 +347,9 @@ class Trainer:
         t_epoch = time.perf_counter()
         scale = lr_scale(epoch, total, cfg.schedule)
         lr = cfg.train.lr * scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for b in self.branch_params:
+            for group in b.optimizer.param_groups:
+                group["lr"] = lr
         phase = phase_index(epoch, total, cfg.schedule)
         if epoch > 1 and phase != phase_index(epoch - 1, total, cfg.schedule):
             self.logger.on_event(
