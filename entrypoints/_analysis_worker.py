@@ -6,12 +6,19 @@ them overlap on two cores. The parent talks to MLflow (validation, history, writ
 parses roles/thresholds, analyses and renders the PNGs, and they swap plain picklable data over
 a pipe. Where fork is unavailable or unsafe (threads already running) the same functions run
 inline, so behaviour never depends on the mode.
+
+Against a local SQLite store (MLFLOW_TRACKING_URI=sqlite:///..., as `mlflow run` sets it) the
+worker does not wait for the parent's history: it reads the run itself with the standard
+library (mlflow_plugins.history.read_sqlite) and has the analysis and plots ready by the time
+the parent has loaded MLflow and validated the inputs. The parent uses that result only after
+its own validation passed; otherwise it sends the history as before.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +45,26 @@ def parse_inputs(metric_map: str, config: str) -> tuple[Any, Any]:
         raise InputError(f"--config: {err}") from None
 
 
-def analyse(history, system, roles, thresholds, status: str, folder: str) -> dict[str, Any]:
-    """Analyse one history, write its PNGs into `folder`; return the report as plain data."""
+def _plotter() -> Any:
+    """tvae.analysis.plots.plot_report with matplotlib on Agg, or None without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
+    try:
+        from tvae.analysis.plots import plot_report
+    except ImportError:  # plots are optional
+        return None
+    return plot_report
+
+
+def analyse(history, system, roles, thresholds, status: str, folder: str) -> dict[str, Any]:
+    """Analyse one history, write its PNGs into `folder`; return the report as plain data."""
     from mlflow_plugins.analysis_writer import save_figures
     from tvae.analysis import analyze
 
     report = analyze(history, roles, thresholds, system=system, run_status=status)
-    try:
-        from tvae.analysis.plots import plot_report
-    except ImportError:  # plots are optional
-        figures = {}
-    else:
-        figures = plot_report(history, report, roles)
+    plot_report = _plotter()
+    figures = plot_report(history, report, roles) if plot_report is not None else {}
     save_figures(figures, Path(folder))
     return {
         "report": report.to_dict(),
@@ -63,7 +75,21 @@ def analyse(history, system, roles, thresholds, status: str, folder: str) -> dic
     }
 
 
-def _serve(conn: Any, metric_map: str, config: str) -> None:
+def _early_analysis(run_id: str, folder: str, roles, thresholds) -> dict[str, Any] | None:
+    """The analysis of `run_id` read straight from a local SQLite store, or None."""
+    from mlflow_plugins.history import read_sqlite, sqlite_path
+
+    path = sqlite_path(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if not (run_id and folder and path):
+        return None
+    try:
+        read = read_sqlite(path, run_id)
+        return None if read is None else analyse(*read[:2], roles, thresholds, read[2], folder)
+    except Exception:  # noqa: BLE001 - the parent's own history path reports real problems
+        return None
+
+
+def _serve(conn: Any, metric_map: str, config: str, run_id: str, folder: str) -> None:
     """Worker process: check the inputs, then analyse one history; errors go back as text.
 
     Roles and thresholds stay here: unpickling them in the parent would import the whole
@@ -76,10 +102,19 @@ def _serve(conn: Any, metric_map: str, config: str) -> None:
             conn.send(("input", str(err)))
             return
         conn.send(("ok", None))
+        _plotter()  # import matplotlib while the parent still imports MLflow (~0.5 s)
+        early = _early_analysis(run_id, folder, roles, thresholds)
         job = conn.recv()
+        if job is not None and job[0] == "own":
+            if early is not None:
+                conn.send(("ok", early))
+                return
+            conn.send(("need", None))
+            job = conn.recv()
         if job is None:
             return
-        conn.send(("ok", analyse(job[0], job[1], roles, thresholds, *job[2:])))
+        _, history, system, status, job_folder = job
+        conn.send(("ok", analyse(history, system, roles, thresholds, status, job_folder)))
     except Exception as err:  # noqa: BLE001 - reported by the parent as one line
         conn.send(("error", f"{type(err).__name__}: {err}"))
     finally:
@@ -89,7 +124,16 @@ def _serve(conn: Any, metric_map: str, config: str) -> None:
 class AnalysisWorker:
     """Start the analysis half now (forked when safe); ask for its results when needed."""
 
-    def __init__(self, metric_map: str, config: str, *, fork: bool | None = None) -> None:
+    def __init__(
+        self,
+        metric_map: str,
+        config: str,
+        *,
+        run_id: str = "",
+        folder: str = "",
+        fork: bool | None = None,
+    ) -> None:
+        """`run_id` and `folder` (where the PNGs go) let a forked worker start on its own."""
         self.metric_map, self.config = metric_map, config
         if fork is None:
             fork = hasattr(os, "fork") and threading.active_count() == 1
@@ -100,7 +144,9 @@ class AnalysisWorker:
 
             ctx = multiprocessing.get_context("fork")
             self.conn, child = ctx.Pipe()
-            self.process = ctx.Process(target=_serve, args=(child, metric_map, config), daemon=True)
+            self.process = ctx.Process(
+                target=_serve, args=(child, metric_map, config, run_id, folder), daemon=True
+            )
             self.process.start()
             child.close()
 
@@ -117,7 +163,7 @@ class AnalysisWorker:
             raise InputError(value)
         if kind == "error":
             raise RuntimeError(value)
-        return value
+        return kind if kind == "need" else value
 
     def check_inputs(self) -> None:
         """Raise InputError (one line) when the metric map or thresholds file is bad."""
@@ -126,12 +172,22 @@ class AnalysisWorker:
             return
         self._answer()
 
-    def analyse(self, history, system, status: str, folder: str) -> dict[str, Any]:
-        """The analysis of `history` as plain data, PNGs written into `folder`."""
+    def analyse(
+        self, load: Callable[[], tuple[Any, Any]], status: str, folder: str
+    ) -> dict[str, Any]:
+        """The analysis as plain data, PNGs written into `folder`.
+
+        `load()` returns (history, system); it is called only when the worker has not read the
+        run itself.
+        """
         if not self.forked:
             roles, thresholds = self._parsed or parse_inputs(self.metric_map, self.config)
-            return analyse(history, system, roles, thresholds, status, folder)
-        self.conn.send((history, system, status, folder))
+            return analyse(*load(), roles, thresholds, status, folder)
+        self.conn.send(("own",))
+        answer = self._answer()
+        if answer != "need":
+            return answer
+        self.conn.send(("given", *load(), status, folder))
         return self._answer()
 
     def close(self) -> None:

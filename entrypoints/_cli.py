@@ -6,8 +6,10 @@ types here turn "" into None (the caller's default) and reject anything else tha
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -85,3 +87,25 @@ class MarksRunFailed(click.Command):
         except click.UsageError as err:
             fail_own_run(err.format_message())
             raise
+
+
+def exit_fast(command: click.Command, args: list[str] | None = None) -> NoReturn:
+    """Run a click command as a program, then end the process without interpreter teardown.
+
+    Why: finalising an interpreter that imported MLflow, pandas, scipy and matplotlib takes
+    ~0.9 s, a third of a small `analyze`. Everything the command writes is synchronous; MLflow's
+    async queue (if any) and logging are flushed before `os._exit`. Unhandled errors propagate
+    (with their traceback) as usual.
+    """
+    try:
+        command.main(args=args, standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and hasattr(mlflow, "flush_async_logging"):
+        mlflow.flush_async_logging()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

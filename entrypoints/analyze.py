@@ -10,6 +10,7 @@ an analyze run for us, that run is marked FAILED with the reason in tag `analysi
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any
 import click
 
 from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
-from entrypoints._cli import BOOL, TIERS, Blank, MarksRunFailed, fail_own_run
+from entrypoints._cli import BOOL, TIERS, Blank, MarksRunFailed, exit_fast, fail_own_run
+from mlflow_plugins.analysis_writer import ARTIFACT_DIR
 
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
 
@@ -142,37 +144,43 @@ def _own_run(client: Any, run: Any) -> tuple[str, bool]:
 
 
 def run_analysis(
-    client: Any, inputs: Inputs, raw_params: dict[str, str], worker: AnalysisWorker
+    client: Any, inputs: Inputs, raw_params: dict[str, str], worker: AnalysisWorker, folder: Path
 ) -> str:
     """Analyse, maybe register, write everything; returns the printed summary."""
     from mlflow.entities import Metric, Param
 
-    from mlflow_plugins.analysis_writer import ARTIFACT_DIR, write_analysis, write_report
+    from mlflow_plugins.analysis_writer import write_analysis, write_report
     from mlflow_plugins.history import load_history
+    from mlflow_plugins.registry import tier_at_least
 
     run = inputs.run
     source_id = run.info.run_id
     started = time.perf_counter()
-    history, system = load_history(client, source_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / ARTIFACT_DIR
-        result = worker.analyse(history, system, run.info.status, str(folder))
-        own_id, created = _own_run(client, run)
-        try:
-            have = client.get_run(own_id).data.params
-            params = [Param(k, v) for k, v in raw_params.items() if k not in have]
-            client.log_batch(own_id, params=params)
-            outcome = _registry_step(client, inputs, result, history, own_id)
-            report_dict = dict(result["report"])
-            report_dict["registry"] = outcome.to_dict()
-            report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
-            write_report(report_dict, folder)
-            write_analysis(client, source_id, own_id, folder, result["tags"])
-            seconds = time.perf_counter() - started
-            client.log_batch(own_id, metrics=[Metric("analysis/seconds", seconds, _now_ms(), 0)])
-        except Exception as err:
-            fail_own_run(f"{type(err).__name__}: {err}", own_id)
-            raise
+    loaded: list[Any] = []
+
+    def history() -> tuple[Any, Any]:
+        if not loaded:
+            loaded.extend(load_history(client, source_id))
+        return loaded[0], loaded[1]
+
+    result = worker.analyse(history, run.info.status, str(folder))
+    own_id, created = _own_run(client, run)
+    try:
+        have = client.get_run(own_id).data.params
+        params = [Param(k, v) for k, v in raw_params.items() if k not in have]
+        client.log_batch(own_id, params=params)
+        earned = inputs.register and tier_at_least(result["tier"], inputs.min_tier)
+        outcome = _registry_step(client, inputs, result, history()[0] if earned else None, own_id)
+        report_dict = dict(result["report"])
+        report_dict["registry"] = outcome.to_dict()
+        report_dict["source_run"] = {"run_id": source_id, "status": run.info.status}
+        write_report(report_dict, folder)
+        write_analysis(client, source_id, own_id, folder, result["tags"])
+        seconds = time.perf_counter() - started
+        client.log_batch(own_id, metrics=[Metric("analysis/seconds", seconds, _now_ms(), 0)])
+    except Exception as err:
+        fail_own_run(f"{type(err).__name__}: {err}", own_id)
+        raise
     if created:
         client.set_terminated(own_id, "FINISHED")
     return _summary(run, result["summary"], outcome, own_id)
@@ -221,8 +229,10 @@ def main(
     if not run_id:
         fail_own_run("--run-id is required")
         raise click.ClickException("--run-id is required")
+    tmp = tempfile.mkdtemp(prefix="tvae-analyze-")
+    folder = Path(tmp) / ARTIFACT_DIR
     # started before MLflow is imported, so the two start-ups overlap (see _analysis_worker)
-    worker = AnalysisWorker(metric_map or "", config or "")
+    worker = AnalysisWorker(metric_map or "", config or "", run_id=run_id, folder=str(folder))
     try:
         from mlflow.tracking import MlflowClient
 
@@ -237,7 +247,7 @@ def main(
             model_name or "TernaryVAE",
             min_tier or "Good",
         )
-        summary = run_analysis(client, inputs, raw, worker)
+        summary = run_analysis(client, inputs, raw, worker, folder)
     except click.ClickException as err:
         fail_own_run(err.format_message())
         raise
@@ -248,8 +258,14 @@ def main(
         raise click.ClickException(message) from err
     finally:
         worker.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     click.echo(summary)
 
 
+def cli() -> None:
+    """Program entry (`tvae-analyze`, `python -m entrypoints.analyze`): exits without teardown."""
+    exit_fast(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

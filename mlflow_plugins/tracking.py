@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -86,11 +85,9 @@ class MlflowTrainLogger(TrainLogger):
         self.client = client or MlflowClient()
         self.synchronous = synchronous
         self.workdir = Path(workdir)
-        self._staging = self.workdir / ".upload"
-        self._staging.mkdir(parents=True, exist_ok=True)
         self._pending_ops: list[Any] = []
         self._uploads: list[Future] = []
-        self._latest: dict[str, int] = {}
+        self._pending: dict[str, Path] = {}  # kind -> checkpoint written, not yet uploaded
         self._lock = threading.Lock()
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvae-upload")
         self._events: list[dict[str, Any]] = []
@@ -128,15 +125,21 @@ class MlflowTrainLogger(TrainLogger):
             self._pending_ops.append(op)
 
     def on_checkpoint(self, path: Path, epoch: int, kind: str) -> None:
-        path = Path(path)
-        stage = self._staging / f"{kind}-{epoch}-{time.monotonic_ns()}"
-        stage.mkdir(parents=True)
-        staged = stage / path.name
-        shutil.copy2(path, staged)  # the trainer may overwrite `path` while we upload
+        """Upload last.pt when the trainer writes it (every checkpoint_every epochs and at the
+        end), with the newest best.pt if it changed since; best.pt alone only waits.
+
+        best.pt improves nearly every epoch; uploading each (a copy plus MLflow's Python under
+        the trainer's GIL) measurably slowed epochs. No staging copies: the trainer replaces
+        checkpoint files atomically, so an upload reads one complete version or the next.
+        """
         with self._lock:
-            generation = self._latest.get(kind, 0) + 1
-            self._latest[kind] = generation
-        self._uploads.append(self._uploader.submit(self._upload, staged, kind, generation))
+            self._pending[kind] = Path(path)
+            if kind != "last":
+                return
+            batch = sorted(self._pending.items())
+            self._pending.clear()
+        for name, file in batch:
+            self._uploads.append(self._uploader.submit(self._upload, file, name))
 
     def on_event(self, name: str, payload: dict[str, Any]) -> None:
         self._events.append({"name": name, "epoch": self.last_epoch, "payload": payload})
@@ -149,14 +152,8 @@ class MlflowTrainLogger(TrainLogger):
         self.summary = {"status": status, **summary}
 
     # -- finishing ------------------------------------------------------------------------
-    def _upload(self, staged: Path, kind: str, generation: int) -> None:
-        try:
-            with self._lock:
-                superseded = self._latest.get(kind) != generation
-            if not superseded:
-                self.client.log_artifact(self.run_id, str(staged), "checkpoints")
-        finally:
-            shutil.rmtree(staged.parent, ignore_errors=True)
+    def _upload(self, file: Path, kind: str) -> None:
+        self.client.log_artifact(self.run_id, str(file), "checkpoints")
 
     def flush(self) -> None:
         """Wait for every pending metric batch and checkpoint upload; re-raise the first error."""
@@ -170,7 +167,12 @@ class MlflowTrainLogger(TrainLogger):
             raise first
 
     def close(self, summary_extra: dict[str, Any] | None = None) -> None:
-        """Flush, then upload training.log, training_summary.json and events.json."""
+        """Upload checkpoints still pending, flush, then training.log, summary and events."""
+        with self._lock:
+            batch = sorted(self._pending.items())
+            self._pending.clear()
+        for name, file in batch:
+            self._uploads.append(self._uploader.submit(self._upload, file, name))
         try:
             self.flush()
         finally:

@@ -203,7 +203,7 @@ def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
     try:
         assert worker.forked is fork
         worker.check_inputs()
-        result = worker.analyse(history, None, "FINISHED", str(tmp_path))
+        result = worker.analyse(lambda: (history, None), "FINISHED", str(tmp_path))
     finally:
         worker.close()
     assert result["tags"] == expected_report(LR_DROP).tags()
@@ -216,6 +216,35 @@ def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
             bad.check_inputs()
     finally:
         bad.close()
+
+
+def test_forked_worker_reads_a_sqlite_run_itself_and_falls_back_when_it_cannot(
+    tracking_uri, tmp_path
+):
+    """With MLFLOW_TRACKING_URI=sqlite:///..., the worker needs no history from the parent."""
+    from entrypoints._analysis_worker import AnalysisWorker
+    from mlflow_plugins.history import load_history, read_sqlite, sqlite_path
+
+    run_id = log_csv_run(LR_DROP)
+    history, system, status = read_sqlite(sqlite_path(tracking_uri), run_id)
+    via_client = load_history(MlflowClient(), run_id)
+    pd.testing.assert_frame_equal(history, via_client[0])
+    assert status == "FINISHED" and system.empty and via_client[1].empty
+    assert read_sqlite(sqlite_path(tracking_uri), "no-such-run") is None
+
+    def must_not_load():
+        raise AssertionError("the worker asked for a history it could read itself")
+
+    for run, load in ((run_id, must_not_load), ("no-such-run", lambda: via_client)):
+        folder = tmp_path / run
+        worker = AnalysisWorker(METRIC_MAP, "", run_id=run, folder=str(folder), fork=True)
+        try:
+            worker.check_inputs()
+            result = worker.analyse(load, "FINISHED", str(folder))
+        finally:
+            worker.close()
+        assert result["tags"] == expected_report(LR_DROP).tags()
+        assert any(p.suffix == ".png" for p in folder.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -109,3 +109,23 @@ def test_tier_copies_match_the_analysis_tier_order():
     assert registry.tier_at_least("Excellent", "Good") and not registry.tier_at_least(
         "None", "Good"
     )
+
+
+def test_find_model_uri_reads_the_tag_else_the_runs_logged_model_outputs(tracking_uri):
+    """Runs of other projects have no `model.uri` tag: their MLflow 3 model outputs count."""
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    client = MlflowClient()
+    with mlflow.start_run() as bare:
+        pass
+    assert registry.find_model_uri(client, bare.info.run_id) is None
+    with mlflow.start_run() as other:
+        first = mlflow.pyfunc.log_model(name="first", python_model=Echo())
+        second = mlflow.pyfunc.log_model(name="second", python_model=Echo())
+    assert first.model_uri != second.model_uri
+    assert registry.find_model_uri(client, other.info.run_id) == second.model_uri
+    client.set_tag(other.info.run_id, "model.uri", first.model_uri)
+    assert registry.find_model_uri(client, other.info.run_id) == first.model_uri
