@@ -17,7 +17,7 @@ from tvae.checkpoint import load_model, read_checkpoint
 from tvae.config import load_config
 from tvae.metrics import EVAL_KEYS, evaluate_model
 from tvae.ops import ternary_ops, valuations
-from tvae.train import Trainer
+from tvae.train import Trainer, tier_rank
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = {
@@ -115,7 +115,9 @@ def test_contract_metrics_events_and_checkpoints(full_run):
     assert ckpt["epoch"] == 4 and isinstance(ckpt["config"], dict)
     best = read_checkpoint(work / "checkpoints/best.pt")
     assert best["epoch"] == result.best_epoch and best["best_q"] == result.best_metrics["eval/Q"]
-    assert result.best_metrics["eval/Q"] == max(e[2]["eval/Q"] for e in epochs)
+    # best = highest tier reached, then highest Q
+    ranked = max((tier_rank(e[2]), e[2]["eval/Q"]) for e in epochs)
+    assert (tier_rank(result.best_metrics), result.best_metrics["eval/Q"]) == ranked
     end = rec.kind("end")[0]
     assert end[1] == "FINISHED" and end[2]["last_checkpoint"].endswith("last.pt")
 
@@ -273,3 +275,10 @@ def test_eval_every_carries_last_eval_forward(tmp_path):
     assert m[3]["eval/hierarchy_B"] != m[2]["eval/hierarchy_B"]
     assert m[4]["eval/hierarchy_B"] != m[3]["eval/hierarchy_B"]
     assert result.best_epoch in (1, 3, 4)
+
+
+def test_best_checkpoint_prefers_a_higher_tier_over_a_higher_q():
+    """An early epoch with top Q but no coverage must not beat a later Excellent epoch."""
+    early = {"eval/coverage": 0.002, "eval/hierarchy_B": -0.832, "eval/Q": 2.163}
+    later = {"eval/coverage": 1.0, "eval/hierarchy_B": -0.832, "eval/Q": 2.159}
+    assert (tier_rank(later), later["eval/Q"]) > (tier_rank(early), early["eval/Q"])

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from tvae.analysis.tiers import TIER_ORDER, judge_tier
 from tvae.branches import Branch, BranchRunner, train_branch_epoch
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import read_checkpoint, save_checkpoint
@@ -62,6 +63,16 @@ class TrainResult:
         for key in ("last_checkpoint", "best_checkpoint"):
             out[key] = str(out[key]) if out[key] is not None else None
         return out
+
+
+def tier_rank(metrics: dict[str, float]) -> int:
+    """Index in TIER_ORDER of the tier an epoch's eval metrics reach (DESIGN.md thresholds).
+
+    best.pt is the epoch with the highest tier, then the highest Q: Q alone ignores coverage,
+    and an early high-Q epoch that cannot yet reconstruct would be a model nobody can promote.
+    """
+    tier = judge_tier(metrics["eval/coverage"], metrics["eval/hierarchy_B"], metrics["eval/Q"])
+    return TIER_ORDER.index(tier.name)
 
 
 class Diverged(RuntimeError):
@@ -171,6 +182,7 @@ class Trainer:
         high = (self.vals >= cfg.data.stratified_min_valuation).nonzero().squeeze(1)
         self.high_idx = high
         self.best_q = -math.inf
+        self.best_rank = -1  # best = highest tier reached, then highest eval/Q
         self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
@@ -210,6 +222,8 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.best_q = float(state["best_q"])
         self.best_epoch = int(state.get("best_epoch", 0))
+        best = state.get("best_metrics") or {}
+        self.best_rank = tier_rank(best) if "eval/coverage" in best else -1
         self.best_metrics = dict(state.get("best_metrics", {}))
         self.last_eval = dict(state.get("last_eval", {}))
         self.resumed_metrics = dict(state.get("metrics", {}))
@@ -403,8 +417,9 @@ class Trainer:
                 epoch, metrics["eval/coverage"], metrics["eval/hierarchy_B"]
             ):
                 self.logger.on_event(f"homeostasis_{ev.pop('name')}", ev)
-            if metrics["eval/Q"] > self.best_q:
-                self.best_q = metrics["eval/Q"]
+            rank = tier_rank(metrics)
+            if (rank, metrics["eval/Q"]) > (self.best_rank, self.best_q):
+                self.best_rank, self.best_q = rank, metrics["eval/Q"]
                 self.best_epoch = epoch
         metrics["perf/epoch_seconds"] = time.perf_counter() - t_epoch
         if self.best_epoch == epoch:
