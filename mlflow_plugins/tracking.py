@@ -134,12 +134,15 @@ class MlflowTrainLogger(TrainLogger):
         """
         with self._lock:
             self._pending[kind] = Path(path)
-            if kind != "last":
-                return
-            batch = sorted(self._pending.items())
+        if kind == "last":
+            self._upload_pending()
+
+    def _upload_pending(self) -> None:
+        with self._lock:
+            files = sorted(self._pending.values())
             self._pending.clear()
-        for name, file in batch:
-            self._uploads.append(self._uploader.submit(self._upload, file, name))
+        for file in files:
+            self._uploads.append(self._uploader.submit(self._upload, file))
 
     def on_event(self, name: str, payload: dict[str, Any]) -> None:
         self._events.append({"name": name, "epoch": self.last_epoch, "payload": payload})
@@ -152,7 +155,7 @@ class MlflowTrainLogger(TrainLogger):
         self.summary = {"status": status, **summary}
 
     # -- finishing ------------------------------------------------------------------------
-    def _upload(self, file: Path, kind: str) -> None:
+    def _upload(self, file: Path) -> None:
         self.client.log_artifact(self.run_id, str(file), "checkpoints")
 
     def flush(self) -> None:
@@ -168,11 +171,7 @@ class MlflowTrainLogger(TrainLogger):
 
     def close(self, summary_extra: dict[str, Any] | None = None) -> None:
         """Upload checkpoints still pending, flush, then training.log, summary and events."""
-        with self._lock:
-            batch = sorted(self._pending.items())
-            self._pending.clear()
-        for name, file in batch:
-            self._uploads.append(self._uploader.submit(self._upload, file, name))
+        self._upload_pending()
         try:
             self.flush()
         finally:

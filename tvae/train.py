@@ -152,25 +152,21 @@ class Trainer:
             [[m.encoder_A], [m.projection_A, m.decoder], [m.encoder_B], [m.projection_B]],
             transposed=[m.encoder_A.net[0].weight, m.encoder_B.net[0].weight],
         )
-        seg = self.flat.segments
         self.losses = LossComputer(cfg.loss, self.device)
+
+        def branch(name: str, forward, loss, first: int) -> Branch:  # segments first, first+1
+            return Branch(
+                name,
+                forward,
+                loss,
+                self.flat.grad_span(first, first + 1),
+                _make_optimizer(self.flat.segments[first : first + 2], cfg, self.device),
+                torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"),
+            )
+
         self.branch_params = (
-            Branch(
-                "A",
-                m.forward_A,
-                self.losses.branch_A,
-                self.flat.grad_span(0, 1),
-                _make_optimizer(seg[0:2], cfg, self.device),
-                torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"),
-            ),
-            Branch(
-                "B",
-                m.forward_B,
-                self.losses.branch_B,
-                self.flat.grad_span(2, 3),
-                _make_optimizer(seg[2:4], cfg, self.device),
-                torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16"),
-            ),
+            branch("A", m.forward_A, self.losses.branch_A, 0),
+            branch("B", m.forward_B, self.losses.branch_B, 2),
         )
         self.runner = None
         if self.device.type == "cpu" and threads >= 2:
@@ -222,9 +218,9 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.best_q = float(state["best_q"])
         self.best_epoch = int(state.get("best_epoch", 0))
-        best = state.get("best_metrics") or {}
-        self.best_rank = tier_rank(best) if "eval/coverage" in best else -1
         self.best_metrics = dict(state.get("best_metrics", {}))
+        best = self.best_metrics
+        self.best_rank = tier_rank(best) if "eval/coverage" in best else -1
         self.last_eval = dict(state.get("last_eval", {}))
         self.resumed_metrics = dict(state.get("metrics", {}))
         return int(state["epoch"])
