@@ -47,11 +47,13 @@ def _resume_config(
     from mlflow import MlflowClient
 
     from mlflow_plugins.runs import download_checkpoints, get_resumable_run
+    from tvae.checkpoint import check_resumable
 
     client = MlflowClient()
     get_resumable_run(client, run_id)
     paths = download_checkpoints(client, run_id, workdir)
     state = torch.load(paths["last"], map_location="cpu", weights_only=True)
+    check_resumable(state, f"--resume-from: run {run_id} last.pt")
     config = config_from_dict(state["config"], overrides, source=f"run {run_id} last.pt config")
     try:  # keep appending to the run's console log
         client.download_artifacts(run_id, "training.log", str(workdir))

@@ -282,3 +282,14 @@ def test_best_checkpoint_prefers_a_higher_tier_over_a_higher_q():
     early = {"eval/coverage": 0.002, "eval/hierarchy_B": -0.832, "eval/Q": 2.163}
     later = {"eval/coverage": 1.0, "eval/hierarchy_B": -0.832, "eval/Q": 2.159}
     assert (tier_rank(later), later["eval/Q"]) > (tier_rank(early), early["eval/Q"])
+
+
+def test_checkpoint_from_before_per_branch_optimizers_is_a_clear_resume_error(full_run, tmp_path):
+    _, _, _, epoch2 = full_run
+    state = read_checkpoint(epoch2)
+    state["optimizer"] = state["optimizer"]["A"]  # the old layout: one optimizer state
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    load_model(old)  # still a model
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        Trainer(smoke(), tmp_path / "work", echo=False).fit(old)

@@ -46,6 +46,19 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def check_resumable(state: dict[str, Any], where: str = "checkpoint") -> None:
+    """ValueError (one line) unless `state` holds the per-branch optimizer and scaler states
+    training continues from; older checkpoints (one optimizer for both branches) still load
+    as models (load_model) but cannot be resumed."""
+    for key in ("optimizer", "scaler"):
+        part = state.get(key)
+        if not (isinstance(part, dict) and {"A", "B"} <= part.keys()):
+            raise ValueError(
+                f"{where}: written before branches A and B had their own optimizers;"
+                " it loads as a model but cannot be resumed (start a new run)"
+            )
+
+
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[TernaryVAE, TVAEConfig]:

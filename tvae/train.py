@@ -32,7 +32,7 @@ import torch
 from tvae.analysis.tiers import TIER_ORDER, judge_tier
 from tvae.branches import Branch, BranchRunner, train_branch_epoch
 from tvae.callbacks import TrainLogger
-from tvae.checkpoint import read_checkpoint, save_checkpoint
+from tvae.checkpoint import check_resumable, read_checkpoint, save_checkpoint
 from tvae.config import TVAEConfig
 from tvae.flatparams import FlatParams
 from tvae.homeostasis import Homeostasis
@@ -208,6 +208,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> int:
         state = read_checkpoint(path, map_location=self.device)
+        check_resumable(state, str(path))
         self.model.load_state_dict(state["model"])
         for b in self.branch_params:
             b.optimizer.load_state_dict(state["optimizer"][b.name])
