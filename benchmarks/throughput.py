@@ -3,10 +3,11 @@
 Both loops train the same model with the same losses on the same device in this process:
   baseline  the textbook loop: DataLoader-style CPU index batches moved per step, per-tensor
             AdamW, torch clip_grad_norm_, and a `.item()` sync per step for logging
-  trainer   tvae.train.Trainer's epoch (data on device, flat params, fused AdamW, no sync)
+  trainer   tvae.train.Trainer's epoch (data on device, flat params, fused AdamW, no sync;
+            with 2+ threads on CPU the two branch loops run at once, tvae.branches)
 Homeostasis is disabled and the geodesic term is on from epoch 1, so nothing is frozen and
-every term is computed. On CPU it tries 1 thread and torch's default (set the winner as
-train.threads). Prints samples/s for both loops and their ratio per thread count, the machine
+every term is computed. On CPU it tries 1 thread and all cores (the baseline uses them as
+intra-op threads). Prints samples/s for both loops and their ratio per thread count, the machine
 load (figures on a shared machine are only comparable within one run), and the trainer's best
 figure on the last line.
 

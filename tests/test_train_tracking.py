@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from contract import CPU_CONTRACT_KEYS
 from mlflow import MlflowClient
 
 from entrypoints.train import main as train_main
@@ -25,25 +26,7 @@ from tvae.ops import ternary_ops
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
-CONTRACT_KEYS = [
-    "train/loss",
-    "eval/coverage",
-    "eval/hierarchy_A",
-    "eval/hierarchy_B",
-    "eval/dist_corr",
-    "eval/richness",
-    "eval/Q",
-    "eval/r_v0",
-    "eval/r_v9",
-    "opt/grad_norm",
-    "opt/lr",
-    "state/frozen_encoder_A",
-    "state/frozen_encoder_B",
-    "state/lr_phase",
-    "state/geodesic_active",
-    "perf/samples_per_sec",
-    "perf/epoch_seconds",
-]
+CONTRACT_KEYS = CPU_CONTRACT_KEYS
 
 
 def tiny_config(path: Path, **train: object) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import CPU_CONTRACT_KEYS
 
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import load_model, read_checkpoint
@@ -20,20 +21,7 @@ from tvae.ops import ternary_ops, valuations
 from tvae.train import Trainer, tier_rank
 
 REPO = Path(__file__).resolve().parents[1]
-CONTRACT = {
-    "train/loss",
-    *(f"train/loss_{t}" for t in ("recon", "kl", "radial", "rank", "geodesic", "richness")),
-    "train/loss_separation",
-    *EVAL_KEYS,
-    "opt/grad_norm",
-    "opt/lr",
-    "state/frozen_encoder_A",
-    "state/frozen_encoder_B",
-    "state/lr_phase",
-    "state/geodesic_active",
-    "perf/samples_per_sec",
-    "perf/epoch_seconds",
-}
+CONTRACT = set(CPU_CONTRACT_KEYS)
 
 
 def smoke(**overrides):
