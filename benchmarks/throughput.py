@@ -4,7 +4,8 @@ Both loops train the same model with the same losses on the same device in this 
   baseline  the textbook loop: DataLoader-style CPU index batches moved per step, per-tensor
             AdamW, torch clip_grad_norm_, and a `.item()` sync per step for logging
   trainer   tvae.train.Trainer's epoch (data on device, flat params, fused AdamW, no sync;
-            with 2+ threads on CPU the two branch loops run at once, tvae.branches)
+            with 2+ threads on CPU the two branch loops run at once, tvae.branches: branch B
+            in a forked worker process, the default, and for comparison on a thread)
 Homeostasis is disabled and the geodesic term is on from epoch 1, so nothing is frozen and
 every term is computed. On CPU it tries 1 thread and all cores (the baseline uses them as
 intra-op threads). Prints samples/s for both loops and their ratio per thread count, the machine
@@ -30,7 +31,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tvae does; must preced
 
 import torch  # noqa: E402
 
-from tvae.branches import BranchRunner  # noqa: E402
 from tvae.config import load_config  # noqa: E402
 from tvae.losses import LossComputer  # noqa: E402
 from tvae.model import TernaryVAE  # noqa: E402
@@ -110,15 +110,20 @@ def main() -> None:
         return N_OPS / (time.perf_counter() - t0)
 
     best = 0.0
-    for threads in thread_counts:
+    runs = [(n, "process") for n in thread_counts]
+    if device.type == "cpu" and max(thread_counts) >= 2:  # the thread runner, for comparison
+        runs.insert(-1, (max(thread_counts), "thread"))
+    for threads, workers in runs:
         torch.set_num_threads(threads)
-        trainer.runner = (
-            BranchRunner(threads // 2) if device.type == "cpu" and threads >= 2 else None
-        )
+        trainer.config.train.branch_workers = workers
+        trainer.start_runner(threads)
         ours = [run_trainer() for _ in range(args.epochs + 1)][1:]
+        trainer.close_runner()
         fast = statistics.median(ours)
-        best = max(best, fast)
-        line = f"threads {threads}: trainer {fast:,.0f} samples/s (epochs: "
+        if workers == "process":
+            best = max(best, fast)
+        label = f"{threads}" + (f", branch B in a {workers}" if trainer.runner else "")
+        line = f"threads {label}: trainer {fast:,.0f} samples/s (epochs: "
         line += ", ".join(f"{x:,.0f}" for x in ours) + ")"
         if not args.skip_baseline and amp != "fp16":
             torch.set_num_threads(threads)  # the textbook loop uses them as intra-op threads

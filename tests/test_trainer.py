@@ -13,6 +13,7 @@ import pytest
 import torch
 from contract import CPU_CONTRACT_KEYS
 
+from tvae.branches import ForkedBranchRunner, ThreadBranchRunner
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import load_model, read_checkpoint
 from tvae.config import load_config
@@ -149,22 +150,44 @@ def test_stop_is_deterministic_and_resume_is_bit_for_bit(full_run, tmp_path):
                 assert v == full_epochs[epoch][k], (epoch, k)
 
 
-def test_two_branch_threads_train_exactly_like_one_thread(full_run, tmp_path):
-    """threads=2 runs branch A and B concurrently (tvae.branches): same bits as the serial run."""
+@pytest.mark.parametrize("workers", ["thread", "process"])
+def test_two_branch_workers_train_exactly_like_one_thread(full_run, tmp_path, workers):
+    """threads=2 runs branch A and B at once (tvae.branches), B on a thread or in a forked
+    process: same bits as the serial run, optimizer moments included."""
     work, rec, _, _ = full_run
     holder: dict = {}
     rec2 = Recorder(on_epoch=lambda e: holder["t"].request_stop() if e == 2 else None)
-    trainer = holder["t"] = Trainer(smoke(**{"train.threads": 2}), tmp_path, rec2, echo=False)
+    cfg = smoke(**{"train.threads": 2, "train.branch_workers": workers})
+    trainer = holder["t"] = Trainer(cfg, tmp_path, rec2, echo=False)
     result = trainer.fit()
     assert result.last_epoch == 2 and trainer.runner is not None
-    assert trainer.runner._pool._shutdown  # the worker thread is gone after fit
+    kind = ForkedBranchRunner if workers == "process" else ThreadBranchRunner
+    assert isinstance(trainer.runner, kind)
+    assert trainer.runner.closed  # the worker is gone after fit
     serial = {e[1]: e[2] for e in rec.kind("epoch")}
     for _, epoch, m in rec2.kind("epoch"):
         for k in ("train/loss_recon", "train/loss_geodesic", "opt/grad_norm", "eval/Q"):
             assert m[k] == serial[epoch][k], (epoch, k)
-    a = read_checkpoint(tmp_path / "checkpoints/last.pt")["model"]
-    b = torch.load(work / "epoch2.pt", weights_only=True)["model"]
-    assert _same_state(a, b)
+    mine = read_checkpoint(tmp_path / "checkpoints/last.pt")
+    ref = torch.load(work / "epoch2.pt", weights_only=True)
+    assert _same_state(mine["model"], ref["model"])
+    for name in ("A", "B"):  # branch B's moments were written by the worker, read here
+        got, want = mine["optimizer"][name]["state"], ref["optimizer"][name]["state"]
+        assert got.keys() == want.keys() and got, name
+        for i in want:
+            assert _same_state(got[i], want[i]), (name, i)
+
+
+def test_resume_with_a_forked_worker_is_bit_for_bit(full_run, tmp_path):
+    """The resumed optimizer state is moved to shared memory before the fork: the worker
+    continues from it, not from zeros."""
+    work, rec, _, epoch2 = full_run
+    cfg = smoke(**{"train.threads": 2, "train.branch_workers": "process"})
+    resumed = Trainer(cfg, tmp_path, Recorder(), echo=False).fit(epoch2)
+    assert resumed.status == "FINISHED" and resumed.last_epoch == 4
+    final = read_checkpoint(work / "checkpoints/last.pt")
+    mine = read_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert _same_state(final["model"], mine["model"])
 
 
 def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):

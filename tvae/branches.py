@@ -7,21 +7,33 @@ buffer, its own AdamW, its own gradient clipping (grad_clip bounds each branch's
 fp16, its own GradScaler; an epoch is one pass of each branch over the same batches.
 
 Why: on a small CPU a training step is mostly many small ops that intra-op threading cannot
-spread over cores. `BranchRunner` runs the two branch loops of an epoch on two threads (torch
-releases the GIL inside ops and runs a CPU backward on the calling thread), so two cores stay
-busy, the threads never wait for each other inside the epoch, and each branch's weights,
-gradients and Adam moments stay in one core's cache. Run one after the other (GPU, 1 thread) the
-loops compute the same numbers, so threads=1 and threads=2 train bit for bit alike (tested).
-Only branch A draws random numbers (its reparameterised sample), so the RNG stream is shared.
+spread over cores. The two branch loops of an epoch run at once, so two cores stay busy, the
+loops never wait for each other inside the epoch, and each branch's weights, gradients and Adam
+moments stay in one core's cache:
+- `ForkedBranchRunner` (the CPU default where fork exists) runs branch B in a forked worker
+  process. The flat parameter buffer and B's optimizer state live in shared memory, so the
+  parent evaluates and checkpoints the very tensors the worker updates; the batch order, LR and
+  freeze state go over a pipe once per epoch. Two processes means two GILs: the Python that
+  dispatches each small op no longer queues behind the other branch's.
+- `ThreadBranchRunner` runs branch B on a thread (torch releases the GIL inside ops and runs a
+  CPU backward on the calling thread); the fallback where fork does not exist.
+Run one after the other (GPU, 1 thread) the loops compute the same numbers, so every mode
+trains bit for bit alike (tested). Only branch A draws random numbers (its reparameterised
+sample), so the RNG stream stays in the parent.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -89,11 +101,42 @@ def train_branch_epoch(
     return term_sum, torch.stack(norms_sq)
 
 
-class BranchRunner:
-    """Runs two callables at once: the second on a worker thread, the first on the caller."""
+def share_branch_state(params: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Move `params` (the flat buffer) and every AdamW state tensor of `optimizer` to shared
+    memory, creating AdamW's initial state (step 0, zero moments) where none exists yet.
 
-    def __init__(self, threads_per_branch: int) -> None:
+    The state is created here, not lazily by the first step, because a tensor the worker
+    allocated after the fork would be invisible to the parent's checkpoints. AdamW's own lazy
+    initialisation is exactly these zeros, so training is unchanged (tested bit for bit).
+    """
+    params.share_memory_()
+    for group in optimizer.param_groups:
+        step_dtype = torch.float32 if group.get("fused") or group.get("capturable") else None
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                step = torch.zeros((), dtype=step_dtype or torch.get_default_dtype())
+                state.update(
+                    step=step.to(p.device) if step_dtype else step,
+                    exp_avg=torch.zeros_like(p),
+                    exp_avg_sq=torch.zeros_like(p),
+                )
+                if group.get("amsgrad"):
+                    state["max_exp_avg_sq"] = torch.zeros_like(p)
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.share_memory_()
+
+
+Result = tuple[torch.Tensor, torch.Tensor]
+
+
+class ThreadBranchRunner:
+    """Runs `target_B(*args)` on a worker thread while the caller runs branch A's job."""
+
+    def __init__(self, target_B: Callable[..., Result], threads_per_branch: int) -> None:
         torch.set_num_threads(threads_per_branch)
+        self.target_B = target_B
         # intra-op thread counts are per thread: the worker sets its own on start
         self._pool = ThreadPoolExecutor(
             1,
@@ -102,8 +145,8 @@ class BranchRunner:
             initargs=(threads_per_branch,),
         )
 
-    def run(self, job_A: Callable[[], T], job_B: Callable[[], T]) -> tuple[T, T]:
-        future = self._pool.submit(job_B)
+    def run(self, job_A: Callable[[], T], args_B: tuple) -> tuple[T, Result]:
+        future = self._pool.submit(self.target_B, *args_B)
         try:
             result_A = job_A()
         except BaseException:
@@ -113,3 +156,104 @@ class BranchRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._pool._shutdown
+
+
+def _to_wire(value: Any) -> Any:
+    """Tensors cross the pipe as numpy arrays (plain pickle; torch's own reducer would set up
+    shared memory per message)."""
+    return value.numpy() if torch.is_tensor(value) else value
+
+
+def _from_wire(value: Any) -> Any:
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
+def _serve(conn: Connection, target: Callable[..., Result], threads: int) -> None:
+    """The worker's loop: one message per epoch, answered with the branch's results."""
+    # Ctrl-C and a group SIGTERM reach the parent too; it finishes or stops the epoch, and the
+    # worker ends when the parent closes the pipe (or dies: the pipe then reads EOF)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if args is None:
+            return
+        try:
+            result = target(*(_from_wire(a) for a in args))
+            conn.send(("ok", tuple(_to_wire(r.detach().cpu()) for r in result)))
+        except Exception as err:  # noqa: BLE001 - reported by the parent
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class ForkedBranchRunner:
+    """Runs `target_B(*args)` in a forked worker process while the caller runs branch A's job.
+
+    Call `share_branch_state` first: the fork copies everything else, so only tensors in
+    shared memory are seen by both sides. Between `run` calls the worker is idle, so the parent
+    may read (evaluate, checkpoint) and write (resume, poison in tests) the shared tensors.
+    """
+
+    def __init__(self, target_B: Callable[..., Result], threads_per_branch: int) -> None:
+        torch.set_num_threads(threads_per_branch)
+        parent, child = multiprocessing.Pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            code = 0
+            try:
+                parent.close()
+                _serve(child, target_B, threads_per_branch)
+            except BaseException:  # noqa: BLE001 - nothing to report to; the parent sees EOF
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        self.pid: int | None = pid
+        self.conn: Connection | None = parent
+
+    def run(self, job_A: Callable[[], T], args_B: tuple) -> tuple[T, Result]:
+        if self.conn is None:
+            raise RuntimeError("branch B worker is closed")
+        self.conn.send(tuple(_to_wire(a) for a in args_B))
+        try:
+            result_A = job_A()
+        except BaseException:
+            try:  # let branch B finish its epoch before the error propagates
+                self._receive()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        return result_A, self._receive()
+
+    def _receive(self) -> Result:
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError("branch B worker process exited unexpectedly") from None
+        if kind == "error":
+            raise RuntimeError(f"branch B worker: {value}")
+        return tuple(_from_wire(v) for v in value)
+
+    def close(self) -> None:
+        """Stop the worker and reap it."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.conn.close()
+        self.conn = None
+        os.waitpid(self.pid, 0)
+        self.pid = None
+
+    @property
+    def closed(self) -> bool:
+        return self.conn is None

@@ -50,6 +50,9 @@ class TrainConfig(_Section):
     # CPU threads: with 2 or more, branches A and B train concurrently (tvae.branches), each
     # with threads // 2 intra-op threads; 0 = torch's default (all cores)
     threads: int = Field(2, ge=0, le=1024)
+    # how the two branch loops run at once on CPU: branch B in a forked worker process (its own
+    # GIL; falls back to a thread where fork does not exist) or on a thread of this process
+    branch_workers: Literal["process", "thread"] = "process"
 
 
 class ScheduleConfig(_Section):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import platform
 import threading
 import time
@@ -30,7 +31,13 @@ from typing import Any
 import torch
 
 from tvae.analysis.tiers import TIER_ORDER, judge_tier
-from tvae.branches import Branch, BranchRunner, train_branch_epoch
+from tvae.branches import (
+    Branch,
+    ForkedBranchRunner,
+    ThreadBranchRunner,
+    share_branch_state,
+    train_branch_epoch,
+)
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import check_resumable, read_checkpoint, save_checkpoint
 from tvae.config import TVAEConfig
@@ -140,9 +147,9 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        threads = cfg.train.threads or torch.get_num_threads()
+        self.threads = cfg.train.threads or torch.get_num_threads()
         if self.device.type == "cpu":
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = TernaryVAE.from_config(cfg.model).to(self.device)
         m = self.model
@@ -168,9 +175,7 @@ class Trainer:
             branch("A", m.forward_A, self.losses.branch_A, 0),
             branch("B", m.forward_B, self.losses.branch_B, 2),
         )
-        self.runner = None
-        if self.device.type == "cpu" and threads >= 2:
-            self.runner = BranchRunner(threads // 2)
+        self.runner: ForkedBranchRunner | ThreadBranchRunner | None = None
         self.homeostasis = Homeostasis(cfg.homeostasis)
         self.ops = ternary_ops().to(self.device)
         self.vals = valuations().to(self.device)
@@ -243,29 +248,73 @@ class Trainer:
         base = perm.repeat(math.ceil(n_base / N_OPS))[:n_base].view(steps, bs - n_high)
         return torch.cat([base, high], dim=1).reshape(-1)[:N_OPS]
 
-    def _train_epoch(self, epoch: int, geodesic_active: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train both branches one epoch; returns (mean weighted terms, mean pre-clip norm)."""
-        cfg = self.config.train
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
-        idx_all = self._epoch_indices()
-        # gather the epoch once: each batch is then a contiguous slice (no per-step gathers)
+    def start_runner(self, threads: int) -> None:
+        """Pick how the two branch loops run: at once on CPU with 2+ threads (a forked worker
+        process, or a thread with train.branch_workers=thread), else one after the other."""
+        self.close_runner()
+        self.runner = None
+        if self.device.type != "cpu" or threads < 2:
+            return
+        if self.config.train.branch_workers == "process" and hasattr(os, "fork"):
+            share_branch_state(self.flat.data, self.branch_params[1].optimizer)
+            self.runner = ForkedBranchRunner(self._train_B, threads // 2)
+        else:
+            self.runner = ThreadBranchRunner(self._train_B, threads // 2)
+
+    def close_runner(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+
+    def _batches(self, idx_all: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """The epoch's batches: gathered once, then each batch is a contiguous slice."""
         ops_e, vals_e, tgt_e = self.ops[idx_all], self.vals[idx_all], self.target_cls[idx_all]
-        bs = cfg.batch_size
-        batches = [
+        bs = self.config.train.batch_size
+        return [
             (ops_e[i : i + bs], vals_e[i : i + bs], tgt_e[i : i + bs])
             for i in range(0, idx_all.numel(), bs)
         ]
+
+    def _train_B(
+        self, epoch: int, geodesic_active: bool, lr: float, frozen: bool, idx_all: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Branch B's epoch. Takes everything it needs as arguments: in a forked worker the
+        parent's per-epoch LR and freeze state are not otherwise seen."""
+        branch = self.branch_params[1]
+        for group in branch.optimizer.param_groups:
+            group["lr"] = lr
+        self.flat.set_frozen(2, frozen)
         self.model.train()
-        jobs = [
-            functools.partial(
-                train_branch_epoch, b, batches, epoch, geodesic_active, cfg.grad_clip, amp_dtype
-            )
-            for b in self.branch_params
-        ]
-        if self.runner is not None:  # CPU: the two branch loops at once, on two threads
-            (terms_A, sq_A), (terms_B, sq_B) = self.runner.run(*jobs)
+        cfg = self.config.train
+        return train_branch_epoch(
+            branch, self._batches(idx_all), epoch, geodesic_active, cfg.grad_clip, self._amp_dtype
+        )
+
+    @property
+    def _amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+
+    def _train_epoch(self, epoch: int, geodesic_active: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train both branches one epoch; returns (mean weighted terms, mean pre-clip norm)."""
+        cfg = self.config.train
+        idx_all = self._epoch_indices()
+        batches = self._batches(idx_all)
+        self.model.train()
+        branch_A = self.branch_params[0]
+        job_A = functools.partial(
+            train_branch_epoch,
+            branch_A,
+            batches,
+            epoch,
+            geodesic_active,
+            cfg.grad_clip,
+            self._amp_dtype,
+        )
+        lr = branch_A.optimizer.param_groups[0]["lr"]
+        args_B = (epoch, geodesic_active, lr, self.homeostasis.frozen_B, idx_all)
+        if self.runner is not None:  # CPU: the two branch loops at once
+            (terms_A, sq_A), (terms_B, sq_B) = self.runner.run(job_A, args_B)
         else:
-            (terms_A, sq_A), (terms_B, sq_B) = jobs[0](), jobs[1]()
+            (terms_A, sq_A), (terms_B, sq_B) = job_A(), self._train_B(*args_B)
         norms = (sq_A + sq_B).sqrt()  # the whole model's pre-clip gradient norm, per batch
         if self.amp == "fp16":  # inf/NaN grads are normal there, the scaler skips those steps
             ok = torch.isfinite(norms)
@@ -287,6 +336,9 @@ class Trainer:
         total = cfg.train.epochs
         start_epoch = self._restore(Path(resume_checkpoint)) if resume_checkpoint else 0
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        # before on_train_start: a logger may start threads there, and the fork is cleanest
+        # from a process whose other threads are idle
+        self.start_runner(self.threads)
         last_ckpt: Path | None = None
         best_ckpt = self.checkpoint_dir / "best.pt" if self.best_epoch else None
         self.logger.on_train_start(
@@ -333,8 +385,7 @@ class Trainer:
             status, reason = "FAILED", str(err)
             self.logger.on_event("divergence", {"epoch": epoch_done + 1, "reason": reason})
         finally:
-            if self.runner is not None:
-                self.runner.close()
+            self.close_runner()
         if status != "FINISHED" and last_written != good["epoch"]:
             last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
             self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
