@@ -256,10 +256,13 @@ class Trainer:
         if self.device.type != "cpu" or threads < 2:
             return
         if self.config.train.branch_workers == "process" and hasattr(os, "fork"):
-            share_branch_state(self.flat.data, self.branch_params[1].optimizer)
-            self.runner = ForkedBranchRunner(self._train_B, threads // 2)
-        else:
-            self.runner = ThreadBranchRunner(self._train_B, threads // 2)
+            try:
+                share_branch_state(self.flat.data, self.branch_params[1].optimizer)
+                self.runner = ForkedBranchRunner(self._train_B, threads // 2)
+                return
+            except (OSError, RuntimeError):  # no shared memory or no fork here: use a thread
+                pass
+        self.runner = ThreadBranchRunner(self._train_B, threads // 2)
 
     def close_runner(self) -> None:
         if self.runner is not None:
@@ -322,6 +325,17 @@ class Trainer:
         else:
             mean_norm = norms.mean()
         return self.losses.combine(terms_A, terms_B) / len(batches), mean_norm
+
+    def _evaluate(self) -> dict[str, float]:
+        """evaluate_model over all operations; on CPU with a branch worker, which is idle
+        between epochs, its intra-op threads join in (the eval GEMMs have 19,683 rows)."""
+        if self.runner is None:
+            return evaluate_model(self.model, self.ops, self.vals)
+        torch.set_num_threads(self.threads)
+        try:
+            return evaluate_model(self.model, self.ops, self.vals)
+        finally:
+            torch.set_num_threads(max(1, self.threads // 2))
 
     def _apply_freeze(self) -> None:
         self.flat.set_frozen(0, self.homeostasis.frozen_A)
@@ -439,7 +453,7 @@ class Trainer:
             metrics[f"train/loss_{name}"] = float(val)
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == total or not self.last_eval
         if evaluated:
-            self.last_eval = evaluate_model(self.model, self.ops, self.vals)
+            self.last_eval = self._evaluate()
             bad = [k for k in EVAL_KEYS if not math.isfinite(self.last_eval[k])]
             if bad:
                 raise Diverged(f"non-finite eval metric at epoch {epoch}: {', '.join(bad)}")
