@@ -190,6 +190,18 @@ def test_resume_with_a_forked_worker_is_bit_for_bit(full_run, tmp_path):
     assert _same_state(final["model"], mine["model"])
 
 
+def test_a_logger_error_at_start_still_stops_the_forked_worker(tmp_path):
+    class Broken(Recorder):
+        def on_train_start(self, info):
+            raise OSError("store unreachable")
+
+    cfg = smoke(**{"train.threads": 2, "train.branch_workers": "process"})
+    trainer = Trainer(cfg, tmp_path, Broken(), echo=False)
+    with pytest.raises(OSError, match="store unreachable"):
+        trainer.fit()
+    assert isinstance(trainer.runner, ForkedBranchRunner) and trainer.runner.closed
+
+
 def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):
     holder: dict = {}
 

@@ -346,13 +346,19 @@ class Trainer:
         """Train to train.epochs (or until stopped/diverged); never raises for NaN or Ctrl-C."""
         t0 = time.perf_counter()
         self._setup()
-        cfg = self.config
-        total = cfg.train.epochs
         start_epoch = self._restore(Path(resume_checkpoint)) if resume_checkpoint else 0
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # before on_train_start: a logger may start threads there, and the fork is cleanest
         # from a process whose other threads are idle
         self.start_runner(self.threads)
+        try:
+            return self._fit(start_epoch, t0)
+        finally:
+            self.close_runner()
+
+    def _fit(self, start_epoch: int, t0: float) -> TrainResult:
+        cfg = self.config
+        total = cfg.train.epochs
         last_ckpt: Path | None = None
         best_ckpt = self.checkpoint_dir / "best.pt" if self.best_epoch else None
         self.logger.on_train_start(
@@ -399,7 +405,7 @@ class Trainer:
             status, reason = "FAILED", str(err)
             self.logger.on_event("divergence", {"epoch": epoch_done + 1, "reason": reason})
         finally:
-            self.close_runner()
+            self.close_runner()  # the worker is done before the final checkpoint is written
         if status != "FINISHED" and last_written != good["epoch"]:
             last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
             self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
