@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,10 @@ def test_stop_is_deterministic_and_resume_is_bit_for_bit(full_run, tmp_path):
                 assert v == full_epochs[epoch][k], (epoch, k)
 
 
-@pytest.mark.parametrize("workers", ["thread", "process"])
+LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="the forked worker is Linux-only")
+
+
+@pytest.mark.parametrize("workers", ["thread", pytest.param("process", marks=LINUX_ONLY)])
 def test_two_branch_workers_train_exactly_like_one_thread(full_run, tmp_path, workers):
     """threads=2 runs branch A and B at once (tvae.branches), B on a thread or in a forked
     process: same bits as the serial run, optimizer moments included."""
@@ -178,6 +182,7 @@ def test_two_branch_workers_train_exactly_like_one_thread(full_run, tmp_path, wo
             assert _same_state(got[i], want[i]), (name, i)
 
 
+@LINUX_ONLY
 def test_resume_with_a_forked_worker_is_bit_for_bit(full_run, tmp_path):
     """The resumed optimizer state is moved to shared memory before the fork: the worker
     continues from it, not from zeros."""
@@ -190,6 +195,7 @@ def test_resume_with_a_forked_worker_is_bit_for_bit(full_run, tmp_path):
     assert _same_state(final["model"], mine["model"])
 
 
+@LINUX_ONLY
 def test_a_logger_error_at_start_still_stops_the_forked_worker(tmp_path):
     class Broken(Recorder):
         def on_train_start(self, info):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import os
 import platform
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -255,7 +255,8 @@ class Trainer:
         self.runner = None
         if self.device.type != "cpu" or threads < 2:
             return
-        if self.config.train.branch_workers == "process" and hasattr(os, "fork"):
+        # fork without exec is only dependable on Linux (macOS frameworks are not fork-safe)
+        if self.config.train.branch_workers == "process" and sys.platform == "linux":
             try:
                 share_branch_state(self.flat.data, self.branch_params[1].optimizer)
                 self.runner = ForkedBranchRunner(self._train_B, threads // 2)
