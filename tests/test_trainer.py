@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -206,6 +207,25 @@ def test_a_logger_error_at_start_still_stops_the_forked_worker(tmp_path):
     with pytest.raises(OSError, match="store unreachable"):
         trainer.fit()
     assert isinstance(trainer.runner, ForkedBranchRunner) and trainer.runner.closed
+
+
+def test_ctrl_c_while_an_epoch_is_committed_waits_for_the_whole_epoch(tmp_path):
+    """A SIGINT between writing best.pt and reporting the epoch's metrics is held until the
+    epoch is reported: the final last.pt is never ahead of the reported steps."""
+
+    class InterruptAtCheckpoint(Recorder):
+        def on_checkpoint(self, path, epoch, kind):
+            super().on_checkpoint(path, epoch, kind)
+            if epoch == 2 and len(self.kind("ckpt")) == 2:  # once, at best.pt of epoch 2
+                signal.raise_signal(signal.SIGINT)
+
+    rec = InterruptAtCheckpoint()
+    result = Trainer(smoke(), tmp_path, rec, echo=False).fit()
+    assert result.status == "KILLED" and result.last_epoch == 2
+    assert [e[1] for e in rec.kind("epoch")] == [1, 2]
+    assert rec.kind("line")[-1][1].startswith("epoch 2/")
+    assert read_checkpoint(tmp_path / "checkpoints/last.pt")["epoch"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):

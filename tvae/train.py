@@ -17,13 +17,16 @@ Events (logger.on_event): "lr_phase" {epoch, phase, name, lr}, "geodesic_on" {ep
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import platform
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,28 @@ def tier_rank(metrics: dict[str, float]) -> int:
     """
     tier = judge_tier(metrics["eval/coverage"], metrics["eval/hierarchy_B"], metrics["eval/Q"])
     return TIER_ORDER.index(tier.name)
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block and deliver it after the block.
+
+    Only the main thread receives signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 class Diverged(RuntimeError):
@@ -382,21 +407,24 @@ class Trainer:
         try:
             for epoch in range(start_epoch + 1, total + 1):
                 metrics = self._run_epoch(epoch, total)
-                sps.append(metrics["perf/samples_per_sec"])
-                epoch_done = epoch
-                good = copy.deepcopy(self._state(epoch, metrics))
-                if self.best_epoch == epoch:
-                    best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
-                    self.logger.on_checkpoint(best_ckpt, epoch, "best")
-                if epoch % cfg.train.checkpoint_every == 0 or epoch == total:
-                    last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
-                    last_written = epoch
-                    self.logger.on_checkpoint(last_ckpt, epoch, "last")
-                self.logger.on_epoch_end(epoch, metrics)
-                line = format_epoch_line(epoch, total, metrics)
-                if self.echo:
-                    print(line, flush=True)
-                self.logger.on_log_line(line)
+                # an epoch is committed whole (state, checkpoints, metrics, log line) or not
+                # at all: a Ctrl-C in between would leave a checkpoint ahead of the metrics
+                with deferred_interrupt():
+                    sps.append(metrics["perf/samples_per_sec"])
+                    epoch_done = epoch
+                    good = copy.deepcopy(self._state(epoch, metrics))
+                    if self.best_epoch == epoch:
+                        best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
+                        self.logger.on_checkpoint(best_ckpt, epoch, "best")
+                    if epoch % cfg.train.checkpoint_every == 0 or epoch == total:
+                        last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
+                        last_written = epoch
+                        self.logger.on_checkpoint(last_ckpt, epoch, "last")
+                    self.logger.on_epoch_end(epoch, metrics)
+                    line = format_epoch_line(epoch, total, metrics)
+                    if self.echo:
+                        print(line, flush=True)
+                    self.logger.on_log_line(line)
                 if self._stop.is_set() and epoch < total:
                     status, reason = "KILLED", "stop requested"
                     break
