@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +19,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
 def _runner(kind, target):
-    return ForkedBranchRunner(target, 1) if kind == "process" else ThreadBranchRunner(target, 1)
+    return ForkedBranchRunner(target) if kind == "process" else ThreadBranchRunner(target, 1)
 
 
 @pytest.mark.parametrize("kind", ["process", "thread"])
@@ -46,7 +52,7 @@ def test_worker_error_is_one_line_and_the_worker_keeps_serving():
             raise ValueError("bad batch")
         return torch.ones(2), torch.zeros(1)
 
-    runner = ForkedBranchRunner(target, 1)
+    runner = ForkedBranchRunner(target)
     try:
         with pytest.raises(RuntimeError, match="branch B worker: ValueError: bad batch"):
             runner.run(lambda: None, (True,))
@@ -67,7 +73,7 @@ def test_error_in_branch_A_waits_for_branch_B_then_propagates():
     def job_A():
         raise KeyboardInterrupt
 
-    runner = ForkedBranchRunner(target, 1)
+    runner = ForkedBranchRunner(target)
     try:
         with pytest.raises(KeyboardInterrupt):
             runner.run(job_A, (5.0,))
@@ -79,7 +85,7 @@ def test_error_in_branch_A_waits_for_branch_B_then_propagates():
 
 
 def test_a_dead_worker_is_a_clear_error_and_close_reaps_it():
-    runner = ForkedBranchRunner(lambda: os._exit(3), 1)
+    runner = ForkedBranchRunner(lambda: os._exit(3))
     pid = runner.pid
     with pytest.raises(RuntimeError, match="exited unexpectedly"):
         runner.run(lambda: None, ())
@@ -111,3 +117,40 @@ def test_share_branch_state_creates_adamw_initial_state_in_shared_memory():
         for k in theirs:
             assert torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype
             assert mine[k].is_shared()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux")
+def test_a_busy_worker_dies_with_its_killed_parent():
+    """SIGKILL on the trainer while the worker is inside an epoch (not reading the pipe, so it
+    would not see EOF): the worker must not be left running."""
+    script = textwrap.dedent(
+        """
+        import threading, time
+        from tvae.branches import ForkedBranchRunner
+        runner = ForkedBranchRunner(lambda: time.sleep(120))
+        print(runner.pid, flush=True)
+        runner.run(lambda: time.sleep(120), ())
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        time.sleep(0.5)  # the worker is now sleeping inside its "epoch"
+        assert _alive(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.time() + 10
+        while _alive(worker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker)
+    finally:
+        parent.kill()

@@ -228,6 +228,14 @@ def test_ctrl_c_while_an_epoch_is_committed_waits_for_the_whole_epoch(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_more_than_one_thread_per_branch_uses_the_thread_runner(tmp_path):
+    """A forked worker with 2 intra-op threads hung in OpenMP: 4 threads train B on a thread."""
+    cfg = smoke(**{"train.threads": 4, "train.branch_workers": "process", "train.epochs": 1})
+    trainer = Trainer(cfg, tmp_path, Recorder(), echo=False)
+    assert trainer.fit().status == "FINISHED"
+    assert isinstance(trainer.runner, ThreadBranchRunner)
+
+
 def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):
     holder: dict = {}
 

@@ -172,13 +172,25 @@ def _from_wire(value: Any) -> Any:
     return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
 
 
-def _serve(conn: Connection, target: Callable[..., Result], threads: int) -> None:
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the parent dies (prctl PR_SET_PDEATHSIG), so a
+    worker stuck in an op is not orphaned; best effort."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve(conn: Connection, target: Callable[..., Result]) -> None:
     """The worker's loop: one message per epoch, answered with the branch's results."""
     # Ctrl-C and a group SIGTERM reach the parent too; it finishes or stops the epoch, and the
     # worker ends when the parent closes the pipe (or dies: the pipe then reads EOF)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(threads)
+    _die_with_parent()
+    torch.set_num_threads(1)
     while True:
         try:
             args = conn.recv()
@@ -199,17 +211,21 @@ class ForkedBranchRunner:
     Call `share_branch_state` first: the fork copies everything else, so only tensors in
     shared memory are seen by both sides. Between `run` calls the worker is idle, so the parent
     may read (evaluate, checkpoint) and write (resume, poison in tests) the shared tensors.
+
+    Each side runs one intra-op thread: GNU OpenMP is not fork-safe, and a forked child that
+    enters a parallel region after its parent used one hangs (seen with 2 threads per branch).
+    With a single thread torch never enters one, as in DataLoader workers.
     """
 
-    def __init__(self, target_B: Callable[..., Result], threads_per_branch: int) -> None:
-        torch.set_num_threads(threads_per_branch)
+    def __init__(self, target_B: Callable[..., Result]) -> None:
+        torch.set_num_threads(1)
         parent, child = multiprocessing.Pipe()
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the caller's code
             code = 0
             try:
                 parent.close()
-                _serve(child, target_B, threads_per_branch)
+                _serve(child, target_B)
             except BaseException:  # noqa: BLE001 - nothing to report to; the parent sees EOF
                 code = 1
             finally:

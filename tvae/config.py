@@ -51,7 +51,7 @@ class TrainConfig(_Section):
     # with threads // 2 intra-op threads; 0 = torch's default (all cores)
     threads: int = Field(2, ge=0, le=1024)
     # how the two branch loops run at once on CPU: branch B in a forked worker process (its own
-    # GIL; Linux only, elsewhere it falls back to a thread) or on a thread of this process
+    # GIL; Linux with threads 2-3 only, elsewhere a thread) or on a thread of this process
     branch_workers: Literal["process", "thread"] = "process"
 
 

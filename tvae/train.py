@@ -280,11 +280,13 @@ class Trainer:
         self.runner = None
         if self.device.type != "cpu" or threads < 2:
             return
-        # fork without exec is only dependable on Linux (macOS frameworks are not fork-safe)
-        if self.config.train.branch_workers == "process" and sys.platform == "linux":
+        # fork without exec is only dependable on Linux (macOS frameworks are not fork-safe),
+        # and only with one intra-op thread per side (tvae.branches.ForkedBranchRunner)
+        forked = self.config.train.branch_workers == "process" and threads // 2 == 1
+        if forked and sys.platform == "linux":
             try:
                 share_branch_state(self.flat.data, self.branch_params[1].optimizer)
-                self.runner = ForkedBranchRunner(self._train_B, threads // 2)
+                self.runner = ForkedBranchRunner(self._train_B)
                 return
             except (OSError, RuntimeError):  # no shared memory or no fork here: use a thread
                 pass
