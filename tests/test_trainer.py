@@ -236,6 +236,29 @@ def test_more_than_one_thread_per_branch_uses_the_thread_runner(tmp_path):
     assert isinstance(trainer.runner, ThreadBranchRunner)
 
 
+def test_skipping_points_no_loss_reads_changes_nothing(tmp_path, monkeypatch):
+    """Training skips A's point z_A always and B's z_B before the geodesic term: forcing both
+    back on gives the same weights and Adam moments (the skipped nets got no gradient)."""
+    import tvae.model as model_module
+
+    cfg = smoke(**{"train.epochs": 3, "loss.geodesic.start_epoch": 3})
+    skipping = Trainer(cfg, tmp_path / "skip", Recorder(), echo=False)
+    skipping.fit()
+    assert "z_A" not in skipping.branch_params[0].forward(ternary_ops()[:4])
+    vae = model_module.TernaryVAE
+    forward_A, forward_B = vae.forward_A, vae.forward_B
+    full_A = lambda m, x, sample=True, point=True: forward_A(m, x, sample)  # noqa: E731
+    monkeypatch.setattr(vae, "forward_A", full_A)
+    monkeypatch.setattr(vae, "forward_B", lambda m, x, point=True: forward_B(m, x))
+    Trainer(cfg, tmp_path / "full", Recorder(), echo=False).fit()
+    skip = read_checkpoint(tmp_path / "skip/checkpoints/last.pt")
+    full = read_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    assert _same_state(skip["model"], full["model"])
+    for name in ("A", "B"):
+        for i, state in full["optimizer"][name]["state"].items():
+            assert _same_state(skip["optimizer"][name]["state"][i], state), (name, i)
+
+
 def test_injected_nan_fails_cleanly_keeping_last_good_state(tmp_path):
     holder: dict = {}
 

@@ -60,11 +60,15 @@ class HyperbolicProjection(nn.Module):
         self.radius = _mlp([latent, hidden], 1, act)
         self.max_radius = max_radius
 
+    def norm(self, mu: torch.Tensor) -> torch.Tensor:
+        """Euclidean norm of the point (fp32), from the radius net alone."""
+        return torch.sigmoid(run_mlp(self.radius, mu).float()).squeeze(-1) * self.max_radius
+
     def forward(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (point, Euclidean norm of the point); both fp32."""
         d = run_mlp(self.direction, mu).float()
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        norm = torch.sigmoid(run_mlp(self.radius, mu).float()).squeeze(-1) * self.max_radius
+        norm = self.norm(mu)
         return d * norm.unsqueeze(-1), norm
 
 
@@ -103,36 +107,43 @@ class TernaryVAE(nn.Module):
         """Latent (N, latent) -> logits (N, 9, 3) over the trit values -1, 0, +1."""
         return run_mlp(self.decoder, z).view(-1, N_DIGITS, N_CLASSES)
 
-    def forward_A(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+    def forward_A(
+        self, x: torch.Tensor, sample: bool = True, point: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Branch A (coverage): encoder A, its projection, and the decoder fed by z_A's sample.
 
         The two branches share no parameters and no activations, so each is its own autograd
-        graph; the CPU trainer runs them on two threads at once (tvae.branches).
+        graph; the CPU trainer runs them at once (tvae.branches). No loss reads A's point z_A,
+        only its radius, so training passes point=False and skips the direction net (about a
+        tenth of branch A's step; gradients and results are unchanged).
         """
         mu_A, logvar_A = self.encoder_A.forward(x)
         if sample:
             z = mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * logvar_A)
         else:
             z = mu_A
-        z_A, norm_A = self.projection_A.forward(mu_A)
-        return {
-            "logits": self.decode_logits(z),
-            "mu_A": mu_A,
-            "logvar_A": logvar_A,
-            "z_A": z_A,
-            "radius_A": radius_from_norm(norm_A),
-        }
+        out = {"logits": self.decode_logits(z), "mu_A": mu_A, "logvar_A": logvar_A}
+        if point:
+            out["z_A"], norm_A = self.projection_A.forward(mu_A)
+        else:
+            norm_A = self.projection_A.norm(mu_A)
+        out["radius_A"] = radius_from_norm(norm_A)
+        return out
 
-    def forward_B(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Branch B (hierarchy): encoder B and its projection (no sampling, no decoder)."""
+    def forward_B(self, x: torch.Tensor, point: bool = True) -> dict[str, torch.Tensor]:
+        """Branch B (hierarchy): encoder B and its projection (no sampling, no decoder).
+
+        Only the geodesic loss reads the point z_B; before it switches on, training passes
+        point=False and skips the direction net (results unchanged, as for branch A).
+        """
         mu_B, logvar_B = self.encoder_B.forward(x)
-        z_B, norm_B = self.projection_B.forward(mu_B)
-        return {
-            "mu_B": mu_B,
-            "logvar_B": logvar_B,
-            "z_B": z_B,
-            "radius_B": radius_from_norm(norm_B),
-        }
+        out = {"mu_B": mu_B, "logvar_B": logvar_B}
+        if point:
+            out["z_B"], norm_B = self.projection_B.forward(mu_B)
+        else:
+            norm_B = self.projection_B.norm(mu_B)
+        out["radius_B"] = radius_from_norm(norm_B)
+        return out
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
         """Training pass: sampled z_A feeds the decoder; projections read mu."""

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ class Trainer:
             )
 
         self.branch_params = (
-            branch("A", m.forward_A, self.losses.branch_A, 0),
+            branch("A", functools.partial(m.forward_A, point=False), self.losses.branch_A, 0),
             branch("B", m.forward_B, self.losses.branch_B, 2),
         )
         self.runner: ForkedBranchRunner | ThreadBranchRunner | None = None
@@ -313,6 +313,9 @@ class Trainer:
         branch = self.branch_params[1]
         for group in branch.optimizer.param_groups:
             group["lr"] = lr
+        # z_B feeds only the geodesic term: without it, B's forward skips the direction net
+        forward = functools.partial(self.model.forward_B, point=geodesic_active)
+        branch = replace(branch, forward=forward)
         self.flat.set_frozen(2, frozen)
         self.model.train()
         cfg = self.config.train
