@@ -118,3 +118,24 @@ def test_branch_shares_sum_to_the_kl_and_radial_terms():
     target = lc.targets[v]
     radial = ((out["radius_A"] - target) ** 2 + (out["radius_B"] - target) ** 2).mean()
     assert t["radial"] == pytest.approx(LossConfig().radial.weight * radial.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("size", [512, 256, 200])  # 1, 2 and 3 pair shifts per batch
+def test_epoch_contexts_match_per_batch_contexts_exactly(size):
+    """branch_B's model-free inputs computed for a whole epoch at once (one pass per batch
+    size) give the same bits as computing them batch by batch, last short batch included."""
+    torch.manual_seed(0)
+    lc = LossComputer(LossConfig(), torch.device("cpu"))
+    perm = torch.randperm(3 * size + 77)
+    ops, v = ternary_ops()[perm], valuations()[perm]
+    batches = [(ops[i : i + size], v[i : i + size]) for i in range(0, perm.numel(), size)]
+    contexts = lc.epoch_contexts(batches)
+    assert len(contexts) == 4 and "rank_sign" in contexts[0] and "geo_target" in contexts[0]
+    model = TernaryVAE.from_config(ModelConfig())
+    for (x, vb), ctx in zip(batches, contexts, strict=True):
+        single = {k: t[0] for k, t in lc.batch_contexts(x[None], vb[None]).items()}
+        assert ctx.keys() == single.keys()
+        assert all(torch.equal(ctx[k], single[k]) for k in ctx)
+        out = model(x)
+        given = lc.branch_B(out, x, vb, (x + 1).long(), 30, True, ctx)
+        assert torch.equal(given, lc.branch_B(out, x, vb, (x + 1).long(), 30, True))

@@ -65,7 +65,8 @@ def train_branch_epoch(
     max_norm: float,
     amp_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of `branch` over `batches` (x, v, target classes), updating it every batch.
+    """One pass of `branch` over `batches` (x, v, target classes, then any extra arguments
+    of its loss), updating it every batch.
 
     Returns (sum over batches of its weighted loss terms, each batch's squared pre-clip
     gradient norm); nothing here waits for the device.
@@ -75,14 +76,14 @@ def train_branch_epoch(
     scaled = scaler.is_enabled()
     term_sum = None
     norms_sq = []
-    for x, v, tgt in batches:
+    for x, v, tgt, *extra in batches:
         grad.zero_()
         if amp_dtype is None:
             out = branch.forward(x)
         else:
             with torch.autocast(device_type, dtype=amp_dtype):
                 out = branch.forward(x)
-        terms = branch.loss(out, x, v, tgt, epoch, geodesic_active)
+        terms = branch.loss(out, x, v, tgt, epoch, geodesic_active, *extra)
         if scaled:  # fp16: unscale before the norm; the scaler skips steps with inf grads
             scaler.scale(terms.sum()).backward()
             scaler.unscale_(opt)

@@ -319,8 +319,11 @@ class Trainer:
         self.flat.set_frozen(2, frozen)
         self.model.train()
         cfg = self.config.train
+        batches = self._batches(idx_all)
+        contexts = self.losses.epoch_contexts(batches)  # B's model-free inputs, once per epoch
+        batches = [(*b, c) for b, c in zip(batches, contexts, strict=True)]
         return train_branch_epoch(
-            branch, self._batches(idx_all), epoch, geodesic_active, cfg.grad_clip, self._amp_dtype
+            branch, batches, epoch, geodesic_active, cfg.grad_clip, self._amp_dtype
         )
 
     @property
