@@ -10,13 +10,13 @@ Why: on a small CPU a training step is mostly many small ops that intra-op threa
 spread over cores. The two branch loops of an epoch run at once, so two cores stay busy, the
 loops never wait for each other inside the epoch, and each branch's weights, gradients and Adam
 moments stay in one core's cache:
-- `ForkedBranchRunner` (the CPU default where fork exists) runs branch B in a forked worker
-  process. The flat parameter buffer and B's optimizer state live in shared memory, so the
-  parent evaluates and checkpoints the very tensors the worker updates; the batch order, LR and
-  freeze state go over a pipe once per epoch. Two processes means two GILs: the Python that
-  dispatches each small op no longer queues behind the other branch's.
+- `ForkedBranchRunner` (the CPU default on Linux, one intra-op thread per branch) runs branch
+  B in a forked worker process. The flat parameter buffer and B's optimizer state live in
+  shared memory, so the parent evaluates and checkpoints the very tensors the worker updates;
+  the batch order, LR and freeze state go over a pipe once per epoch. Two processes means two
+  GILs: the Python that dispatches each small op no longer queues behind the other branch's.
 - `ThreadBranchRunner` runs branch B on a thread (torch releases the GIL inside ops and runs a
-  CPU backward on the calling thread); the fallback where fork does not exist.
+  CPU backward on the calling thread); the fallback everywhere else.
 Run one after the other (GPU, 1 thread) the loops compute the same numbers, so every mode
 trains bit for bit alike (tested). Only branch A draws random numbers (its reparameterised
 sample), so the RNG stream stays in the parent.
@@ -138,6 +138,7 @@ class ThreadBranchRunner:
     def __init__(self, target_B: Callable[..., Result], threads_per_branch: int) -> None:
         torch.set_num_threads(threads_per_branch)
         self.target_B = target_B
+        self.closed = False
         # intra-op thread counts are per thread: the worker sets its own on start
         self._pool = ThreadPoolExecutor(
             1,
@@ -157,10 +158,7 @@ class ThreadBranchRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-    @property
-    def closed(self) -> bool:
-        return self._pool._shutdown
+        self.closed = True
 
 
 def _to_wire(value: Any) -> Any:

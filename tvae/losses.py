@@ -106,9 +106,8 @@ class LossComputer:
         kl = (mu.square() + logvar.exp() - logvar).sum() * (0.5 / max(mu.shape[0], 1))
         return self.kl_weight(epoch) * (kl - 0.5 * float(mu.shape[-1]))
 
-    def _radial(self, r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        t = self.targets.index_select(0, v)
-        return self.cfg.radial.weight * (r - t).square().sum() / r.shape[0]
+    def _radial(self, r: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.cfg.radial.weight * (r - target).square().sum() / r.shape[0]
 
     def branch_A(
         self,
@@ -125,7 +124,7 @@ class LossComputer:
             [
                 self.cfg.recon.weight * recon,
                 self._kl(out["mu_A"], out["logvar_A"], epoch),
-                self._radial(out["radius_A"], v),
+                self._radial(out["radius_A"], self.targets.index_select(0, v)),
             ]
         )
 
@@ -223,11 +222,10 @@ class LossComputer:
         viol = F.relu(self.sep_margin - (mean.view(-1, 1) - mean.view(1, -1)))
         separation = (viol * ctx["pair_mask"]).sum()
 
-        radial = cfg.radial.weight * (r_B - ctx["radial_target"]).square().sum() / r_B.shape[0]
         return torch.stack(
             [
                 self._kl(out["mu_B"], out["logvar_B"], epoch),
-                radial,
+                self._radial(r_B, ctx["radial_target"]),
                 cfg.rank.weight * rank,
                 cfg.geodesic.weight * geodesic,
                 cfg.richness.weight * richness,
