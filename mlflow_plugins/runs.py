@@ -44,8 +44,17 @@ MODEL_TRAINING_KIND = "custom_model_development"
 def mark_model_training(client: MlflowClient, experiment_id: str) -> None:
     """Tag the experiment as model training so the MLflow UI opens its runs table and charts
     (untagged new experiments open in the GenAI view)."""
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    except MlflowException:
+        # two trainings starting at once: the other one's create_experiment wrote this tag
+        # between our read and our write, and the store's tag upsert is not atomic (a UNIQUE
+        # constraint error); the tag being there is all that matters
+        tags = client.get_experiment(experiment_id).tags
+        if tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+            raise
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

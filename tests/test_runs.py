@@ -29,3 +29,29 @@ def test_existing_untagged_experiment_is_tagged_and_deleted_one_refused(tracking
     client.delete_experiment(old)
     with pytest.raises(MlflowException, match="deleted"):
         ensure_experiment(client, "legacy")
+
+
+class _LosesTheTagRace(MlflowClient):
+    """A client whose tag write loses the race seen in CI: another training's create_experiment
+    wrote the tag between the read and the write, and the store raised a UNIQUE error."""
+
+    def set_experiment_tag(self, experiment_id, key, value):
+        super().set_experiment_tag(experiment_id, key, value)  # the other training's write
+        raise MlflowException("UNIQUE constraint failed: experiment_tags.key")
+
+
+def test_losing_the_experiment_tag_race_to_another_training_is_not_an_error(tracking_uri):
+    client = _LosesTheTagRace()
+    exp_id = MlflowClient().create_experiment("raced")  # seen untagged, as in the race
+    assert ensure_experiment(client, "raced") == exp_id
+    assert client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_tag_write_that_really_fails_still_raises(tracking_uri):
+    class Refuses(MlflowClient):
+        def set_experiment_tag(self, experiment_id, key, value):
+            raise MlflowException("store is read-only")
+
+    MlflowClient().create_experiment("read-only")
+    with pytest.raises(MlflowException, match="read-only"):
+        ensure_experiment(Refuses(), "read-only")
