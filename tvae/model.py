@@ -60,16 +60,20 @@ class HyperbolicProjection(nn.Module):
         self.radius = _mlp([latent, hidden], 1, act)
         self.max_radius = max_radius
 
-    def norm(self, mu: torch.Tensor) -> torch.Tensor:
-        """Euclidean norm of the point (fp32), from the radius net alone."""
-        return torch.sigmoid(run_mlp(self.radius, mu).float()).squeeze(-1) * self.max_radius
+    def forward(
+        self, mu: torch.Tensor, point: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Return (point, Euclidean norm of the point), both fp32; with point=False only the
+        norm (the radius net alone) and None for the point.
 
-    def forward(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (point, Euclidean norm of the point); both fp32."""
-        d = run_mlp(self.direction, mu).float()
-        d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        norm = self.norm(mu)
-        return d * norm.unsqueeze(-1), norm
+        The direction net runs first: autograd sums mu's gradients in graph order, so the
+        order is part of the bit-for-bit results."""
+        d = None
+        if point:
+            d = run_mlp(self.direction, mu).float()
+            d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        norm = torch.sigmoid(run_mlp(self.radius, mu).float()).squeeze(-1) * self.max_radius
+        return (None if d is None else d * norm.unsqueeze(-1)), norm
 
 
 class TernaryVAE(nn.Module):
@@ -123,10 +127,9 @@ class TernaryVAE(nn.Module):
         else:
             z = mu_A
         out = {"logits": self.decode_logits(z), "mu_A": mu_A, "logvar_A": logvar_A}
-        if point:
-            out["z_A"], norm_A = self.projection_A.forward(mu_A)
-        else:
-            norm_A = self.projection_A.norm(mu_A)
+        z_A, norm_A = self.projection_A.forward(mu_A, point)
+        if z_A is not None:
+            out["z_A"] = z_A
         out["radius_A"] = radius_from_norm(norm_A)
         return out
 
@@ -138,10 +141,9 @@ class TernaryVAE(nn.Module):
         """
         mu_B, logvar_B = self.encoder_B.forward(x)
         out = {"mu_B": mu_B, "logvar_B": logvar_B}
-        if point:
-            out["z_B"], norm_B = self.projection_B.forward(mu_B)
-        else:
-            norm_B = self.projection_B.norm(mu_B)
+        z_B, norm_B = self.projection_B.forward(mu_B, point)
+        if z_B is not None:
+            out["z_B"] = z_B
         out["radius_B"] = radius_from_norm(norm_B)
         return out
 
