@@ -63,6 +63,15 @@ class FlatParams:
         seg = self.segments[index]
         return (seg.data.data_ptr() - self.data.data_ptr()) // self.data.element_size()
 
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale all gradients to total norm <= max_norm; return the pre-clip norm (no sync)."""
+        norm = torch.linalg.vector_norm(self.grad)
+        self.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
+        return norm
+
     def set_frozen(self, index: int, frozen: bool) -> None:
         """Freeze/unfreeze segment `index`: no gradient flows to it and the optimizer skips it."""
         for p in self.model_params[index]:
