@@ -39,19 +39,33 @@ _BATCH_LIMIT = 100  # MLflow's per-call param limit
 
 
 def _prewarm_export() -> None:
-    """Pay log_model's one-off costs beside training: torch.export's first call imports and
-    initialises most of torch's compiler stack (a 2-parameter export here takes ~1.4 s and
-    makes the real export ~2 s faster), and MLflow scans installed packages once."""
+    """Pay log_model's one-off costs beside training (see `warm_export`); only a speed-up, so
+    any failure is left for log_model to report."""
     try:
-        import torch
-        from mlflow.utils import requirements_utils
-        from torch.export import Dim, export
-
-        with torch.no_grad():
-            export(torch.nn.Linear(2, 2), (torch.zeros(3, 2),), dynamic_shapes=[{0: Dim.AUTO}])
-        requirements_utils._init_packages_to_modules_map()
-    except Exception:  # only a speed-up; log_model reports real problems
+        warm_export()
+    except Exception:
         pass
+
+
+def warm_export() -> None:
+    """Run log_model's one-off work early: torch.export's first call imports and initialises
+    most of torch's compiler stack (a 2-parameter export here takes ~1.4 s and makes the real
+    export ~2 s faster), and MLflow scans installed packages once.
+
+    It runs while the trainer trains, so it must not draw from torch's global generator: a
+    freshly initialised Linear would take random numbers from the training stream, and the
+    run would no longer match the same config trained without MLflow (skip_init draws none).
+    """
+    import torch
+    from mlflow.utils import requirements_utils
+    from torch.export import Dim, export
+
+    with torch.no_grad():
+        probe = torch.nn.utils.skip_init(torch.nn.Linear, 2, 2)
+        for param in probe.parameters():
+            param.zero_()
+        export(probe, (torch.zeros(3, 2),), dynamic_shapes=[{0: Dim.AUTO}])
+    requirements_utils._init_packages_to_modules_map()
 
 
 def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: Path) -> None:
