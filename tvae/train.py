@@ -296,12 +296,14 @@ class Trainer:
         if self.runner is not None:
             self.runner.close()
 
-    def _batches(self, idx_all: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """The epoch's batches: gathered once, then each batch is a contiguous slice."""
-        ops_e, vals_e, tgt_e = self.ops[idx_all], self.vals[idx_all], self.target_cls[idx_all]
+    def _batches(self, idx_all: torch.Tensor, targets: bool = True) -> list[tuple[Any, ...]]:
+        """The epoch's (x, v, target classes) batches: gathered once, then each batch is a
+        contiguous slice. targets=False leaves None for the classes (only branch A reads them)."""
+        ops_e, vals_e = self.ops[idx_all], self.vals[idx_all]
+        tgt_e = self.target_cls[idx_all] if targets else None
         bs = self.config.train.batch_size
         return [
-            (ops_e[i : i + bs], vals_e[i : i + bs], tgt_e[i : i + bs])
+            (ops_e[i : i + bs], vals_e[i : i + bs], None if tgt_e is None else tgt_e[i : i + bs])
             for i in range(0, idx_all.numel(), bs)
         ]
 
@@ -319,7 +321,7 @@ class Trainer:
         self.flat.set_frozen(2, frozen)
         self.model.train()
         cfg = self.config.train
-        batches = self._batches(idx_all)
+        batches = self._batches(idx_all, targets=False)
         contexts = self.losses.epoch_contexts(batches)  # B's model-free inputs, once per epoch
         batches = [(*b, c) for b, c in zip(batches, contexts, strict=True)]
         return train_branch_epoch(
@@ -334,18 +336,16 @@ class Trainer:
         """Train both branches one epoch; returns (mean weighted terms, mean pre-clip norm)."""
         cfg = self.config.train
         idx_all = self._epoch_indices()
-        batches = self._batches(idx_all)
         self.model.train()
         branch_A = self.branch_params[0]
-        job_A = functools.partial(
-            train_branch_epoch,
-            branch_A,
-            batches,
-            epoch,
-            geodesic_active,
-            cfg.grad_clip,
-            self._amp_dtype,
-        )
+
+        def job_A() -> tuple[torch.Tensor, torch.Tensor]:
+            # A gathers its own batches, so a worker starts on branch B's without waiting
+            batches = self._batches(idx_all)
+            return train_branch_epoch(
+                branch_A, batches, epoch, geodesic_active, cfg.grad_clip, self._amp_dtype
+            )
+
         lr = branch_A.optimizer.param_groups[0]["lr"]
         args_B = (epoch, geodesic_active, lr, self.homeostasis.frozen_B, idx_all)
         if self.runner is not None:  # CPU: the two branch loops at once
@@ -358,7 +358,8 @@ class Trainer:
             mean_norm = torch.where(ok, norms, 0.0).sum() / ok.sum().clamp_min(1)
         else:
             mean_norm = norms.mean()
-        return self.losses.combine(terms_A, terms_B) / len(batches), mean_norm
+        n_batches = math.ceil(idx_all.numel() / cfg.batch_size)
+        return self.losses.combine(terms_A, terms_B) / n_batches, mean_norm
 
     def _evaluate(self) -> dict[str, float]:
         """evaluate_model over all operations; on CPU with a branch worker, which is idle
