@@ -59,14 +59,14 @@ def clip_coef(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 def train_branch_epoch(
     branch: Branch,
-    batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    batches: list[tuple[Any, ...]],
     epoch: int,
     geodesic_active: bool,
     max_norm: float,
     amp_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of `branch` over `batches` (x, v, target classes, then any extra arguments
-    of its loss), updating it every batch.
+    """One pass of `branch` over `batches` (x, v, target classes or None where the branch's
+    loss does not read them, then any extra arguments of its loss), updating it every batch.
 
     Returns (sum over batches of its weighted loss terms, each batch's squared pre-clip
     gradient norm); nothing here waits for the device.
