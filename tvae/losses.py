@@ -185,7 +185,7 @@ class LossComputer:
         out: dict[str, torch.Tensor],
         x: torch.Tensor,
         v: torch.Tensor,
-        target_cls: torch.Tensor,
+        target_cls: torch.Tensor | None,  # not read: B has no decoder
         epoch: int,
         geodesic_active: bool,
         ctx: dict[str, torch.Tensor] | None = None,

@@ -127,11 +127,7 @@ class TernaryVAE(nn.Module):
         else:
             z = mu_A
         out = {"logits": self.decode_logits(z), "mu_A": mu_A, "logvar_A": logvar_A}
-        z_A, norm_A = self.projection_A.forward(mu_A, point)
-        if z_A is not None:
-            out["z_A"] = z_A
-        out["radius_A"] = radius_from_norm(norm_A)
-        return out
+        return _place(self.projection_A, mu_A, point, "A", out)
 
     def forward_B(self, x: torch.Tensor, point: bool = True) -> dict[str, torch.Tensor]:
         """Branch B (hierarchy): encoder B and its projection (no sampling, no decoder).
@@ -141,11 +137,7 @@ class TernaryVAE(nn.Module):
         """
         mu_B, logvar_B = self.encoder_B.forward(x)
         out = {"mu_B": mu_B, "logvar_B": logvar_B}
-        z_B, norm_B = self.projection_B.forward(mu_B, point)
-        if z_B is not None:
-            out["z_B"] = z_B
-        out["radius_B"] = radius_from_norm(norm_B)
-        return out
+        return _place(self.projection_B, mu_B, point, "B", out)
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
         """Training pass: sampled z_A feeds the decoder; projections read mu."""
@@ -163,3 +155,18 @@ class TernaryVAE(nn.Module):
             "radius_B": out["radius_B"].float(),
             "recon": recon,
         }
+
+
+def _place(
+    projection: HyperbolicProjection,
+    mu: torch.Tensor,
+    point: bool,
+    name: str,
+    out: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Add encoder `name`'s point z_<name> (when asked for) and radius_<name> to `out`."""
+    z, norm = projection.forward(mu, point)
+    if z is not None:
+        out[f"z_{name}"] = z
+    out[f"radius_{name}"] = radius_from_norm(norm)
+    return out
