@@ -1,0 +1,271 @@
+"""Regenerate the detection corpus: train every run, label it, assign the split.
+
+    python tests/corpus/make_corpus.py                 # all runs (about an hour on 2 cores)
+    python tests/corpus/make_corpus.py --only NAME...  # some runs
+    python tests/corpus/make_corpus.py --relabel       # labels and split from the CSVs only
+
+Writes tests/corpus/runs/<name>.csv.gz (one row per logged epoch) and tests/corpus/index.json
+(each run's spec, facts, label and split). See tests/corpus/README.md for the labelling rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from corpus import INDEX, RUNS_DIR, load_run  # noqa: E402
+from label import label  # noqa: E402
+from trainers import Spec, train  # noqa: E402
+
+SPLIT_SEED = 12  # fixed before any tuning; a quarter of each class goes to the test split
+TEST_SHARE = 0.25
+
+TF = {"model": "transformer", "width": 64, "log_every": 2}
+DIG = {"task": "digits", "frac": 256, "hidden": 128}
+
+RUNS = [
+    # modular arithmetic, embedding MLP, full-batch AdamW: grokking at several delays
+    Spec("add53_f40_wd1", p=53, frac=0.4, lr=1e-2, epochs=3000),
+    Spec("add53_f40_wd1_s1", p=53, frac=0.4, lr=1e-2, epochs=3000, seed=1),
+    Spec("sub59_f50_wd1", op="sub", p=59, frac=0.5, lr=3e-3, epochs=4000),
+    Spec("mul53_f50_wd1", op="mul", p=53, frac=0.5, lr=1e-2, epochs=3000),
+    Spec("add53_f80_wd1", p=53, frac=0.8, lr=1e-2, epochs=1500),
+    Spec("add53_f70_wd1_lr1e3", p=53, frac=0.7, lr=1e-3, epochs=2500),
+    Spec("add47_f50_wd03", p=47, frac=0.5, wd=0.3, lr=1e-2, epochs=2500),
+    Spec("sq43_f60_wd1", op="sq", p=43, frac=0.6, lr=1e-2, epochs=3000),
+    Spec("sub43_f70_wd1", op="sub", p=43, frac=0.7, lr=1e-2, epochs=1500),
+    Spec("add97_f30_wd1", p=97, frac=0.3, lr=3e-3, epochs=3000, width=32, hidden=128),
+    Spec("mul67_f40_wd05", op="mul", p=67, frac=0.4, wd=0.5, lr=1e-2, epochs=4000),
+    Spec("cube37_f60_wd1", op="cube", p=37, frac=0.6, lr=1e-2, epochs=3000),
+    Spec("add53_f90_wd1", p=53, frac=0.9, lr=1e-2, epochs=1000),
+    Spec("add53_f95_wd1_lr3e3", p=53, frac=0.95, lr=3e-3, epochs=1000),
+    Spec("sub53_f90_wd01_lr1e3", op="sub", p=53, frac=0.9, wd=0.1, lr=1e-3, epochs=4000),
+    # schedules: warmup, a step after generalising, a step long before, warm restarts
+    Spec(
+        "mul53_f50_warmup",
+        op="mul",
+        p=53,
+        frac=0.5,
+        lr=1e-2,
+        epochs=2000,
+        schedule="warmup:100",
+        seed=1,
+    ),
+    Spec("add53_f40_step2000", p=53, frac=0.4, lr=1e-2, epochs=3000, schedule="step:2000:0.1"),
+    Spec(
+        "add53_f50_step200", p=53, frac=0.5, lr=1e-2, epochs=3000, schedule="step:200:0.5", seed=2
+    ),
+    Spec(
+        "add53_f40_lr3e2_step1500",
+        p=53,
+        frac=0.4,
+        lr=3e-2,
+        epochs=3000,
+        schedule="step:1500:0.1",
+        seed=3,
+    ),
+    Spec("add53_f40_cos400", p=53, frac=0.4, lr=1e-2, epochs=3000, schedule="cosine:400", seed=1),
+    Spec(
+        "sub47_f60_cos1000",
+        op="sub",
+        p=47,
+        frac=0.6,
+        lr=1e-2,
+        epochs=3000,
+        schedule="cosine:1000",
+        seed=2,
+    ),
+    # one-layer transformer
+    Spec("tf_add43_f50_lr3e3", p=43, frac=0.5, lr=3e-3, epochs=3000, **TF),
+    Spec("tf_mul43_f60_lr3e3", op="mul", p=43, frac=0.6, lr=3e-3, epochs=3000, **TF),
+    Spec("tf_add43_f50_lr1e3", p=43, frac=0.5, lr=1e-3, epochs=3000, **TF),
+    Spec(
+        "tf_sub37_f50_adam",
+        op="sub",
+        p=37,
+        frac=0.5,
+        optimizer="adam",
+        lr=1e-3,
+        epochs=6000,
+        model="transformer",
+        width=32,
+        log_every=4,
+    ),
+    # digits, Omnigrok-style (large initialisation, MSE) and plain
+    Spec("digits_a8_wd05", lr=1e-3, wd=0.05, init_scale=8.0, epochs=30000, log_every=10, **DIG),
+    Spec("digits_a6_wd1", lr=1e-3, wd=0.1, init_scale=6.0, epochs=20000, log_every=10, **DIG),
+    Spec("digits_a4_wd05", lr=1e-3, wd=0.05, init_scale=4.0, epochs=10000, log_every=5, **DIG),
+    Spec(
+        "digits_a10_wd01_100k",
+        lr=1e-3,
+        wd=0.01,
+        init_scale=10.0,
+        epochs=100000,
+        log_every=50,
+        **DIG,
+    ),
+    Spec("digits_a1", lr=1e-3, wd=0.05, epochs=2000, **DIG),
+    Spec("digits_a1_mb32_100ep", lr=1e-3, wd=0.01, epochs=100, batch=32, **DIG),
+    Spec("digits_a1_step", lr=1e-2, wd=0.01, epochs=300, batch=64, schedule="step:150:0.1", **DIG),
+    Spec("digits_a1_cos", lr=3e-3, wd=0.01, epochs=500, batch=64, schedule="cosine:100", **DIG),
+    # never generalise within budget: tiny fractions, no decay, Adam slingshots
+    Spec("add53_f15_wd1", p=53, frac=0.15, lr=1e-2, epochs=3000),
+    Spec("add53_f30_wd0", p=53, frac=0.3, wd=0.0, lr=1e-3, epochs=1500, seed=2),
+    Spec("add53_f20_wd03", p=53, frac=0.2, wd=0.3, lr=1e-2, epochs=3000),
+    Spec("add47_f50_adam", p=47, frac=0.5, optimizer="adam", lr=1e-3, epochs=8000, log_every=4),
+    Spec("add31_f50_wd01_100k", p=31, frac=0.5, wd=0.1, lr=1e-3, epochs=100000, log_every=20),
+    Spec(
+        "mul59_f30_adam",
+        op="mul",
+        p=59,
+        frac=0.3,
+        optimizer="adam",
+        lr=3e-3,
+        epochs=5000,
+        log_every=2,
+    ),
+    # plain classification: generalises while it fits; an LR drop and warm restarts
+    Spec(
+        "blobs_step35",
+        task="blobs",
+        optimizer="adam",
+        lr=1.0,
+        epochs=60,
+        batch=50,
+        schedule="step:35:0.05",
+        seed=3,
+    ),
+    Spec(
+        "blobs_sgd_100ep",
+        task="blobs",
+        optimizer="sgd",
+        lr=0.05,
+        wd=0.0,
+        epochs=100,
+        batch=100,
+        seed=4,
+    ),
+    # minibatch training, logged every k epochs (noisy)
+    Spec("add59_f50_mb256", p=59, frac=0.5, lr=1e-3, epochs=1500, batch=256, log_every=5),
+    Spec(
+        "mul53_f50_mb128",
+        op="mul",
+        p=53,
+        frac=0.5,
+        lr=1e-3,
+        epochs=1000,
+        batch=128,
+        log_every=10,
+        seed=1,
+    ),
+    Spec(
+        "sub53_f40_mb512_wd2",
+        op="sub",
+        p=53,
+        frac=0.4,
+        wd=2.0,
+        lr=2e-3,
+        epochs=2000,
+        batch=512,
+        log_every=5,
+    ),
+    Spec("add53_f30_mb64", p=53, frac=0.3, lr=1e-3, epochs=1000, batch=64, log_every=10, seed=2),
+    # more schedules around and inside transitions, and plain tasks that fit and generalise
+    Spec("add53_f40_cos300", p=53, frac=0.4, lr=1e-2, epochs=3000, schedule="cosine:300", seed=2),
+    Spec(
+        "mul53_f50_cos250",
+        op="mul",
+        p=53,
+        frac=0.5,
+        lr=1e-2,
+        epochs=2000,
+        schedule="cosine:250",
+        seed=3,
+    ),
+    Spec(
+        "sub59_f50_cos500",
+        op="sub",
+        p=59,
+        frac=0.5,
+        lr=3e-3,
+        epochs=3000,
+        schedule="cosine:500",
+        seed=1,
+    ),
+    Spec(
+        "add53_f40_step500", p=53, frac=0.4, lr=1e-2, epochs=4000, schedule="step:500:0.1", seed=4
+    ),
+    Spec("mul53_f25_wd1", op="mul", p=53, frac=0.25, lr=1e-2, epochs=3000, seed=5),
+    Spec("digits_a1_n500", lr=1e-3, wd=0.05, epochs=1000, **{**DIG, "frac": 500}),
+    Spec("digits_a1_n1000_s1", lr=1e-3, wd=0.05, epochs=600, seed=1, **{**DIG, "frac": 1000}),
+    Spec("digits_a2", lr=1e-3, wd=0.05, init_scale=2.0, epochs=3000, **DIG),
+    Spec("digits_a1_sgd", optimizer="sgd", lr=0.05, wd=1e-4, epochs=200, batch=32, **DIG),
+    Spec(
+        "digits_a3_step",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=3.0,
+        epochs=4000,
+        schedule="step:1500:0.1",
+        **DIG,
+    ),
+]
+
+
+def _train_one(spec: Spec) -> tuple[str, dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    history, facts = train(spec)
+    RUNS_DIR.mkdir(exist_ok=True)
+    history.to_csv(RUNS_DIR / f"{spec.name}.csv.gz", float_format="%.6g")
+    return spec.name, facts
+
+
+def relabel(index: dict) -> dict:
+    """Label every run from its CSV and assign the split (stratified by class, fixed seed)."""
+    for name, entry in index.items():
+        entry["label"] = label(load_run(name), entry["classes"], entry["lr_steps"])
+    rng = random.Random(SPLIT_SEED)
+    by_class: dict[str, list[str]] = {}
+    for name in sorted(index):
+        by_class.setdefault(index[name]["label"]["cls"], []).append(name)
+    for names in by_class.values():
+        test = set(rng.sample(names, round(TEST_SHARE * len(names))))
+        for name in names:  # a split once assigned stays: it was fixed before tuning
+            index[name].setdefault("split", "test" if name in test else "train")
+    return index
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run names to (re)train")
+    parser.add_argument("--relabel", action="store_true", help="only relabel and split")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    index = json.loads(INDEX.read_text()) if INDEX.exists() else {}
+    if not args.relabel:
+        todo = [s for s in RUNS if not args.only or s.name in args.only]
+        todo.sort(key=lambda s: -s.epochs * (20 if s.model == "transformer" else 1))
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for name, facts in pool.imap_unordered(_train_one, todo):
+                index[name] = {**index.get(name, {}), **facts}
+                INDEX.write_text(json.dumps(index, indent=1) + "\n")
+                print(f"{name}: {facts['seconds']} s", flush=True)
+    known = {s.name for s in RUNS}
+    index = relabel({k: v for k, v in sorted(index.items()) if k in known})
+    INDEX.write_text(json.dumps(index, indent=1) + "\n")
+    for name, entry in index.items():
+        lab = entry["label"]
+        print(f"{entry['split']:5s} {lab['cls']:11s} {name} window={lab.get('window')}")
+
+
+if __name__ == "__main__":
+    main()
