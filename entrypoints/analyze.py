@@ -21,7 +21,7 @@ import click
 
 from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
 from entrypoints._cli import BOOL, TIERS, Blank, MarksRunFailed, exit_fast, fail_own_run
-from mlflow_plugins.analysis_writer import ARTIFACT_DIR
+from mlflow_plugins.analysis_writer import ARTIFACT_DIR, tool_run
 
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
 
@@ -73,6 +73,11 @@ def validate(
         raise click.ClickException(f"--run-id: no run '{run_id}' in {where}") from None
     if run.info.lifecycle_stage == "deleted":
         raise click.ClickException(f"--run-id: run '{run_id}' is deleted")
+    kind = tool_run(run.data.tags)
+    if kind:
+        raise click.ClickException(
+            f"--run-id: run '{run_id}' is {kind}, not a training run; pass the run to analyse"
+        )
     if not run.data.metrics:
         raise click.ClickException(f"--run-id: run '{run_id}' has no metrics to analyse")
     try:

@@ -23,6 +23,9 @@ ARTIFACT_DIR = "analysis"
 REPORT_FILE = "report.json"
 ANALYSIS_RUN_TAG = "analysis.run_id"
 SOURCE_RUN_TAG = "analysis.source_run_id"
+COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
+TOOL_ENTRY_POINTS = ("analyze", "compare", "promote")
 RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 ERROR_TAG = "analysis.error"
 # Every tag an analysis may own on the training run (DESIGN.md tag contract).
@@ -31,11 +34,23 @@ CONTRACT_TAGS = (
     "grokking.first_epoch",
     "grokking.severity",
     "grokking.rejected",
+    "grokking.confidence",
     "phases.count",
     "phases.boundaries",
     "tier",
     ANALYSIS_RUN_TAG,
 )
+
+
+def tool_run(tags: Mapping[str, str]) -> str | None:
+    """What a run is when it is one of this tool's own (an analyze or compare run), else None."""
+    if SOURCE_RUN_TAG in tags:
+        return f"an analyze run (of training run {tags[SOURCE_RUN_TAG]})"
+    if COMPARE_RUN_TAG in tags:
+        return "a compare run"
+    if tags.get(ENTRY_POINT_TAG) in TOOL_ENTRY_POINTS:
+        return f"a `mlflow run -e {tags[ENTRY_POINT_TAG]}` run"
+    return None
 
 
 def _json_safe(value: Any) -> Any:

@@ -27,6 +27,7 @@ from mlflow.entities import Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlflow_plugins.analysis_writer import COMPARE_RUN_TAG, tool_run
 from mlflow_plugins.history import load_history
 
 # (metric key, short name, higher is better) for the overlay plots and best/final columns.
@@ -39,10 +40,8 @@ KEY_METRICS: tuple[tuple[str, str, bool], ...] = (
 TIER_ORDER = ("None", "Minimal", "Good", "Excellent", "Exceptional")
 SAMPLES_KEY = "perf/samples_per_sec"
 ARTIFACT_DIR = "compare"
-TAG_COMPARED = "compare.runs"
+TAG_COMPARED = COMPARE_RUN_TAG
 TAG_COUNT = "compare.count"
-# Runs that are not training runs: analyze runs (analysis_writer) and compare runs (ours).
-NOT_TRAINING_TAGS = ("analysis.source_run_id", TAG_COMPARED)
 REPORT_PATH = "analysis/report.json"
 # MLflow error codes that blame the input (unknown id, bad filter), not a failing store.
 _BAD_INPUT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "NOT_FOUND")
@@ -107,7 +106,7 @@ def parse_run_ids(text: str | None) -> list[str]:
 
 
 def _is_training_run(run: Run) -> bool:
-    return bool(run.data.metrics) and not any(t in run.data.tags for t in NOT_TRAINING_TAGS)
+    return bool(run.data.metrics) and tool_run(run.data.tags) is None
 
 
 def _get_runs(client: MlflowClient, run_ids: Sequence[str]) -> list[Run]:

@@ -23,16 +23,22 @@ def test_metric_map_overrides_defaults_and_rejects_bad_text():
 
 def test_load_thresholds_partial_and_unknown(tmp_path):
     p = tmp_path / "t.yaml"
-    p.write_text("breakthrough_points: 0.05\ngood_quality: 1.7\n")
+    p.write_text("breakthrough: {points: 0.05}\ntiers: {good: {quality: 1.7}}\n")
     t = load_thresholds(p)
-    assert t.breakthrough_points == 0.05 and t.good_quality == 1.7
-    assert t.sustain_epochs == Thresholds().sustain_epochs
-    p.write_text("bogus_key: 1\n")
-    with pytest.raises(ValueError, match="bogus_key"):
-        load_thresholds(p)
-    p.write_text("sustain_epochs: lots\n")
-    with pytest.raises(ValueError, match="sustain_epochs"):
-        load_thresholds(p)
+    assert t.breakthrough.points == 0.05 and t.tiers.good.quality == 1.7
+    assert t.tiers.good.coverage == Thresholds().tiers.good.coverage  # a single value overridden
+    assert t.breakthrough.epochs == Thresholds().breakthrough.epochs
+    assert t.sustain == Thresholds().sustain
+    for bad, named in (
+        ("bogus: 1\n", "bogus: unknown threshold"),
+        ("plateau: {bogus_key: 1}\n", "plateau.bogus_key: unknown threshold"),
+        ("sustain: {epochs: lots}\n", "sustain.epochs"),
+        ("- 1\n", "must hold a mapping"),
+    ):
+        p.write_text(bad)
+        with pytest.raises(ValueError, match=named) as exc:
+            load_thresholds(p)
+        assert "\n" not in str(exc.value)
     with pytest.raises(ValueError, match="not found"):
         load_thresholds(tmp_path / "missing.yaml")
 
@@ -63,7 +69,15 @@ def test_judge_tier_table(cov, h, q, tier, blocker):
 
 def test_tier_thresholds_are_configurable():
     assert judge_tier(0.9, -0.6, 1.2).name == "Minimal"
-    assert judge_tier(0.9, -0.6, 1.2, Thresholds(minimal_coverage=0.95)).name == "None"
+    assert (
+        judge_tier(
+            0.9,
+            -0.6,
+            1.2,
+            Thresholds(tiers={"minimal": {"coverage": 0.95, "hierarchy": -0.5, "quality": 1.0}}),
+        ).name
+        == "None"
+    )
 
 
 def test_plots_have_trajectories_and_phases():

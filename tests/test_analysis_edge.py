@@ -101,7 +101,8 @@ def test_quantised_precision_plateau_is_rejected_but_real_jump_on_grid_is_not():
     assert rep.confirmed == []
     assert any(c.confound == "precision" for c in rep.rejected), rep.summary()
     big = np.round(np.where(np.arange(n) < 40, 0.5, 0.9) / 0.05) * 0.05
-    loss2 = np.where(np.arange(n) < 40, 0.3, 0.1)  # the loss confirms the real jump
+    # training fitted first (loss 2.0 -> 0.3 in five epochs), and the loss moves with the jump
+    loss2 = np.where(np.arange(n) < 40, np.maximum(0.3, 2.0 - 0.4 * np.arange(n)), 0.1)
     rep2 = analyze(frame(np.arange(n), acc=big, loss=loss2), ACC)
     assert len(rep2.confirmed) == 1
 
@@ -175,14 +176,17 @@ def test_tags_and_json_follow_contract():
         "grokking.first_epoch",
         "grokking.severity",
         "grokking.rejected",
+        "grokking.confidence",
         "phases.count",
         "phases.boundaries",
         "tier",
     }
     assert tags["tier"] in TIER_ORDER
     assert all(isinstance(v, str) for v in tags.values())
+    assert 0.5 < float(tags["grokking.confidence"]) <= 1.0  # a confirmed event scores above 0.5
     bounds = [float(b) for b in tags["phases.boundaries"].split(",") if b]
     assert len(bounds) == int(tags["phases.count"]) - 1 and bounds == sorted(bounds)
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["candidates"][0]["verdict"] == "confirmed" and d["tier"]["name"] == "None"
+    assert d["confidence"] == rep.confidence
     assert "Did grokking occur?" in rep.answers

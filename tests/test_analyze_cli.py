@@ -1,4 +1,4 @@
-"""`tvae-analyze` in process against a real SQLite store, on runs logged from fixture CSVs.
+"""`tvae-analyze` in process against a real SQLite store, on runs logged from corpus CSVs.
 
 Expected tags/report come from running `tvae.analysis.analyze` on the CSV itself; the test
 checks that the MLflow path (history loading -> analysis -> tags/artifacts) reproduces them.
@@ -20,9 +20,10 @@ from entrypoints.analyze import main as analyze_main
 from mlflow_plugins.analysis_writer import CONTRACT_TAGS
 from tvae.analysis import Roles, analyze
 
-FIXTURES = Path(__file__).parent / "fixtures"
-LR_DROP = FIXTURES / "lr_drop_classifier.csv"
-METRIC_MAP = "accuracy=val_acc,loss=train_loss,val_loss=val_loss,lr=lr,grad_norm=grad_norm"
+RUNS = Path(__file__).parent / "corpus" / "runs"
+LR_DROP = RUNS / "blobs_step35.csv.gz"  # a classifier whose accuracy jumps when the LR drops
+GROKKING = RUNS / "add53_f40_wd1.csv.gz"  # modular addition that groks at ~900 epochs
+METRIC_MAP = "accuracy=val_acc,loss=train_loss,val_loss=val_loss,lr=lr"
 
 
 def log_csv_run(csv: Path, *, end: str | None = "FINISHED", name: str = "fixture") -> str:
@@ -262,3 +263,22 @@ def test_launcher_run_ends_failed_with_reason(tracking_uri, monkeypatch, args, r
     own = client.get_run(launcher)
     assert own.info.status == "FAILED" and reason in own.data.tags["analysis.error"]
     assert analysis_tags(run_id) == {}
+
+
+def test_an_analyze_run_is_refused_and_left_as_it_was(tracking_uri):
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    assert invoke("--run-id", run_id, "--metric-map", METRIC_MAP).exit_code == 0
+    analyze_run = analysis_tags(run_id)["analysis.run_id"]
+    before = client.get_run(analyze_run)
+    files = sorted(f.path for f in client.list_artifacts(analyze_run, "analysis"))
+    runs_before = len(client.search_runs(["0"], run_view_type=3))
+
+    result = CliRunner().invoke(analyze_main, ["--run-id", analyze_run])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is an analyze run" in errors[0] and run_id in errors[0]
+    after = client.get_run(analyze_run)
+    assert after.data.tags == before.data.tags and "tier" not in after.data.tags
+    assert sorted(f.path for f in client.list_artifacts(analyze_run, "analysis")) == files
+    assert len(client.search_runs(["0"], run_view_type=3)) == runs_before

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_analyze_cli import LR_DROP, METRIC_MAP, analysis_tags, expected_report, log_csv_run
+from test_analyze_cli import GROKKING, analysis_tags, expected_report, log_csv_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,13 +25,16 @@ def _mlflow_run(tracking_uri: str, *params: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_mlflow_run_analyze_tags_run_and_fails_cleanly_on_bad_input(tracking_uri):
+    """The README's foreign-run example: a run that logs val_acc and train_loss groks."""
     client = MlflowClient()
-    run_id = log_csv_run(LR_DROP)
-    done = _mlflow_run(tracking_uri, f"run_id={run_id}", f"metric_map={METRIC_MAP}")
+    run_id = log_csv_run(GROKKING)
+    foreign = "accuracy=val_acc,loss=train_loss"
+    done = _mlflow_run(tracking_uri, f"run_id={run_id}", f"metric_map={foreign}")
     assert done.returncode == 0, done.stderr[-3000:]
     tags = analysis_tags(run_id)
     analyze_run = client.get_run(tags.pop("analysis.run_id"))
-    assert tags == expected_report(LR_DROP).tags()
+    assert tags == expected_report(GROKKING, foreign).tags()
+    assert tags["grokking.events"] == "1" and 663 <= int(tags["grokking.first_epoch"]) <= 1091
     assert analyze_run.info.status == "FINISHED"
     assert analyze_run.data.tags["analysis.source_run_id"] == run_id
     assert analyze_run.data.params["run_id"] == run_id

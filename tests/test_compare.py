@@ -261,13 +261,15 @@ def test_help_documents_the_choice_for_runs_not_yet_analysed():
 
 
 def grokking_history(jumps: tuple[int, ...], epochs: int = 60) -> dict[str, dict[int, float]]:
-    """Plateaus, each ended by a 2-epoch jump in coverage/hierarchy/Q with the loss falling."""
+    """The training loss fits in five epochs; then plateaus, each ended by a 2-epoch jump in
+    coverage/hierarchy/Q with the loss falling."""
     rng = np.random.default_rng(sum(jumps))
     n = len(jumps)
     out: dict[str, dict[int, float]] = {}
     for e in range(1, epochs + 1):
         up = sum(min(max((e - j) / 2, 0.0), 1.0) for j in jumps) / n
-        out.setdefault("train/loss", {})[e] = 1.0 - 0.5 * up + rng.normal(0, 1e-5)
+        fitting = 2.0 * max(0.0, 1.0 - (e - 1) / 5)
+        out.setdefault("train/loss", {})[e] = 1.0 - 0.5 * up + fitting + rng.normal(0, 1e-5)
         out.setdefault("eval/coverage", {})[e] = (
             0.99 - 0.19 * n + 0.19 * n * up + rng.normal(0, 1e-4)
         )

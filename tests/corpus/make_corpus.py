@@ -30,6 +30,96 @@ TEST_SHARE = 0.25
 TF = {"model": "transformer", "width": 64, "log_every": 2}
 DIG = {"task": "digits", "frac": 256, "hidden": 128}
 
+# Generated after the test split had been scored once (and the detector changed after that):
+# a second held-out set, scored once at the end (split "test2").
+FRESH = [
+    Spec("add59_f45_wd1_s7", p=59, frac=0.45, lr=1e-2, epochs=3000, seed=7),
+    Spec("sub53_f50_wd1_s3", op="sub", p=53, frac=0.5, lr=1e-2, epochs=3000, seed=3),
+    Spec("mul47_f60_wd05_s4", op="mul", p=47, frac=0.6, wd=0.5, lr=1e-2, epochs=3000, seed=4),
+    Spec("add43_f60_wd1_lr3e3_s5", p=43, frac=0.6, lr=3e-3, epochs=2500, seed=5),
+    Spec("sq53_f70_wd1_s6", op="sq", p=53, frac=0.7, lr=1e-2, epochs=3000, seed=6),
+    Spec(
+        "add61_f40_mb256_s2", p=61, frac=0.4, lr=1e-3, epochs=1500, batch=256, log_every=5, seed=2
+    ),
+    Spec("tf_mul37_f50_lr3e3_s1", op="mul", p=37, frac=0.5, lr=3e-3, epochs=3000, seed=1, **TF),
+    Spec(
+        "digits_a7_wd05_s2",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=7.0,
+        epochs=25000,
+        log_every=10,
+        seed=2,
+        **DIG,
+    ),
+    Spec(
+        "add53_f50_step1500_s8",
+        p=53,
+        frac=0.5,
+        lr=1e-2,
+        epochs=3000,
+        schedule="step:1500:0.1",
+        seed=8,
+    ),
+    Spec(
+        "mul53_f60_warmup200_s9",
+        op="mul",
+        p=53,
+        frac=0.6,
+        lr=1e-2,
+        epochs=2000,
+        schedule="warmup:200",
+        seed=9,
+    ),
+    Spec("add59_f20_wd1_s1", p=59, frac=0.2, lr=1e-2, epochs=3000, seed=1),
+    Spec("mul53_f30_wd0_s2", op="mul", p=53, frac=0.3, wd=0.0, lr=1e-3, epochs=2000, seed=2),
+    Spec(
+        "add43_f50_adam_s3",
+        p=43,
+        frac=0.5,
+        optimizer="adam",
+        lr=1e-3,
+        epochs=6000,
+        log_every=3,
+        seed=3,
+    ),
+    Spec("digits_a1_n800_s3", lr=1e-3, wd=0.05, epochs=800, seed=3, **{**DIG, "frac": 800}),
+    Spec("digits_a1_mb64_s4", lr=1e-3, wd=0.01, epochs=150, batch=64, seed=4, **DIG),
+    Spec(
+        "blobs_step25_s5",
+        task="blobs",
+        optimizer="adam",
+        lr=1.0,
+        epochs=50,
+        batch=50,
+        schedule="step:25:0.05",
+        seed=5,
+    ),
+    Spec(
+        "add53_f40_cos350_s6", p=53, frac=0.4, lr=1e-2, epochs=3000, schedule="cosine:350", seed=6
+    ),
+    Spec(
+        "sub59_f50_cos600_s4",
+        op="sub",
+        p=59,
+        frac=0.5,
+        lr=3e-3,
+        epochs=3000,
+        schedule="cosine:600",
+        seed=4,
+    ),
+    Spec("tf_add37_f30_lr1e3_s2", p=37, frac=0.3, lr=1e-3, epochs=2000, seed=2, **TF),
+    Spec(
+        "digits_a2_n400_s5",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=2.0,
+        epochs=3000,
+        seed=5,
+        **{**DIG, "frac": 400},
+    ),
+]
+
 RUNS = [
     # modular arithmetic, embedding MLP, full-batch AdamW: grokking at several delays
     Spec("add53_f40_wd1", p=53, frac=0.4, lr=1e-2, epochs=3000),
@@ -216,6 +306,7 @@ RUNS = [
         schedule="step:1500:0.1",
         **DIG,
     ),
+    *FRESH,
 ]
 
 
@@ -237,10 +328,13 @@ def relabel(index: dict) -> dict:
     by_class: dict[str, list[str]] = {}
     for name in sorted(index):
         by_class.setdefault(index[name]["label"]["cls"], []).append(name)
+    fresh = {spec.name for spec in FRESH}
     for names in by_class.values():
         test = set(rng.sample(names, round(TEST_SHARE * len(names))))
         for name in names:  # a split once assigned stays: it was fixed before tuning
             index[name].setdefault("split", "test" if name in test else "train")
+            if name in fresh:
+                index[name]["split"] = "test2"
     return index
 
 

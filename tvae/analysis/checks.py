@@ -49,19 +49,19 @@ def run_checks(
     util = _cols(frames, "system/gpu_*utilization_percentage")
     if util:
         v = float(np.mean([u.mean() for u in util]))
-        ok = v > t.gpu_utilization_min
+        ok = v > t.checks.gpu_utilization_min
         checks.append(
             Check(
                 "gpu_utilization",
                 "pass" if ok else "fail",
                 round(v, 2),
-                f"> {t.gpu_utilization_min:g}%",
+                f"> {t.checks.gpu_utilization_min:g}%",
                 f"mean over {len(util)} GPU(s)",
             )
         )
     else:
         checks.append(
-            Check("gpu_utilization", "not measured", None, f"> {t.gpu_utilization_min:g}%")
+            Check("gpu_utilization", "not measured", None, f"> {t.checks.gpu_utilization_min:g}%")
         )
 
     frac = _cols(frames, "perf/gpu_mem_peak_frac")
@@ -72,30 +72,30 @@ def run_checks(
         checks.append(
             Check(
                 "peak_vram",
-                "pass" if v < t.vram_peak_max else "fail",
+                "pass" if v < t.checks.vram_peak_max else "fail",
                 round(v, 4),
-                f"< {t.vram_peak_max:g}",
+                f"< {t.checks.vram_peak_max:g}",
             )
         )
     else:
-        checks.append(Check("peak_vram", "not measured", None, f"< {t.vram_peak_max:g}"))
+        checks.append(Check("peak_vram", "not measured", None, f"< {t.checks.vram_peak_max:g}"))
 
     sps = _cols(frames, "perf/samples_per_sec")
     if sps:
         v = float(np.median(sps[0]))
-        ok = v > t.samples_per_sec_min
+        ok = v > t.checks.samples_per_sec_min
         checks.append(
             Check(
                 "samples_per_sec",
                 "pass" if ok else "fail",
                 round(v, 1),
-                f"> {t.samples_per_sec_min:g}",
+                f"> {t.checks.samples_per_sec_min:g}",
                 "median over epochs",
             )
         )
     else:
         checks.append(
-            Check("samples_per_sec", "not measured", None, f"> {t.samples_per_sec_min:g}")
+            Check("samples_per_sec", "not measured", None, f"> {t.checks.samples_per_sec_min:g}")
         )
 
     metric_cols = [c for c in history.columns if not c.startswith("system/")]
@@ -115,7 +115,7 @@ def run_checks(
         checks.append(Check("no_nan_inf", "not measured", None, "no NaN/Inf in logged metrics"))
 
     secs = _cols(frames, "perf/epoch_seconds")
-    lim = t.max_duration_hours
+    lim = t.checks.max_duration_hours
     thr = "no limit" if lim is None else f"<= {lim:g} h"
     if secs:
         hours = float(secs[0].sum() / 3600.0)

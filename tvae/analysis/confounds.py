@@ -35,7 +35,7 @@ def control_changes(
         if len(v) < 2:
             continue
         prev, cur = v[:-1], v[1:]
-        changed = _lr_steps(prev, cur, t.lr_change_rel) if key == lr_key else cur != prev
+        changed = _lr_steps(prev, cur, t.confounds.lr_change_rel) if key == lr_key else cur != prev
         for i in np.nonzero(changed)[0]:
             out.append(ControlChange(key, float(e[i + 1]), float(prev[i]), float(cur[i])))
     out.sort(key=lambda c: c.epoch)
@@ -100,4 +100,4 @@ def quantised_jump(q: float | None, size: float, role: str, t: Thresholds) -> bo
     """True when the jump is only a few logging steps of a quantised metric."""
     if q is None or role in LOG_ROLES:
         return False
-    return size <= t.quantised_max_steps * q + 1e-12
+    return size <= t.confounds.quantised_max_steps * q + 1e-12

@@ -7,7 +7,7 @@ import pandas as pd
 
 from tvae.analysis.checks import run_checks
 from tvae.analysis.confounds import control_changes, nonfinite_stretches
-from tvae.analysis.grokking import detect_candidates
+from tvae.analysis.grokking import detect_grokking
 from tvae.analysis.phases import detect_phases
 from tvae.analysis.questions import answer_questions
 from tvae.analysis.report import AnalysisReport
@@ -78,7 +78,9 @@ def analyze(
     nonfinite = nonfinite_stretches(hist)
     controls = control_changes(hist, roles.control_columns(present), roles.lr, t)
     if len(hist):
-        report.candidates = detect_candidates(hist, roles, present, controls, nonfinite, t)
+        report.candidates, report.confidence = detect_grokking(
+            hist, roles, present, controls, nonfinite, t
+        )
         report.phases = detect_phases(hist, roles, present, t)
         report.tier, report.tier_best = _tier(hist, roles, present, t)
     if not report.candidates and not any(

@@ -1,4 +1,4 @@
-"""Training phases by change-point detection (ruptures PELT, BIC-like penalty from the data).
+"""Training phases by change-point detection (ruptures' PELT on an L2 cost, BIC-like penalty).
 
 The key metrics are bin-averaged onto a fixed grid (so 100k epochs cost the same as 1k),
 oriented so up = better and scaled to [0, 1]; PELT finds level changes, then neighbouring
@@ -79,11 +79,11 @@ def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
 def _character(delta: float, frac_time: float, t: Thresholds) -> str:
     """Classify by pace: ``rate`` 1.0 covers the run's whole range over the whole run."""
     rate = delta / max(frac_time, 1e-9)
-    if abs(delta) < t.phase_min_delta or abs(rate) < t.phase_plateau_rate:
+    if abs(delta) < t.phases.min_delta or abs(rate) < t.phases.plateau_rate:
         return "plateau"
     if rate < 0:
         return "regression"
-    return "fast improvement" if rate >= t.phase_fast_rate else "slow improvement"
+    return "fast improvement" if rate >= t.phases.fast_rate else "slow improvement"
 
 
 def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
@@ -91,7 +91,7 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
     keys = {r: getattr(roles, r) for r in PHASE_ROLES if getattr(roles, r) in present}
     if not keys or len(history) < 2:
         return []
-    grid, sig, raw, used = _grid_signal(history, keys, t.phase_grid_points)
+    grid, sig, raw, used = _grid_signal(history, keys, t.phases.grid_points)
     n = len(grid)
     if sig is None or n < 6:
         if sig is None:
@@ -107,8 +107,9 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
         mad = np.median(np.abs(diffs - np.median(diffs, axis=0)), axis=0) * 1.4826 / math.sqrt(2)
         var = float(np.mean(mad**2))
         var = max(var, 1e-3)  # floor: a perfectly smooth curve still has finite resolution
-        pen = t.phase_penalty_scale * var * (d + 1) * math.log(n) * 2
-        bkps = rpt.Pelt(model="l2", min_size=3, jump=1).fit(sig).predict(pen=pen)
+        pen = t.phases.penalty_scale * var * (d + 1) * math.log(n) * 2
+        # the linear kernel's cost is the L2 cost; ruptures runs its PELT search in C
+        bkps = rpt.KernelCPD(kernel="linear", min_size=3, jump=1).fit(sig).predict(pen=pen)
     segs = []
     start = 0
     for b in bkps:

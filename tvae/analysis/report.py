@@ -37,6 +37,7 @@ class AnalysisReport:
     run_status: str | None = None
     n_epochs: int = 0
     notes: list[str] = field(default_factory=list)
+    confidence: float = 0.0  # run-level grokking score in [0, 1] (tvae.analysis.confidence)
 
     @property
     def confirmed(self) -> list[Candidate]:
@@ -61,6 +62,7 @@ class AnalysisReport:
             "grokking.events": str(len(self.confirmed)),
             "grokking.severity": self.severity,
             "grokking.rejected": str(len(self.rejected)),
+            "grokking.confidence": f"{self.confidence:.3f}",
             "phases.count": str(len(self.phases)),
             "phases.boundaries": ",".join(_fmt_epoch(b) for b in self.boundaries),
             "tier": self.tier.name if self.tier else "None",
@@ -75,6 +77,7 @@ class AnalysisReport:
                 "n_epochs": self.n_epochs,
                 "run_status": self.run_status,
                 "tags": self.tags(),
+                "confidence": self.confidence,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "phases": [p.to_dict() for p in self.phases],
                 "tier": self.tier.to_dict() if self.tier else None,

@@ -22,13 +22,16 @@ def noise_sigma(values: np.ndarray) -> float:
     return float(1.4826 * mad / np.sqrt(2.0))
 
 
-def rolling_median3(values: np.ndarray) -> np.ndarray:
-    """Centred 3-point median: removes single-point spikes, keeps steps."""
-    if len(values) < 3:
+def rolling_median(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred ``width``-point median (odd width; edges repeated): removes excursions of up to
+    width // 2 points, keeps steps."""
+    half = width // 2
+    if len(values) < width:
         return values.copy()
-    padded = np.concatenate([values[:1], values, values[-1:]])
-    stack = np.stack([padded[:-2], padded[1:-1], padded[2:]])
-    return np.median(stack, axis=0)
+    padded = np.concatenate([np.repeat(values[:1], half), values, np.repeat(values[-1:], half)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
+    return np.median(windows, axis=1)
+
 
 
 def quantum(values: np.ndarray, max_distinct_frac: float) -> float | None:

@@ -1,4 +1,8 @@
-"""Every detection and tier threshold, with the seed's values as defaults (DESIGN.md)."""
+"""Every detection and tier threshold, nested by section, with the seed's values as defaults.
+
+A thresholds YAML overrides any single value by its section, e.g. ``plateau: {min_epochs: 20}``
+or ``tiers: {good: {coverage: 0.97}}``; everything not named keeps its default.
+"""
 
 from __future__ import annotations
 
@@ -8,68 +12,124 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
-class Thresholds(BaseModel):
-    """Configurable thresholds. Fractions are in [0, 1]; "points" are accuracy fractions."""
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # grokking (seed: plateau >=15 epochs, loss change <1e-4, >2 points within <=3 epochs,
-    # sustained >=5 epochs, visible in >=2 metrics)
-    plateau_min_epochs: float = 15
-    plateau_loss_change: float = 1e-4
-    plateau_loss_log_change: float = 0.01  # |d ln(loss)| per epoch: "flat in relative terms"
-    breakthrough_points: float = 0.02
-    breakthrough_epochs: float = 3
-    sustain_epochs: float = 5
-    min_metrics: int = 2
-    # scale-aware suddenness: the rise may be long in epochs but short next to the plateau
-    sudden_ratio: float = 0.5
-    candidate_min_plateau_epochs: float = 5
-    plateau_band_frac: float = 0.25
-    noise_sigmas: float = 4.0
-    val_loss_drop_log10: float = 0.5
-    recovery_frac: float = 0.8
-    # severity (seed: micro plateau 5-10 / +1-3 points, standard 15-25 / +3-8, major 25+ / >8)
-    severity_standard_plateau: float = 15
-    severity_major_plateau: float = 25
-    severity_standard_points: float = 0.03
-    severity_major_points: float = 0.08
-    severity_standard_log10: float = 1.0
-    severity_major_log10: float = 2.0
-    # confounds
-    confound_window_epochs: float = 5
-    confound_window_frac: float = 0.25
+
+class Plateau(_Section):
+    """The stagnant stretch before a transition (seed: >= 15 epochs)."""
+
+    min_epochs: float = 15
+    candidate_min_epochs: float = 5  # shorter stagnation is not even a candidate
+    band_frac: float = 0.25  # "stagnant": within this share of the jump of the plateau level
+
+
+class Breakthrough(_Section):
+    """The rise itself (seed: > 2 points within <= 3 epochs; scale-aware for long runs)."""
+
+    points: float = 0.02  # accuracy roles: fraction, so 0.02 = 2 points
+    slow_points: float = 0.1  # a rise slower than `epochs` must be at least this large
+    val_loss_log10: float = 0.5  # loss roles: drop in decades
+    epochs: float = 3
+    sudden_ratio: float = 1.0  # or rise <= this share of the plateau (epochs or log-epochs)
+    noise_sigmas: float = 4.0  # a swing must also exceed this many noise sigmas
+    loss_span_log10: float = 1.5  # loss roles: a transition is its first decades of drop
+
+
+class Sustain(_Section):
+    """The new level must hold (seed: >= 5 epochs), and for a share of the rise's length."""
+
+    epochs: float = 5
+    rise_frac: float = 0.1
+
+
+class Delay(_Section):
+    """Grokking is delayed generalisation: the rise comes long after the training fit."""
+
+    factor: float = 2.0  # generalised at >= factor x the epoch the training loss fitted
+    fit_gap: float = 10.0  # fitted: training loss this factor below the validation loss ...
+    fit_frac: float = 0.05  # ... or, without a validation loss, within this share of its drop
+    min_drop: float = 2.0  # from its start to the plateau, having fallen at least this factor
+
+
+class Severity(_Section):
+    """Seed: micro (plateau 5-10, +1-3 points), standard (15-25, +3-8), major (25+, > 8)."""
+
+    standard_plateau: float = 15
+    major_plateau: float = 25
+    standard_points: float = 0.03
+    major_points: float = 0.08
+    standard_log10: float = 1.0
+    major_log10: float = 2.0
+
+
+class Confounds(_Section):
+    """False positives: scheduled changes, collapse-and-recovery, logging precision."""
+
+    window_epochs: float = 5  # a control change this close before the jump is a confound
+    window_frac: float = 0.25  # ... or within this share of the rise's or plateau's length
     lr_change_rel: float = 0.1
+    recovery_frac: float = 0.8  # a level already reached before: a recovery, not an event
     quantised_max_steps: float = 2
     quantised_max_distinct_frac: float = 0.2
-    # tiers (hierarchy "at or below")
-    minimal_coverage: float = 0.80
-    minimal_hierarchy: float = -0.5
-    minimal_quality: float = 1.0
-    good_coverage: float = 0.95
-    good_hierarchy: float = -0.7
-    good_quality: float = 1.5
-    excellent_coverage: float = 0.99
-    excellent_hierarchy: float = -0.8
-    excellent_quality: float = 2.0
-    exceptional_coverage: float = 1.0
-    exceptional_hierarchy: float = -0.82
-    exceptional_quality: float = 2.2
-    # infrastructure checks
+
+
+class Tier(_Section):
+    """One tier's bar: coverage above, hierarchy at or below, Q above."""
+
+    coverage: float
+    hierarchy: float
+    quality: float
+
+
+class Tiers(_Section):
+    minimal: Tier = Tier(coverage=0.80, hierarchy=-0.5, quality=1.0)
+    good: Tier = Tier(coverage=0.95, hierarchy=-0.7, quality=1.5)
+    excellent: Tier = Tier(coverage=0.99, hierarchy=-0.8, quality=2.0)
+    exceptional: Tier = Tier(coverage=1.0, hierarchy=-0.82, quality=2.2)
+
+
+class Checks(_Section):
     gpu_utilization_min: float = 80.0
     vram_peak_max: float = 0.95
     samples_per_sec_min: float = 2000.0
     max_duration_hours: float | None = None
-    # phases
-    phase_grid_points: int = 240
-    phase_penalty_scale: float = 1.0
-    phase_plateau_rate: float = 0.2
-    phase_fast_rate: float = 2.0
-    phase_min_delta: float = 0.01
+
+
+class Phases(_Section):
+    grid_points: int = 240
+    penalty_scale: float = 1.0
+    plateau_rate: float = 0.2
+    fast_rate: float = 2.0
+    min_delta: float = 0.01
+
+
+class Thresholds(_Section):
+    """All configurable thresholds. Fractions are in [0, 1]; "points" are accuracy fractions."""
+
+    plateau: Plateau = Plateau()
+    breakthrough: Breakthrough = Breakthrough()
+    sustain: Sustain = Sustain()
+    delay: Delay = Delay()
+    severity: Severity = Severity()
+    confounds: Confounds = Confounds()
+    tiers: Tiers = Tiers()
+    checks: Checks = Checks()
+    phases: Phases = Phases()
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_thresholds(path: str | Path | None) -> Thresholds:
-    """Read thresholds from YAML (a partial mapping is fine); unknown keys raise ValueError."""
+    """Read thresholds from YAML (any subset, nested by section); bad input raises ValueError."""
     if path is None or str(path) == "":
         return Thresholds()
     p = Path(path)
@@ -81,12 +141,11 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         first = str(exc).splitlines()[0]
         raise ValueError(f"thresholds file {p} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"thresholds file {p} must hold a mapping of threshold: value")
-    unknown = sorted(set(data) - set(Thresholds.model_fields))
-    if unknown:
-        raise ValueError(f"thresholds file {p}: unknown threshold {unknown[0]!r}")
+        raise ValueError(f"thresholds file {p} must hold a mapping of section: {{name: value}}")
     try:
-        return Thresholds(**data)
+        return Thresholds.model_validate(_merge(Thresholds().model_dump(), data))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ValueError(f"thresholds file {p}: {err['loc'][0]}: {err['msg']}") from None
+        where = ".".join(str(part) for part in err["loc"])
+        what = "unknown threshold" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ValueError(f"thresholds file {p}: {where}: {what}") from None

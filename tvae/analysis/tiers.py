@@ -38,10 +38,8 @@ class TierResult:
 
 
 def _failures(tier: str, cov: float, h: float, q: float, t: Thresholds) -> list[str]:
-    key = tier.lower()
-    need_cov = getattr(t, f"{key}_coverage")
-    need_h = getattr(t, f"{key}_hierarchy")
-    need_q = getattr(t, f"{key}_quality")
+    bar = getattr(t.tiers, tier.lower())
+    need_cov, need_h, need_q = bar.coverage, bar.hierarchy, bar.quality
     out = []
     # the top tier asks for coverage = 100%, the others for coverage strictly above
     cov_ok = cov >= need_cov - _EPS if need_cov >= 1.0 else cov > need_cov

@@ -1,0 +1,129 @@
+"""Grokking detection against the labelled corpus (tests/corpus), in every view and split.
+
+    python benchmarks/detection_accuracy.py                  # every split, every view
+    python benchmarks/detection_accuracy.py --split train -v # per-run lines (tune on train only)
+
+Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
+labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
+confirmed event), onset error (distance outside the window, % of the run), events per
+grokking run (one transition each), and the AUROC of `grokking.confidence` separating
+grokking runs from the rest. Runs labelled `gradual` are listed, not scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "corpus"))
+
+from corpus import NEGATIVE, VIEWS, index, load_run, metric_map  # noqa: E402
+
+from tvae.analysis import Roles, analyze, load_thresholds  # noqa: E402
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    """Probability that a grokking run scores above a non-grokking one (ties count half)."""
+    if not pos or not neg:
+        return float("nan")
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def score_run(entry: dict, report, n_epochs: float) -> dict:
+    """One run's outcome against its label."""
+    lab = entry["label"]
+    events = report.confirmed
+    first = events[0].breakthrough_epoch if events else None
+    out = {"cls": lab["cls"], "events": len(events), "first": first, "conf": report.confidence}
+    if lab["cls"] == "grokking":
+        lo, hi = lab["window"]
+        out["hit"] = first is not None and lo <= first <= hi
+        if first is not None:
+            out["onset_err"] = 100 * max(lo - first, first - hi, 0.0) / n_epochs
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    grok = [r for r in rows if r["cls"] == "grokking"]
+    neg = [r for r in rows if r["cls"] in NEGATIVE]
+    errs = [r["onset_err"] for r in grok if "onset_err" in r]
+    return {
+        "recall": f"{sum(r['hit'] for r in grok)}/{len(grok)}",
+        "false alarms": f"{sum(r['events'] > 0 for r in neg)}/{len(neg)}",
+        "onset err % (median/max)": (f"{np.median(errs):.1f}/{max(errs):.1f}" if errs else "-"),
+        "events per grokking run": (f"{np.mean([r['events'] for r in grok]):.2f}" if grok else "-"),
+        "AUROC": f"{auroc([r['conf'] for r in grok], [r['conf'] for r in neg]):.3f}",
+    }
+
+
+def by_class(rows: list[dict]) -> str:
+    """Per class: grokking runs found in their window; other classes: runs with an event."""
+    parts = []
+    for cls in sorted({r["cls"] for r in rows}):
+        mine = [r for r in rows if r["cls"] == cls]
+        if cls == "grokking":
+            parts.append(f"grokking {sum(r['hit'] for r in mine)}/{len(mine)} found")
+        else:
+            note = "" if cls in NEGATIVE else " (not scored)"
+            parts.append(
+                f"{cls} {sum(r['events'] > 0 for r in mine)}/{len(mine)} with events{note}"
+            )
+    return "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("train", "test", "test2", "all"), default="all")
+    parser.add_argument("--view", choices=tuple(VIEWS), action="append")
+    parser.add_argument("--thresholds", help="a thresholds YAML (default: the built-in ones)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="one line per run")
+    args = parser.parse_args()
+    thresholds = load_thresholds(args.thresholds)
+    runs = index()
+    splits = ("train", "test", "test2") if args.split == "all" else (args.split,)
+    histories = {name: load_run(name) for name in runs}
+    started, analysed = time.perf_counter(), 0
+    for split in splits:
+        names = [n for n in sorted(runs) if runs[n]["split"] == split]
+        classes = sorted({runs[n]["label"]["cls"] for n in names})
+        count = ", ".join(
+            f"{sum(runs[n]['label']['cls'] == c for n in names)} {c}" for c in classes
+        )
+        print(f"\n== {split} split: {len(names)} runs ({count})")
+        for view in args.view or VIEWS:
+            roles = Roles.from_metric_map(metric_map(view))
+            rows = []
+            for name in names:
+                df = histories[name]
+                report = analyze(df, roles, thresholds)
+                analysed += 1
+                row = score_run(runs[name], report, float(df.index[-1]))
+                rows.append(row)
+                if args.verbose:
+                    lab = runs[name]["label"]
+                    mark = "ok" if row.get("hit", row["events"] == 0) else "XX"
+                    if row["cls"] == "gradual":
+                        mark = "--"
+                    print(
+                        f"  {mark} {view:9s} {name:26s} {row['cls']:11s} "
+                        f"window={lab.get('window')} events={row['events']} "
+                        f"first={row['first']} conf={row['conf']:.2f}"
+                    )
+                    if mark == "XX" or args.verbose > 1:
+                        for c in report.candidates:
+                            print(f"       {c.verdict} @{c.breakthrough_epoch:g}: {c.reason}")
+            stats = summarise(rows)
+            print(f"  {view:9s} " + "  ".join(f"{k}: {v}" for k, v in stats.items()))
+            print(f"  {'':9s} by class: {by_class(rows)}")
+    took = time.perf_counter() - started
+    print(f"\n{analysed} analyses in {took:.1f} s ({1000 * took / max(analysed, 1):.0f} ms each)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""What every candidate of one run is judged against, built once per run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from tvae.analysis.confounds import ControlChange
+from tvae.analysis.roles import Roles
+from tvae.analysis.series import finite_series
+from tvae.analysis.thresholds import Thresholds
+from tvae.analysis.transitions import Metric
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run's history, roles, thresholds, scheduled changes and NaN/Inf stretches."""
+
+    history: pd.DataFrame
+    roles: Roles
+    present: frozenset[str]
+    t: Thresholds
+    controls: tuple[ControlChange, ...]
+    nonfinite: dict[str, list[tuple[float, float]]]
+    _metrics: dict[str, Metric] = field(default_factory=dict, compare=False, repr=False)
+
+    def has(self, role: str) -> bool:
+        key = getattr(self.roles, role)
+        return bool(key) and key in self.present
+
+    def metric(self, role: str) -> Metric:
+        """The role's metric, oriented higher-is-better (loaded once per run)."""
+        if role not in self._metrics:
+            self._metrics[role] = Metric.load(self.history, role, getattr(self.roles, role))
+        return self._metrics[role]
+
+    @cached_property
+    def train_loss(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The training loss (epochs, values), or None when the run logs none."""
+        if not self.has("loss"):
+            return None
+        e, v = finite_series(self.history, self.roles.loss)
+        return (e, v) if len(v) >= 2 else None
+
+    @cached_property
+    def first_epoch(self) -> float:
+        return float(self.history.index[0])
+
+    @cached_property
+    def log_interval(self) -> float:
+        """Typical epochs between logged rows (1 for per-epoch logging)."""
+        e = self.history.index.to_numpy(dtype=float)
+        return float(np.median(np.diff(e))) if len(e) > 1 else 1.0
+
+    def elapsed(self, epoch: float) -> float:
+        """Epochs trained by the end of ``epoch``, counted from the first logged row."""
+        return epoch - self.first_epoch + self.log_interval
+
+    def loss_drop(self, a: float, b: float) -> tuple[float, float | None]:
+        """(training loss at the start, its median over the second half of [a, b])."""
+        e, v = self.train_loss
+        start = float(np.max(v[: max(3, len(v) // 50)]))
+        sel = (e >= a + 0.5 * (b - a)) & (e <= b)
+        return start, (float(np.median(v[sel])) if sel.any() else None)
+
+    @cached_property
+    def gap_fit(self) -> float | None:
+        """First epoch the training loss is `delay.fit_gap`-fold below the validation loss:
+        the training set is memorised beyond what generalises (None without both losses)."""
+        if self.train_loss is None or not self.has("val_loss"):
+            return None
+        both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float)
+        ok = np.all(np.isfinite(both), axis=1) & (both[:, 0] > 0)
+        epochs = self.history.index.to_numpy(dtype=float)[ok]
+        hit = np.nonzero(both[ok, 0] * self.t.delay.fit_gap <= both[ok, 1])[0]
+        return float(epochs[hit[0]]) if len(hit) else None
+
+    def fit_epoch(self, a: float, b: float) -> float | None:
+        """The epoch the training set was fitted, for a plateau [a, b]: where the training
+        loss falls `delay.fit_gap`-fold below the validation loss when both are logged, else
+        where it came within `delay.fit_frac` of its drop from the start to its level on the
+        plateau. None without a training loss, or when it did not fall `delay.min_drop`-fold."""
+        if self.gap_fit is not None:
+            return self.gap_fit
+        if self.train_loss is None:
+            return None
+        start, level = self.loss_drop(a, b)
+        if level is None or not start >= self.t.delay.min_drop * level:
+            return None
+        e, v = self.train_loss
+        reached = np.nonzero(v <= level + self.t.delay.fit_frac * (start - level))[0]
+        return float(e[reached[0]]) if len(reached) else None
