@@ -29,8 +29,9 @@ class Rejection:
 
 
 def _window(ctx: RunContext, tr: Transition) -> float:
-    """How far before the rise a scheduled change counts as its cause: a few epochs, or a
-    share of the rise or of the plateau (a warm restart acts over part of its cycle)."""
+    """How far before the rise leaves its plateau a scheduled change counts as its cause: a
+    few epochs, or a share of the rise or of the plateau (a warm restart acts over part of its
+    cycle)."""
     c = ctx.t.confounds
     return max(c.window_epochs, c.window_frac * max(tr.rise_len, tr.plateau_len))
 
@@ -86,7 +87,7 @@ def precision(ctx: RunContext, tr: Transition) -> Rejection | None:
 
 def nan(ctx: RunContext, tr: Transition) -> Rejection | None:
     """NaN/Inf in the metric or the training loss around the rise."""
-    a, b = tr.plateau_end - _window(ctx, tr), tr.epoch(tr.end)
+    a, b = min(tr.plateau_end, tr.epoch(tr.start)) - _window(ctx, tr), tr.epoch(tr.end)
     for key in (tr.m.key, ctx.roles.loss):
         bad = nonfinite_in(ctx.nonfinite.get(key or "", []), a, b)
         if bad:
@@ -99,7 +100,7 @@ def nan(ctx: RunContext, tr: Transition) -> Rejection | None:
 def control(ctx: RunContext, tr: Transition) -> Rejection | None:
     """A scheduled control (LR step or restart, freeze, loss switch) changed just before or
     during the rise."""
-    a, b = tr.plateau_end - _window(ctx, tr), tr.epoch(tr.end)
+    a, b = min(tr.plateau_end, tr.epoch(tr.start)) - _window(ctx, tr), tr.epoch(tr.end)
     hits = [c for c in ctx.controls if a <= c.epoch <= b]
     if not hits:
         return None

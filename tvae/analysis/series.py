@@ -33,7 +33,6 @@ def rolling_median(values: np.ndarray, width: int) -> np.ndarray:
     return np.median(windows, axis=1)
 
 
-
 def quantum(values: np.ndarray, max_distinct_frac: float) -> float | None:
     """The logging step when values are quantised (few distinct values on a grid), else None."""
     n = len(values)

@@ -98,6 +98,7 @@ class Transition:
     m: Metric
     ps: int
     pe: int
+    start: int  # the rise leaves the plateau: last point within a tenth of its height
     onset: int  # the rise crosses half of its (scaled) height
     end: int  # the rise reaches 90% of its (scaled) height
     level: float  # plateau level
@@ -158,11 +159,13 @@ def _transition(m: Metric, lo: int, hi: int, top: float, t: Thresholds) -> Trans
     curve = med if med[pe:].max() >= mid else s
     onset = first_at_least(curve, pe, mid)
     end = first_at_least(curve, onset, level + 0.9 * height)
+    near = np.nonzero(curve[: onset + 1] <= level + max(0.1 * height, 3 * m.sigma))[0]
+    start = int(near[-1]) if len(near) else onset
     fell = np.nonzero(med[end:] < mid)[0]
     held = end + int(fell[0]) - 1 if len(fell) else len(med) - 1
     below = np.nonzero(s[end:] < mid)[0]
     raw_above = int(below[0]) if len(below) else len(s) - end
-    return Transition(m, ps, pe, onset, end, level, top, held, raw_above)
+    return Transition(m, ps, pe, start, onset, end, level, top, held, raw_above)
 
 
 def find_transitions(m: Metric, t: Thresholds) -> list[Transition]:
