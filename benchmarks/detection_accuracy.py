@@ -79,14 +79,16 @@ def by_class(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("train", "test", "test2", "all"), default="all")
+    parser.add_argument(
+        "--split", choices=("train", "test", "test2", "test3", "all"), default="all"
+    )
     parser.add_argument("--view", choices=tuple(VIEWS), action="append")
     parser.add_argument("--thresholds", help="a thresholds YAML (default: the built-in ones)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="one line per run")
     args = parser.parse_args()
     thresholds = load_thresholds(args.thresholds)
     runs = index()
-    splits = ("train", "test", "test2") if args.split == "all" else (args.split,)
+    splits = ("train", "test", "test2", "test3") if args.split == "all" else (args.split,)
     histories = {name: load_run(name) for name in runs}
     started, analysed = time.perf_counter(), 0
     for split in splits:
