@@ -22,7 +22,7 @@ def synthetic_history(n: int, n_metrics: int = 20, seed: int = 0) -> pd.DataFram
     cov = 0.02 + 0.97 / (1 + np.exp(-(e - t0) / (0.01 * n))) + rng.normal(0, 0.003, n)
     cols = {
         "eval/coverage": cov,
-        "train/loss": 1e-3 * np.exp(-e / n) + rng.normal(0, 1e-6, n) ** 2,
+        "train/loss": 2.0 * np.exp(-e / (0.02 * n)) + 1e-3 + rng.normal(0, 1e-6, n) ** 2,
         "eval/hierarchy_B": -0.2 - 0.65 * (cov > 0.5) + rng.normal(0, 0.005, n),
         "eval/Q": 0.5 + 1.8 * (cov > 0.5) + rng.normal(0, 0.01, n),
         "opt/grad_norm": np.abs(rng.normal(1, 0.1, n)),
