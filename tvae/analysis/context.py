@@ -10,7 +10,6 @@ import pandas as pd
 
 from tvae.analysis.confounds import ControlChange
 from tvae.analysis.roles import Roles
-from tvae.analysis.series import finite_series
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.transitions import Metric
 
@@ -42,8 +41,8 @@ class RunContext:
         """The training loss (epochs, values), or None when the run logs none."""
         if not self.has("loss"):
             return None
-        e, v = finite_series(self.history, self.roles.loss)
-        return (e, v) if len(v) >= 2 else None
+        m = self.metric("loss")
+        return (m.e, m.raw) if len(m.raw) >= 2 else None
 
     @cached_property
     def first_epoch(self) -> float:
