@@ -103,6 +103,7 @@ class AnalysisReport:
                 )
         else:
             lines.append("no grokking event")
+        lines.append(f"grokking confidence {self.confidence:.2f} (above 0.5 only with an event)")
         for c in self.rejected:
             lines.append(
                 f"rejected candidate at epoch {_fmt_epoch(c.breakthrough_epoch)}: {c.reason}"
