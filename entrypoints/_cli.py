@@ -13,9 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-ERROR_TAG = "analysis.error"
-# tvae.analysis.TIER_ORDER, repeated so the CLIs start without importing the analysis stack
-TIERS = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
+from mlflow_plugins.analysis_writer import ERROR_TAG
 
 
 class Blank(click.ParamType):

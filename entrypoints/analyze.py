@@ -20,8 +20,9 @@ from typing import Any
 import click
 
 from entrypoints._analysis_worker import AnalysisWorker, InputError, parse_inputs
-from entrypoints._cli import BOOL, TIERS, Blank, MarksRunFailed, exit_fast, fail_own_run
+from entrypoints._cli import BOOL, Blank, MarksRunFailed, exit_fast, fail_own_run
 from mlflow_plugins.analysis_writer import ARTIFACT_DIR, tool_run
+from tvae.analysis.tiers import TIER_ORDER
 
 PARAM_NAMES = ("run_id", "metric_map", "config", "register", "model_name", "min_tier")
 
@@ -214,7 +215,7 @@ def _summary(run: Any, report_summary: str, outcome: Any, analyze_run_id: str) -
 @click.option("--register", default="", type=BOOL, help="register the model if earned")
 @click.option("--model-name", default="", type=Blank(), help="registered model name")
 @click.option(
-    "--min-tier", default="", type=Blank(click.Choice(TIERS)), help="tier needed to register"
+    "--min-tier", default="", type=Blank(click.Choice(TIER_ORDER)), help="tier needed to register"
 )
 def main(
     run_id: str,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import click
 
-from entrypoints._cli import BOOL, TIERS, Blank
+from entrypoints._cli import BOOL, Blank
+from tvae.analysis.tiers import TIER_ORDER
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", "version", required=True, type=Blank(), help="model version")
 @click.option("--model-name", default="", type=Blank(), help="registered model name")
-@click.option("--min-tier", default="", type=Blank(click.Choice(TIERS)), help="lowest tier")
+@click.option("--min-tier", default="", type=Blank(click.Choice(TIER_ORDER)), help="lowest tier")
 @click.option("--force", default="", type=BOOL, help="promote even below min-tier")
 def main(version: str | None, model_name: str | None, min_tier: str | None, force: bool | None):
     """Make VERSION of the registered model the `champion`."""

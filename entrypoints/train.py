@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from entrypoints._cli import Blank, fail_launcher_run
+from tvae import contract as C
 from tvae.config import ConfigError, TVAEConfig, config_from_dict, load_config
 
 DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
@@ -141,7 +142,7 @@ def train(
     finally:
         mlflow.end_run(status=status)
     best = result.best_metrics or {}
-    q = best.get("eval/Q")
+    q = best.get(C.QUALITY)
     q_text = f", Q={q:.3f}" if isinstance(q, int | float) else ""
     click.echo(
         f"run {run_id} {status}: epoch {result.last_epoch}, best epoch {result.best_epoch}{q_text}"

@@ -16,30 +16,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tvae.contract import ANALYSIS_RUN_ID, ANALYSIS_TAGS
+
 if TYPE_CHECKING:  # MLflow is imported only where it is used, so the plot half stays light
     from mlflow.tracking import MlflowClient
 
 ARTIFACT_DIR = "analysis"
 REPORT_FILE = "report.json"
-ANALYSIS_RUN_TAG = "analysis.run_id"
 SOURCE_RUN_TAG = "analysis.source_run_id"
 COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
 TOOL_ENTRY_POINTS = ("analyze", "compare", "promote")
 RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 ERROR_TAG = "analysis.error"
-# Every tag an analysis may own on the training run (DESIGN.md tag contract).
-CONTRACT_TAGS = (
-    "grokking.events",
-    "grokking.first_epoch",
-    "grokking.severity",
-    "grokking.rejected",
-    "grokking.confidence",
-    "phases.count",
-    "phases.boundaries",
-    "tier",
-    ANALYSIS_RUN_TAG,
-)
 
 
 def tool_run(tags: Mapping[str, str]) -> str | None:
@@ -116,7 +105,7 @@ def replace_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> 
     from mlflow.entities import RunTag
 
     current = client.get_run(run_id).data.tags
-    for key in CONTRACT_TAGS:
+    for key in ANALYSIS_TAGS:
         if key in current and key not in tags:
             client.delete_tag(run_id, key)
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -144,7 +133,7 @@ def write_analysis(
     """Store one rendered analysis `folder` on the training run (replacing) and the analyze run."""
     from mlflow.entities import RunTag
 
-    write_training_run(client, training_run_id, folder, {**tags, ANALYSIS_RUN_TAG: analyze_run_id})
+    write_training_run(client, training_run_id, folder, {**tags, ANALYSIS_RUN_ID: analyze_run_id})
     client.log_artifacts(analyze_run_id, str(folder), ARTIFACT_DIR)
     # prefixed, so a UI filter such as tags.tier = 'Good' lists training runs only
     client.log_batch(

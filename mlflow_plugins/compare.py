@@ -27,22 +27,24 @@ from mlflow.entities import Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_plugins.analysis_writer import COMPARE_RUN_TAG, tool_run
+from mlflow_plugins.analysis_writer import ARTIFACT_DIR as ANALYSIS_DIR
+from mlflow_plugins.analysis_writer import COMPARE_RUN_TAG, REPORT_FILE, tool_run
 from mlflow_plugins.history import load_history
+from tvae import contract as C
+from tvae.analysis.tiers import TIER_ORDER
 
 # (metric key, short name, higher is better) for the overlay plots and best/final columns.
 KEY_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("eval/coverage", "coverage", True),
-    ("eval/hierarchy_B", "hierarchy_B", False),
-    ("eval/Q", "Q", True),
-    ("train/loss", "loss", False),
+    (C.COVERAGE, "coverage", True),
+    (C.HIERARCHY_B, "hierarchy_B", False),
+    (C.QUALITY, "Q", True),
+    (C.TRAIN_LOSS, "loss", False),
 )
-TIER_ORDER = ("None", "Minimal", "Good", "Excellent", "Exceptional")
-SAMPLES_KEY = "perf/samples_per_sec"
+SAMPLES_KEY = C.SAMPLES_PER_SEC
 ARTIFACT_DIR = "compare"
 TAG_COMPARED = COMPARE_RUN_TAG
 TAG_COUNT = "compare.count"
-REPORT_PATH = "analysis/report.json"
+REPORT_PATH = f"{ANALYSIS_DIR}/{REPORT_FILE}"
 # MLflow error codes that blame the input (unknown id, bad filter), not a failing store.
 _BAD_INPUT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "NOT_FOUND")
 
@@ -224,32 +226,24 @@ def analysis_on_the_fly(report: Any) -> RunAnalysis:
     tags = report.tags()
     events = _events_from_report(report)
     return RunAnalysis(
-        tier=str(tags.get("tier", getattr(report.tier, "name", report.tier))),
+        tier=str(tags.get(C.TIER, getattr(report.tier, "name", report.tier))),
         events=events,
-        severity=str(tags.get("grokking.severity", "none")),
+        severity=str(tags.get(C.GROKKING_SEVERITY, "none")),
         source="on the fly",
     )
 
 
 def _events_from_report_json(data: Any) -> list[Event] | None:
-    """Confirmed events in a stored report.json, or None if its shape is not recognised."""
-    if not isinstance(data, dict):
+    """Confirmed events of a stored report.json (`AnalysisReport.to_dict`), or None when it is
+    not one."""
+    candidates = data.get("candidates") if isinstance(data, dict) else None
+    if not isinstance(candidates, list):
         return None
-    grokking = data.get("grokking", data)
-    items = grokking.get("confirmed") if isinstance(grokking, dict) else None
-    if items is None and isinstance(grokking, dict):
-        cands = grokking.get("candidates")
-        if isinstance(cands, list):
-            items = [
-                c for c in cands if isinstance(c, dict) and c.get("verdict") in ("confirmed", True)
-            ]
-    if not isinstance(items, list):
-        return None
-    events = []
-    for item in items:
-        if isinstance(item, dict) and item.get("breakthrough_epoch") is not None:
-            events.append(Event(int(item["breakthrough_epoch"]), str(item.get("severity", ""))))
-    return events
+    return [
+        Event(int(c["breakthrough_epoch"]), str(c["severity"]))
+        for c in candidates
+        if c.get("verdict") == "confirmed"
+    ]
 
 
 def stored_analysis(client: MlflowClient, run: Run) -> RunAnalysis:
@@ -262,11 +256,11 @@ def stored_analysis(client: MlflowClient, run: Run) -> RunAnalysis:
             events = _events_from_report_json(json.loads(Path(path).read_text()))
     except (MlflowException, OSError, ValueError):
         events = None
-    severity = tags.get("grokking.severity", "none")
+    severity = tags.get(C.GROKKING_SEVERITY, "none")
     if events is None:  # no readable report: the first event is all the tags tell
-        first = tags.get("grokking.first_epoch")
+        first = tags.get(C.GROKKING_FIRST_EPOCH)
         events = [Event(int(float(first)), severity)] if first not in (None, "") else []
-    return RunAnalysis(tier=tags["tier"], events=events, severity=severity, source="stored")
+    return RunAnalysis(tier=tags[C.TIER], events=events, severity=severity, source="stored")
 
 
 # -- history and alignment ---------------------------------------------------------------------
@@ -279,7 +273,7 @@ def load_compared_runs(
     compared = []
     for run in runs:
         history, system = load_history(client, run.info.run_id)
-        if "tier" in run.data.tags:
+        if C.TIER in run.data.tags:
             analysis = stored_analysis(client, run)
         else:
             analysis = analysis_on_the_fly(analyzer(history, system, run.info.status))

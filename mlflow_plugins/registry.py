@@ -18,13 +18,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tvae import contract as C
+from tvae.analysis.tiers import TIER_ORDER
+
 DEFAULT_MODEL_NAME = "TernaryVAE"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 MODEL_URI_TAG = "model.uri"
 VALUE_KEYS = ("coverage", "hierarchy_B", "Q", "richness")
-# tvae.analysis.TIER_ORDER (not imported: that would load the analysis stack for every promote)
-TIER_ORDER = ["None", "Minimal", "Good", "Excellent", "Exceptional"]
 
 
 @dataclass
@@ -205,7 +206,7 @@ def promote(client: MlflowClient, model_name: str, version: str, min_tier: str, 
         mv = client.get_model_version(model_name, version)
     except MlflowException:
         raise PromoteError(f"model '{model_name}' has no version '{version}'") from None
-    tier = mv.tags.get("tier", "None")
+    tier = mv.tags.get(C.TIER, "None")
     if not tier_at_least(tier, min_tier) and not force:
         raise PromoteError(
             f"version {version} has tier {tier}, below min_tier {min_tier} (use --force true)"
@@ -293,7 +294,7 @@ def register_if_earned(
         out.reason = f"re-evaluation does not confirm the logged metrics: {detail}"
         return out
     tags = {k: f"{out.evaluated[k]:.6g}" for k in VALUE_KEYS}
-    tags.update({"tier": confirmed, "source_run": run_id, "grokking.events": str(events)})
+    tags.update({C.TIER: confirmed, "source_run": run_id, C.GROKKING_EVENTS: str(events)})
     version = register_version(client, model_name, run_id, out.model_uri, tags)
     out.action, out.version = "registered", version.version
     out.reason = f"tier {confirmed} confirmed by re-evaluating {out.model_uri}"

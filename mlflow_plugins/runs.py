@@ -9,11 +9,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from tvae import contract as C
 from tvae.config import TVAEConfig
 
 LAST_CHECKPOINT = "checkpoints/last.pt"
 BEST_CHECKPOINT = "checkpoints/best.pt"
-STEP_KEY = "train/loss"  # logged every epoch, so its last step is the last finished epoch
+STEP_KEY = C.TRAIN_LOSS  # logged every epoch, so its last step is the last finished epoch
 
 
 class ResumeError(ValueError):

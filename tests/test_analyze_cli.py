@@ -17,8 +17,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from entrypoints.analyze import main as analyze_main
-from mlflow_plugins.analysis_writer import CONTRACT_TAGS
 from tvae.analysis import Roles, analyze
+from tvae.contract import ANALYSIS_TAGS
 
 RUNS = Path(__file__).parent / "corpus" / "runs"
 LR_DROP = RUNS / "blobs_step35.csv.gz"  # a classifier whose accuracy jumps when the LR drops
@@ -55,7 +55,7 @@ def invoke(*args: str):
 
 def analysis_tags(run_id: str) -> dict[str, str]:
     tags = MlflowClient().get_run(run_id).data.tags
-    return {k: v for k, v in tags.items() if k in CONTRACT_TAGS}
+    return {k: v for k, v in tags.items() if k in ANALYSIS_TAGS}
 
 
 def test_tags_report_plots_and_analyze_run(tracking_uri):
@@ -85,7 +85,7 @@ def test_tags_report_plots_and_analyze_run(tracking_uri):
     assert own.info.status == "FINISHED"
     assert own.data.tags["analysis.source_run_id"] == run_id
     assert own.data.tags["result.tier"] == expected.tags()["tier"]
-    assert not set(CONTRACT_TAGS) & set(own.data.tags)  # tier filters find training runs only
+    assert not set(ANALYSIS_TAGS) & set(own.data.tags)  # tier filters find training runs only
     assert own.data.params["run_id"] == run_id and own.data.params["metric_map"] == METRIC_MAP
     own_files = {Path(f.path).name for f in client.list_artifacts(analyze_run_id, "analysis")}
     assert own_files == files
@@ -95,7 +95,7 @@ def test_tags_report_plots_and_analyze_run(tracking_uri):
 def test_rerun_replaces_tags_and_artifacts(tracking_uri):
     client = MlflowClient()
     run_id = log_csv_run(LR_DROP)
-    stale = {key: "stale" for key in CONTRACT_TAGS}
+    stale = {key: "stale" for key in ANALYSIS_TAGS}
     for key, value in stale.items():
         client.set_tag(run_id, key, value)
     client.log_text(run_id, "old", "analysis/old_plot.png")

@@ -31,37 +31,3 @@ class TrainLogger:
 
     def on_train_end(self, status: str, summary: dict[str, Any]) -> None:
         """Once at the end; status is FINISHED, KILLED or FAILED; summary is JSON-able."""
-
-
-NullLogger = TrainLogger
-
-
-class MultiLogger(TrainLogger):
-    """Fan one stream of callbacks out to several loggers."""
-
-    def __init__(self, *loggers: TrainLogger) -> None:
-        self.loggers = loggers
-
-    def on_train_start(self, info: dict[str, Any]) -> None:
-        for lg in self.loggers:
-            lg.on_train_start(info)
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        for lg in self.loggers:
-            lg.on_epoch_end(epoch, metrics)
-
-    def on_checkpoint(self, path: Path, epoch: int, kind: str) -> None:
-        for lg in self.loggers:
-            lg.on_checkpoint(path, epoch, kind)
-
-    def on_event(self, name: str, payload: dict[str, Any]) -> None:
-        for lg in self.loggers:
-            lg.on_event(name, payload)
-
-    def on_log_line(self, line: str) -> None:
-        for lg in self.loggers:
-            lg.on_log_line(line)
-
-    def on_train_end(self, status: str, summary: dict[str, Any]) -> None:
-        for lg in self.loggers:
-            lg.on_train_end(status, summary)

@@ -11,20 +11,11 @@ from functools import lru_cache
 
 import torch
 
+from tvae.contract import EVAL_KEYS
 from tvae.ops import N_LEVELS
 
 DIST_CORR_PAIRS = 50_000
 DIST_CORR_SEED = 12345
-EVAL_KEYS = (
-    "eval/coverage",
-    "eval/hierarchy_A",
-    "eval/hierarchy_B",
-    "eval/dist_corr",
-    "eval/richness",
-    "eval/Q",
-    "eval/r_v0",
-    "eval/r_v9",
-)
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:

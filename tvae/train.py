@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from tvae import contract as C
 from tvae.analysis.tiers import TIER_ORDER, judge_tier
 from tvae.branches import (
     Branch,
@@ -44,10 +45,11 @@ from tvae.branches import (
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import check_resumable, read_checkpoint, save_checkpoint
 from tvae.config import TVAEConfig
+from tvae.contract import EVAL_KEYS
 from tvae.flatparams import FlatParams
 from tvae.homeostasis import Homeostasis
 from tvae.losses import TERMS, LossComputer
-from tvae.metrics import EVAL_KEYS, evaluate_model
+from tvae.metrics import evaluate_model
 from tvae.model import TernaryVAE
 from tvae.ops import N_OPS, ternary_ops, valuations
 from tvae.progress import format_epoch_line
@@ -81,7 +83,7 @@ def tier_rank(metrics: dict[str, float]) -> int:
     best.pt is the epoch with the highest tier, then the highest Q: Q alone ignores coverage,
     and an early high-Q epoch that cannot yet reconstruct would be a model nobody can promote.
     """
-    tier = judge_tier(metrics["eval/coverage"], metrics["eval/hierarchy_B"], metrics["eval/Q"])
+    tier = judge_tier(metrics[C.COVERAGE], metrics[C.HIERARCHY_B], metrics[C.QUALITY])
     return TIER_ORDER.index(tier.name)
 
 
@@ -251,7 +253,7 @@ class Trainer:
         self.best_epoch = int(state.get("best_epoch", 0))
         self.best_metrics = dict(state.get("best_metrics", {}))
         best = self.best_metrics
-        self.best_rank = tier_rank(best) if "eval/coverage" in best else -1
+        self.best_rank = tier_rank(best) if C.COVERAGE in best else -1
         self.last_eval = dict(state.get("last_eval", {}))
         self.resumed_metrics = dict(state.get("metrics", {}))
         return int(state["epoch"])
@@ -419,7 +421,7 @@ class Trainer:
                 # an epoch is committed whole (state, checkpoints, metrics, log line) or not
                 # at all: a Ctrl-C in between would leave a checkpoint ahead of the metrics
                 with deferred_interrupt():
-                    sps.append(metrics["perf/samples_per_sec"])
+                    sps.append(metrics[C.SAMPLES_PER_SEC])
                     epoch_done = epoch
                     good = copy.deepcopy(self._state(epoch, metrics))
                     if self.best_epoch == epoch:
@@ -492,9 +494,9 @@ class Trainer:
             bad = [n for n, x in zip(names, values, strict=True) if not math.isfinite(x)]
             raise Diverged(f"non-finite training value at epoch {epoch}: {', '.join(bad)}")
 
-        metrics: dict[str, float] = {"train/loss": float(sum(values[: len(TERMS)]))}
+        metrics: dict[str, float] = {C.TRAIN_LOSS: float(sum(values[: len(TERMS)]))}
         for name, val in zip(TERMS, values, strict=False):
-            metrics[f"train/loss_{name}"] = float(val)
+            metrics[C.loss_term(name)] = float(val)
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == total or not self.last_eval
         if evaluated:
             self.last_eval = self._evaluate()
@@ -504,30 +506,28 @@ class Trainer:
         metrics.update(self.last_eval)
         metrics.update(
             {
-                "opt/grad_norm": float(values[-1]),
-                "opt/lr": float(lr),
-                "state/frozen_encoder_A": float(frozen_A),
-                "state/frozen_encoder_B": float(frozen_B),
-                "state/lr_phase": float(phase),
-                "state/geodesic_active": float(geodesic_active),
-                "perf/samples_per_sec": N_OPS / train_seconds,
+                C.GRAD_NORM: float(values[-1]),
+                C.LR: float(lr),
+                C.FROZEN_A: float(frozen_A),
+                C.FROZEN_B: float(frozen_B),
+                C.LR_PHASE: float(phase),
+                C.GEODESIC_ACTIVE: float(geodesic_active),
+                C.SAMPLES_PER_SEC: N_OPS / train_seconds,
             }
         )
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
             total_mem = torch.cuda.get_device_properties(self.device).total_memory
-            metrics["perf/gpu_mem_peak_frac"] = peak / total_mem
+            metrics[C.GPU_MEM_PEAK_FRAC] = peak / total_mem
             torch.cuda.reset_peak_memory_stats(self.device)
         if evaluated:
-            for ev in self.homeostasis.update(
-                epoch, metrics["eval/coverage"], metrics["eval/hierarchy_B"]
-            ):
+            for ev in self.homeostasis.update(epoch, metrics[C.COVERAGE], metrics[C.HIERARCHY_B]):
                 self.logger.on_event(f"homeostasis_{ev.pop('name')}", ev)
             rank = tier_rank(metrics)
-            if (rank, metrics["eval/Q"]) > (self.best_rank, self.best_q):
-                self.best_rank, self.best_q = rank, metrics["eval/Q"]
+            if (rank, metrics[C.QUALITY]) > (self.best_rank, self.best_q):
+                self.best_rank, self.best_q = rank, metrics[C.QUALITY]
                 self.best_epoch = epoch
-        metrics["perf/epoch_seconds"] = time.perf_counter() - t_epoch
+        metrics[C.EPOCH_SECONDS] = time.perf_counter() - t_epoch
         if self.best_epoch == epoch:
             self.best_metrics = dict(metrics)
         return metrics

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from tvae import contract as C
 from tvae.analysis.thresholds import Thresholds
 
 
@@ -64,7 +65,7 @@ def run_checks(
             Check("gpu_utilization", "not measured", None, f"> {t.checks.gpu_utilization_min:g}%")
         )
 
-    frac = _cols(frames, "perf/gpu_mem_peak_frac")
+    frac = _cols(frames, C.GPU_MEM_PEAK_FRAC)
     pct = _cols(frames, "system/gpu_*memory_usage_percentage")
     if frac or pct:
         peaks = [f.max() for f in frac] + [p.max() / 100.0 for p in pct]
@@ -80,7 +81,7 @@ def run_checks(
     else:
         checks.append(Check("peak_vram", "not measured", None, f"< {t.checks.vram_peak_max:g}"))
 
-    sps = _cols(frames, "perf/samples_per_sec")
+    sps = _cols(frames, C.SAMPLES_PER_SEC)
     if sps:
         v = float(np.median(sps[0]))
         ok = v > t.checks.samples_per_sec_min
@@ -114,7 +115,7 @@ def run_checks(
     else:
         checks.append(Check("no_nan_inf", "not measured", None, "no NaN/Inf in logged metrics"))
 
-    secs = _cols(frames, "perf/epoch_seconds")
+    secs = _cols(frames, C.EPOCH_SECONDS)
     lim = t.checks.max_duration_hours
     thr = "no limit" if lim is None else f"<= {lim:g} h"
     if secs:

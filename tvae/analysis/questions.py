@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tvae import contract as C
 from tvae.analysis.confounds import ControlChange
 from tvae.analysis.roles import Roles
 
 
 def _lr_phases(history: pd.DataFrame, roles: Roles, present: set[str]):
     """(key, list of (start epoch, end epoch, value)) for the LR-phase signal, if any."""
-    for key in ("state/lr_phase", roles.lr):
+    for key in (C.LR_PHASE, roles.lr):
         if key and key in present:
             s = history[key].dropna()
             if s.empty:
@@ -69,7 +70,7 @@ def answer_questions(
                 if s0 <= c.breakthrough_epoch <= s1:
                     where.append(f"epoch {c.breakthrough_epoch:g} in {key}={val:g} ({s0:g}-{s1:g})")
         a["Which LR phase did each event fall in?"] = "; ".join(where) or "unknown"
-    freezes = [c for c in controls if c.key.startswith("state/frozen")]
+    freezes = [c for c in controls if c.key in (C.FROZEN_A, C.FROZEN_B)]
     if freezes and report.candidates:
         near = []
         for c in report.candidates:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tvae import contract as C
 from tvae.analysis.checks import Check
 from tvae.analysis.grokking import SEVERITIES, Candidate
 from tvae.analysis.phases import Phase
@@ -59,16 +60,16 @@ class AnalysisReport:
     def tags(self) -> dict[str, str]:
         """The DESIGN.md tag contract (all but ``analysis.run_id``, which the caller adds)."""
         tags = {
-            "grokking.events": str(len(self.confirmed)),
-            "grokking.severity": self.severity,
-            "grokking.rejected": str(len(self.rejected)),
-            "grokking.confidence": f"{self.confidence:.3f}",
-            "phases.count": str(len(self.phases)),
-            "phases.boundaries": ",".join(_fmt_epoch(b) for b in self.boundaries),
-            "tier": self.tier.name if self.tier else "None",
+            C.GROKKING_EVENTS: str(len(self.confirmed)),
+            C.GROKKING_SEVERITY: self.severity,
+            C.GROKKING_REJECTED: str(len(self.rejected)),
+            C.GROKKING_CONFIDENCE: f"{self.confidence:.3f}",
+            C.PHASES_COUNT: str(len(self.phases)),
+            C.PHASES_BOUNDARIES: ",".join(_fmt_epoch(b) for b in self.boundaries),
+            C.TIER: self.tier.name if self.tier else "None",
         }
         if self.confirmed:
-            tags["grokking.first_epoch"] = _fmt_epoch(self.confirmed[0].breakthrough_epoch)
+            tags[C.GROKKING_FIRST_EPOCH] = _fmt_epoch(self.confirmed[0].breakthrough_epoch)
         return tags
 
     def to_dict(self) -> dict:

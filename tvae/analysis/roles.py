@@ -6,6 +6,8 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 
+from tvae import contract as C
+
 #: Roles that name a single metric key (``controls`` is the one multi-key role).
 SINGLE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality", "grad_norm", "lr")
 
@@ -20,14 +22,14 @@ LOG_ROLES = ("loss", "val_loss")
 class Roles:
     """Role -> metric key. Defaults are TernaryVAE's keys (DESIGN.md metric contract)."""
 
-    loss: str | None = "train/loss"
-    accuracy: str | None = "eval/coverage"
+    loss: str | None = C.TRAIN_LOSS
+    accuracy: str | None = C.COVERAGE
     val_loss: str | None = None
-    hierarchy: str | None = "eval/hierarchy_B"
-    quality: str | None = "eval/Q"
-    grad_norm: str | None = "opt/grad_norm"
-    lr: str | None = "opt/lr"
-    controls: tuple[str, ...] = ("state/*",)
+    hierarchy: str | None = C.HIERARCHY_B
+    quality: str | None = C.QUALITY
+    grad_norm: str | None = C.GRAD_NORM
+    lr: str | None = C.LR
+    controls: tuple[str, ...] = (C.STATE_PREFIX + "*",)
 
     @classmethod
     def from_metric_map(cls, text: str | None, base: Roles | None = None) -> Roles:
