@@ -25,14 +25,12 @@ DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_KILLED = 130
-# = mlflow_plugins.tracking.TAG_FAILURE_REASON, named here so bad input never imports mlflow
-TAG_FAILURE_REASON = "failure.reason"
 
 
 def _bad_input(message: str) -> None:
     message = " ".join(message.split())
     click.echo(f"error: {message}", err=True)
-    fail_launcher_run(message, TAG_FAILURE_REASON)
+    fail_launcher_run(message, C.FAILURE_REASON)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -137,7 +135,7 @@ def train(
         return EXIT_KILLED
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"
-        mlflow.MlflowClient().set_tag(run_id, TAG_FAILURE_REASON, reason[:5000])
+        mlflow.MlflowClient().set_tag(run_id, C.FAILURE_REASON, reason[:5000])
         raise
     finally:
         mlflow.end_run(status=status)
@@ -214,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         _bad_input(err.format_message())
     except click.exceptions.Abort:
-        fail_launcher_run("aborted", TAG_FAILURE_REASON)
+        fail_launcher_run("aborted", C.FAILURE_REASON)
         sys.exit(EXIT_KILLED)
 
 

@@ -34,14 +34,12 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
 from mlflow_plugins.pyfunc_model import EmbeddingHead
+from tvae import contract as C
 
 MODEL_NAME = "model"
 N_TRITS = 9
 BASE_COLUMNS = ["radius_A", "radius_B"] + [f"recon_{i}" for i in range(N_TRITS)]
 INPUT_COLUMNS = [f"t{i}" for i in range(N_TRITS)]
-TAG_MODEL_ID = "model.id"
-TAG_MODEL_URI = "model.uri"
-TAG_MODEL_STEP = "model.step"
 
 
 def predict_columns(latent_dim: int) -> list[str]:
@@ -115,7 +113,7 @@ def log_best_model(checkpoint: Path, step: int, run_id: str | None = None) -> Mo
         )
     target = run_id or mlflow.active_run().info.run_id
     client = mlflow.MlflowClient()
-    client.set_tag(target, TAG_MODEL_ID, info.model_id)
-    client.set_tag(target, TAG_MODEL_URI, info.model_uri)
-    client.set_tag(target, TAG_MODEL_STEP, str(int(step)))
+    client.set_tag(target, C.MODEL_ID, info.model_id)
+    client.set_tag(target, C.MODEL_URI, info.model_uri)
+    client.set_tag(target, C.MODEL_STEP, str(int(step)))
     return info

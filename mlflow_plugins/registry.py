@@ -24,7 +24,6 @@ from tvae.analysis.tiers import TIER_ORDER
 DEFAULT_MODEL_NAME = "TernaryVAE"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-MODEL_URI_TAG = "model.uri"
 VALUE_KEYS = ("coverage", "hierarchy_B", "Q", "richness")
 
 
@@ -74,7 +73,7 @@ def find_model_uri(client: MlflowClient, run_id: str) -> str | None:
     whether there is one (a logged-model search would parse a filter: ~0.2 s the first time).
     """
     run = client.get_run(run_id)
-    uri = run.data.tags.get(MODEL_URI_TAG)
+    uri = run.data.tags.get(C.MODEL_URI)
     if uri:
         return uri
     outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
@@ -218,7 +217,6 @@ def promote(client: MlflowClient, model_name: str, version: str, min_tier: str, 
 
 # Tolerances for "the re-evaluated model reproduces its logged metrics" (CPU vs training device).
 MATCH_TOLERANCE = {"coverage": 1e-3, "hierarchy_B": 5e-3, "Q": 1e-2, "richness": 1e-3}
-MODEL_STEP_TAG = "model.step"
 
 
 def logged_values(client: MlflowClient, run_id: str, history: Any) -> dict[str, float] | None:
@@ -229,7 +227,7 @@ def logged_values(client: MlflowClient, run_id: str, history: Any) -> dict[str, 
     frame = history[columns].dropna(how="all")
     if frame.empty:
         return None
-    step_tag = client.get_run(run_id).data.tags.get(MODEL_STEP_TAG, "")
+    step_tag = client.get_run(run_id).data.tags.get(C.MODEL_STEP, "")
     step = int(step_tag) if step_tag.isdigit() and int(step_tag) in frame.index else None
     row = frame.loc[step] if step is not None else frame.iloc[-1]
     return {k: float(row[f"eval/{k}"]) for k in VALUE_KEYS}

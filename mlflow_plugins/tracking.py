@@ -21,12 +21,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from mlflow_plugins.context import TAG_CONFIG_NAME, runtime_tags
+from tvae import contract as C
 from tvae.callbacks import TrainLogger
 from tvae.config import TVAEConfig, config_to_yaml, flatten_config
 
 _log = logging.getLogger(__name__)
 
-TAG_FAILURE_REASON = "failure.reason"
 TAG_STATUS = "train.status"
 TAG_RESUMED_FROM_EPOCH = "resume.from_epoch"
 TAG_PARAMS_CHANGED = "resume.changed_params"
@@ -258,7 +258,7 @@ def train_in_run(
         # whatever happened, what was logged so far reaches the store
         logger.close(result_summary(result) if result is not None else {})
     if result.status == "FAILED":
-        client.set_tag(run_id, TAG_FAILURE_REASON, str(result.reason or "unknown")[:5000])
+        client.set_tag(run_id, C.FAILURE_REASON, str(result.reason or "unknown")[:5000])
     best = result.best_checkpoint
     if log_model and best is not None and Path(best).is_file() and result.best_epoch:
         from mlflow_plugins.model_logging import log_best_model

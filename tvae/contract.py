@@ -31,6 +31,12 @@ def loss_term(name: str) -> str:
     return f"{TRAIN_LOSS}_{name}"
 
 
+# tags the trainer writes onto its run
+MODEL_ID = "model.id"  # the logged model (the best epoch's)
+MODEL_URI = "model.uri"
+MODEL_STEP = "model.step"
+FAILURE_REASON = "failure.reason"  # why a run ended FAILED (bad input, NaN/Inf)
+
 # tags an analysis writes onto the training run
 GROKKING_EVENTS = "grokking.events"
 GROKKING_FIRST_EPOCH = "grokking.first_epoch"
