@@ -42,7 +42,6 @@ KEY_METRICS: tuple[tuple[str, str, bool], ...] = (
 )
 SAMPLES_KEY = C.SAMPLES_PER_SEC
 ARTIFACT_DIR = "compare"
-TAG_COMPARED = COMPARE_RUN_TAG
 TAG_COUNT = "compare.count"
 REPORT_PATH = f"{ANALYSIS_DIR}/{REPORT_FILE}"
 # MLflow error codes that blame the input (unknown id, bad filter), not a failing store.
@@ -537,7 +536,7 @@ def compare_runs(
             ids = ",".join(c.run_id for c in compared)
             client.log_batch(
                 own.info.run_id,
-                tags=[RunTag(TAG_COMPARED, ids[:5000]), RunTag(TAG_COUNT, str(len(compared)))],
+                tags=[RunTag(COMPARE_RUN_TAG, ids[:5000]), RunTag(TAG_COUNT, str(len(compared)))],
             )
             client.log_artifacts(own.info.run_id, str(folder), ARTIFACT_DIR)
             result.compare_run_id = own.info.run_id

@@ -25,6 +25,9 @@ class RunContext:
     controls: tuple[ControlChange, ...]
     nonfinite: dict[str, list[tuple[float, float]]]
     _metrics: dict[str, Metric] = field(default_factory=dict, compare=False, repr=False)
+    _fits: dict[tuple[float, float], float | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def has(self, role: str) -> bool:
         key = getattr(self.roles, role)
@@ -81,7 +84,13 @@ class RunContext:
         """The epoch the training set was fitted, for a plateau [a, b]: where the training
         loss falls `delay.fit_gap`-fold below the validation loss when both are logged, else
         where it came within `delay.fit_frac` of its drop from the start to its level on the
-        plateau. None without a training loss, or when it did not fall `delay.min_drop`-fold."""
+        plateau. None without a training loss, or when it did not fall `delay.min_drop`-fold.
+        Each criterion and the score ask for it; it is worked out once per plateau."""
+        if (a, b) not in self._fits:
+            self._fits[a, b] = self._fit_epoch(a, b)
+        return self._fits[a, b]
+
+    def _fit_epoch(self, a: float, b: float) -> float | None:
         if self.gap_fit is not None:
             return self.gap_fit
         if self.train_loss is None:
