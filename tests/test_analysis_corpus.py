@@ -19,6 +19,8 @@ from tvae.analysis import Roles, Thresholds, analyze  # noqa: E402
 
 RUNS = index()
 GROKS = "add53_f40_wd1"  # modular addition, weight decay: memorises by ~18, groks at ~900
+OMNIGROK = "digits_a10_wd01_100k"  # digits, MSE, init x10: val loss falls for 90,000 epochs
+RESTART = "sub59_f40_cos800_s30"  # cosine warm restarts every 800 epochs; generalises after one
 
 
 def roles(view: str) -> Roles:
@@ -44,9 +46,13 @@ def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
         "tf_add43_f50_lr1e3": "none",
         "tf_sub37_f50_adam": "none",
         "add97_f30_wd1": "none",
+        "digits_a10_wd01_100k": "grokking",
+        "mul53_f50_warmup": "grokking",
     }
     for name, cls in used.items():
         assert RUNS[name]["split"] == "train" and RUNS[name]["label"]["cls"] == cls, name
+    # a held-out run, used here after it was scored (its split was looked at)
+    assert RUNS[RESTART]["split"] == "test3" and RUNS[RESTART]["label"]["cls"] == "lr_confound"
 
 
 @pytest.mark.parametrize("view", ["loss-only", "val_acc", "acc+loss", "train_acc"])
@@ -212,3 +218,41 @@ def test_an_event_seen_in_two_metrics_is_one_major_event_with_both_named():
     assert ev.plateau_start < ev.plateau_end < ev.breakthrough_epoch <= ev.rise_end
     one_metric = analyze(load_run(GROKS), roles("val_acc")).confirmed[0]
     assert ev.confidence > one_metric.confidence  # a second metric raises confidence
+
+
+@pytest.mark.parametrize("view", ["loss-only", "train_acc"])
+def test_a_slow_collapse_of_the_validation_loss_long_after_the_fit_is_grokking(view):
+    """Omnigrok: no plateau and no sudden jump in the losses (the validation loss falls
+    log-linearly for tens of thousands of epochs), yet generalisation comes long after the fit."""
+    df = load_run(OMNIGROK)
+    lab = RUNS[OMNIGROK]["label"]
+    fell = np.log10(df["val_loss"].loc[lab["fit"] :]).diff().rolling(50).sum().dropna()
+    assert fell.max() < 0.1  # the data: the validation loss never rises over 50 logged rows
+    rep = analyze(df, roles(view))
+    lo, hi = window(OMNIGROK)
+    assert len(rep.confirmed) == 1, rep.summary()
+    (ev,) = rep.confirmed
+    assert ev.details["shape"] == "collapse" and ev.primary == "val_loss"
+    assert lo <= ev.breakthrough_epoch <= hi
+    assert ev.details["fit_epoch"] <= lab["fit"] < ev.plateau_end
+    deeper = Thresholds(collapse={"min_log10": 3})
+    assert analyze(df, roles(view), deeper).confirmed == []
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_a_rise_inside_a_warm_restart_cycle_is_a_confound(view):
+    """The LR jumped back up at a restart after the fit, and the metric improves while it
+    anneals: the schedule moved it, however long before the rise the restart was."""
+    df = load_run(RESTART)
+    rep = analyze(df, roles(view))
+    assert rep.confirmed == [], rep.summary()
+    assert any(c.confound == "lr" and "epoch 801 " in c.reason for c in rep.rejected)
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_warmup_before_the_fit_is_no_confound(view):
+    """Warmup raises the LR too, but before the training set is fitted: grokking is found."""
+    name = "mul53_f50_warmup"
+    rep = analyze(load_run(name), roles(view))
+    lo, hi = window(name)
+    assert len(rep.confirmed) == 1 and lo <= rep.confirmed[0].breakthrough_epoch <= hi

@@ -229,6 +229,127 @@ FRESH3 = [
     ),
 ]
 
+FRESH4 = [
+    Spec("add61_f45_wd1_s31", p=61, frac=0.45, lr=1e-2, epochs=3000, seed=31),
+    Spec("sub43_f60_wd05_s32", op="sub", p=43, frac=0.6, wd=0.5, lr=1e-2, epochs=2500, seed=32),
+    Spec("mul53_f55_wd1_lr3e3_s33", op="mul", p=53, frac=0.55, lr=3e-3, epochs=3000, seed=33),
+    Spec("sq47_f65_wd1_s34", op="sq", p=47, frac=0.65, lr=1e-2, epochs=3000, seed=34),
+    Spec("add59_f90_lr3e3_s35", p=59, frac=0.9, lr=3e-3, epochs=1500, seed=35),
+    Spec("tf_mul37_f50_lr3e3_s36", op="mul", p=37, frac=0.5, lr=3e-3, epochs=3000, seed=36, **TF),
+    Spec(
+        "digits_a8_wd05_s37",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=8.0,
+        epochs=30000,
+        log_every=10,
+        seed=37,
+        **DIG,
+    ),
+    Spec(
+        "digits_a10_wd1_s38",
+        lr=1e-3,
+        wd=0.1,
+        init_scale=10.0,
+        epochs=30000,
+        log_every=10,
+        seed=38,
+        **DIG,
+    ),
+    Spec(
+        "add53_f50_step1200_s39",
+        p=53,
+        frac=0.5,
+        lr=1e-2,
+        epochs=3000,
+        schedule="step:1200:0.3",
+        seed=39,
+    ),
+    Spec(
+        "sub59_f45_step300_s40",
+        op="sub",
+        p=59,
+        frac=0.45,
+        lr=1e-2,
+        epochs=3000,
+        schedule="step:300:0.1",
+        seed=40,
+    ),
+    Spec(
+        "mul53_f50_cos600_s41",
+        op="mul",
+        p=53,
+        frac=0.5,
+        lr=1e-2,
+        epochs=3000,
+        schedule="cosine:600",
+        seed=41,
+    ),
+    Spec(
+        "add47_f40_cos1000_s42",
+        p=47,
+        frac=0.4,
+        lr=1e-2,
+        epochs=3000,
+        schedule="cosine:1000",
+        seed=42,
+    ),
+    Spec(
+        "add59_f50_warmup100_s43",
+        p=59,
+        frac=0.5,
+        lr=1e-2,
+        epochs=2000,
+        schedule="warmup:100",
+        seed=43,
+    ),
+    Spec(
+        "add53_f50_adam_s44",
+        p=53,
+        frac=0.5,
+        optimizer="adam",
+        lr=1e-3,
+        epochs=6000,
+        log_every=3,
+        seed=44,
+    ),
+    Spec("sub61_f20_wd1_s45", op="sub", p=61, frac=0.2, lr=1e-2, epochs=3000, seed=45),
+    Spec("mul47_f30_wd0_s46", op="mul", p=47, frac=0.3, wd=0.0, lr=1e-3, epochs=2000, seed=46),
+    Spec(
+        "sub53_f50_mb128_s47",
+        op="sub",
+        p=53,
+        frac=0.5,
+        lr=1e-3,
+        epochs=1500,
+        batch=128,
+        log_every=5,
+        seed=47,
+    ),
+    Spec("digits_a1_n400_s48", lr=1e-3, wd=0.05, epochs=800, seed=48, **{**DIG, "frac": 400}),
+    Spec(
+        "digits_a2_cos_s49",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=2.0,
+        epochs=1500,
+        schedule="cosine:300",
+        seed=49,
+        **DIG,
+    ),
+    Spec(
+        "blobs_step_s50",
+        task="blobs",
+        optimizer="sgd",
+        lr=0.1,
+        wd=0.0,
+        epochs=100,
+        batch=100,
+        schedule="step:40:0.1",
+        seed=50,
+    ),
+]
+
 RUNS = [
     # modular arithmetic, embedding MLP, full-batch AdamW: grokking at several delays
     Spec("add53_f40_wd1", p=53, frac=0.4, lr=1e-2, epochs=3000),
@@ -417,6 +538,7 @@ RUNS = [
     ),
     *FRESH,
     *FRESH3,
+    *FRESH4,
 ]
 
 
@@ -440,6 +562,7 @@ def relabel(index: dict) -> dict:
         by_class.setdefault(index[name]["label"]["cls"], []).append(name)
     fresh = {spec.name for spec in FRESH}
     fresh3 = {spec.name for spec in FRESH3}
+    fresh4 = {spec.name for spec in FRESH4}
     for names in by_class.values():
         test = set(rng.sample(names, round(TEST_SHARE * len(names))))
         for name in names:  # a split once assigned stays: it was fixed before tuning
@@ -448,6 +571,8 @@ def relabel(index: dict) -> dict:
                 index[name]["split"] = "test2"
             if name in fresh3:
                 index[name]["split"] = "test3"
+            if name in fresh4:
+                index[name]["split"] = "test4"
     return index
 
 

@@ -19,6 +19,7 @@ class ControlChange:
     epoch: float
     before: float
     after: float
+    until: float | None = None  # an LR increase: the epoch it is back to `before` (its cycle)
 
 
 def control_changes(
@@ -37,7 +38,11 @@ def control_changes(
         prev, cur = v[:-1], v[1:]
         changed = _lr_steps(prev, cur, t.confounds.lr_change_rel) if key == lr_key else cur != prev
         for i in np.nonzero(changed)[0]:
-            out.append(ControlChange(key, float(e[i + 1]), float(prev[i]), float(cur[i])))
+            until = None
+            if key == lr_key and cur[i] > prev[i]:
+                back = np.nonzero(v[i + 1 :] <= prev[i])[0]
+                until = float(e[i + 1 + back[0]]) if len(back) else float(e[-1])
+            out.append(ControlChange(key, float(e[i + 1]), float(prev[i]), float(cur[i]), until))
     out.sort(key=lambda c: c.epoch)
     return out
 

@@ -97,18 +97,34 @@ def nan(ctx: RunContext, tr: Transition) -> Rejection | None:
     return None
 
 
+def _in_cycle(ctx: RunContext, tr: Transition, rise: float) -> list:
+    """LR increases after the fit (warm restarts, not warmup) whose cycle, until the LR is
+    back where it was, holds the start of the rise: annealing after a restart moves metrics."""
+    fit = ctx.fit_epoch(tr.plateau_start, tr.plateau_end)
+    return [
+        c
+        for c in ctx.controls
+        if c.until is not None and fit is not None and fit < c.epoch <= rise <= c.until
+    ]
+
+
 def control(ctx: RunContext, tr: Transition) -> Rejection | None:
     """A scheduled control (LR step or restart, freeze, loss switch) changed just before or
-    during the rise."""
-    a, b = min(tr.plateau_end, tr.epoch(tr.start)) - _window(ctx, tr), tr.epoch(tr.end)
-    hits = [c for c in ctx.controls if a <= c.epoch <= b]
+    during the rise, or the rise starts inside a warm restart's cycle."""
+    rise = min(tr.plateau_end, tr.epoch(tr.start))
+    a, b = rise - _window(ctx, tr), tr.epoch(tr.end)
+    hits = _in_cycle(ctx, tr, rise) + [c for c in ctx.controls if a <= c.epoch <= b]
     if not hits:
         return None
     c = hits[0]
+    where = (
+        f"within the window {a:g}-{b:g} of the jump"
+        if a <= c.epoch
+        else f"and the rise starts at epoch {rise:g}, before it is back at epoch {c.until:g}"
+    )
     return Rejection(
         "control",
-        f"confound: {c.key} changed at epoch {c.epoch:g} ({c.before:g} -> {c.after:g}), "
-        f"within the window {a:g}-{b:g} of the jump",
+        f"confound: {c.key} changed at epoch {c.epoch:g} ({c.before:g} -> {c.after:g}), {where}",
         c.key,
         {"controls": [asdict(h) for h in hits]},
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tvae.analysis import confidence
+from tvae.analysis.collapse import COLLAPSE_CRITERIA, find_collapse
 from tvae.analysis.confounds import ControlChange
 from tvae.analysis.context import RunContext
 from tvae.analysis.criteria import CRITERIA, RUN_LEVEL, Rejection
@@ -154,6 +155,7 @@ def _candidate(ctx: RunContext, group: list[_Judged]) -> Candidate:
             "noise_sigma": tr.m.sigma,
             "fit_epoch": ctx.fit_epoch(tr.plateau_start, tr.plateau_end),
             "seen_in": [j.tr.m.key for j in group],
+            "shape": tr.kind,
         },
     )
     if confirmed:
@@ -161,10 +163,18 @@ def _candidate(ctx: RunContext, group: list[_Judged]) -> Candidate:
         together = f"; moved with it: {', '.join(moved)}" if moved else ""
         fit = cand.details["fit_epoch"]
         after = f" (training fitted by epoch {fit:g})" if fit is not None else ""
-        cand.reason = (
-            f"{tr.plateau_len:g}-epoch plateau{after}, then {size:+g} {unit} over "
-            f"{tr.rise_len:g} epochs, sustained {tr.sustained_for:g} epochs{together}"
-        )
+        if tr.kind == "collapse":
+            cand.reason = (
+                f"{tr.m.key} near its level at the fit (epoch {fit:g}) until epoch "
+                f"{tr.plateau_end:g}, then fell {size:g} decades by epoch {cand.rise_end:g} "
+                f"(half by {cand.breakthrough_epoch:g}), sustained {tr.sustained_for:g} "
+                f"epochs{together}"
+            )
+        else:
+            cand.reason = (
+                f"{tr.plateau_len:g}-epoch plateau{after}, then {size:+g} {unit} over "
+                f"{tr.rise_len:g} epochs, sustained {tr.sustained_for:g} epochs{together}"
+            )
         return cand
     first = (blocked or best.fails)[0]
     cand.reason, cand.confound, cand.criterion = first.reason, first.confound, first.criterion
@@ -191,6 +201,15 @@ def _groups(ctx: RunContext, judged: list[_Judged]) -> list[list[_Judged]]:
     return groups
 
 
+def _collapse(ctx: RunContext) -> list[_Judged]:
+    """The validation loss's slow collapse after the fit, when it fell far enough to be one."""
+    tr = find_collapse(ctx, ctx.metric("val_loss"))
+    if tr is None:
+        return []
+    fails = [r for _, crit in COLLAPSE_CRITERIA if (r := crit(ctx, tr)) is not None]
+    return [] if fails and fails[0].criterion == "deep" else [_Judged(tr, fails)]
+
+
 def detect_grokking(
     history: pd.DataFrame,
     roles: Roles,
@@ -210,6 +229,8 @@ def detect_grokking(
             judged.append(_Judged(tr, fails))
         if not transitions:
             scores.append(confidence.late_improvement(ctx, ctx.metric(role)))
+    if ctx.has("val_loss") and not any(j.ok for j in judged):
+        judged += _collapse(ctx)
     out = sorted(
         (_candidate(ctx, g) for g in _groups(ctx, judged)), key=lambda c: c.breakthrough_epoch
     )

@@ -52,6 +52,12 @@ class Delay(_Section):
     min_drop: float = 2.0  # from its start to the plateau, having fallen at least this factor
 
 
+class Collapse(_Section):
+    """A slow fall of the validation loss long after the fit (`tvae.analysis.collapse`)."""
+
+    min_log10: float = 1.5  # decades from its level at the fit to its final level
+
+
 class Severity(_Section):
     """Seed: micro (plateau 5-10, +1-3 points), standard (15-25, +3-8), major (25+, > 8)."""
 
@@ -111,6 +117,7 @@ class Thresholds(_Section):
     breakthrough: Breakthrough = Breakthrough()
     sustain: Sustain = Sustain()
     delay: Delay = Delay()
+    collapse: Collapse = Collapse()
     severity: Severity = Severity()
     confounds: Confounds = Confounds()
     tiers: Tiers = Tiers()

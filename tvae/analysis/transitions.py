@@ -105,6 +105,7 @@ class Transition:
     top: float  # highest point of the swing
     held: int  # last index the rolling median stays above mid-rise (from `end`)
     raw_above: int  # points from `end` before the raw series first falls below mid-rise
+    kind: str = "jump"  # or "collapse": a slow fall of a loss long after the fit
 
     def epoch(self, i: int) -> float:
         return float(self.m.e[i])
