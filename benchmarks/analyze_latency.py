@@ -1,12 +1,13 @@
 """How long `analyze` takes, against a fresh local SQLite store, with baselines from the same run.
 
-Targets (issue 5):
-  1. `mlflow run . -e analyze` on a 50-epoch run within 1.5x of `mlflow run . -e noop` (the
-     floor: MLflow's own start-up, run creation and one Python process).
+Targets (issue 13):
+  1. `mlflow run . -e analyze` on a 50-epoch run within 2.5 s of `mlflow run . -e noop` (the
+     floor: MLflow's own start-up, run creation and one Python process): what a user waits on
+     beyond MLflow itself. Both medians and their difference are printed.
   2. A 100,000-epoch x 25-key run analysed (no registration) in under 20 s wall, end to end
      (`python -m entrypoints.analyze`, interpreter start included).
 Also printed: history loading via `MlflowClient.get_metric_history` (one call per key, ORM rows)
-against `mlflow_plugins.history.load_history` (one streamed SQL query per key).
+against `mlflow_plugins.history.load_history` (one streamed SQL query per key, the store's engine).
 
 The 50-epoch run is logged with `log_batch`; the 2.5 M rows of the long run are bulk-inserted
 into the store's tables with sqlite3 (logging them through the API would take minutes and is not
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -108,12 +110,26 @@ def insert_long_run(uri: str, db: Path, epochs: int) -> str:
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
+    return timed_cpu(cmd, env, cwd)[0]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_cpu(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall s, CPU s of the command and every process it waited for).
+
+    The CPU figure barely moves when other work shares the cores, so it is what a quiet
+    machine's wall time would be for single-threaded start-up work.
+    """
+    cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def mlflow_run(entry: str, *params: str) -> list[str]:
@@ -124,20 +140,25 @@ def mlflow_run(entry: str, *params: str) -> list[str]:
 
 
 def bench_mlflow_run(uri: str, env: dict[str, str], tmp: Path, repeats: int) -> None:
-    """noop vs analyze (forked analysis worker, the default) vs analyze with the worker inline."""
+    """`mlflow run -e noop` against `mlflow run -e analyze` on a 50-epoch run, interleaved."""
     run_id = log_small_run(uri, 50)
-    inline_env = {**env, "TVAE_ANALYZE_INLINE": "1"}
-    noop, forked, inline = [], [], []
-    for _ in range(repeats):  # interleaved, so load changes hit all alike
-        noop.append(timed(mlflow_run("noop"), env, tmp))
-        forked.append(timed(mlflow_run("analyze", f"run_id={run_id}"), env, tmp))
-        inline.append(timed(mlflow_run("analyze", f"run_id={run_id}"), inline_env, tmp))
-    n = statistics.median(noop)
-    for label, xs in (("noop", noop), ("analyze (50 ep)", forked), ("analyze, inline", inline)):
-        listed = ", ".join(f"{x:.2f}" for x in xs)
-        print(f"mlflow run -e {label:16s} median {statistics.median(xs):6.2f} s  ({listed})")
-    print(f"ratio analyze / noop             {statistics.median(forked) / n:6.2f}  (target <= 1.5)")
-    print(f"ratio analyze inline / noop      {statistics.median(inline) / n:6.2f}")
+    noop, analyze = [], []
+    for _ in range(repeats):  # interleaved, so load changes hit both alike
+        noop.append(timed_cpu(mlflow_run("noop"), env, tmp))
+        analyze.append(timed_cpu(mlflow_run("analyze", f"run_id={run_id}"), env, tmp))
+    for label, pairs in (("noop", noop), ("analyze (50 ep)", analyze)):
+        walls = [w for w, _ in pairs]
+        listed = ", ".join(f"{x:.2f}" for x in walls)
+        cpu = statistics.median(c for _, c in pairs)
+        print(
+            f"mlflow run -e {label:16s} median {statistics.median(walls):6.2f} s wall, "
+            f"{cpu:6.2f} s CPU  ({listed})"
+        )
+    wall = statistics.median(w for w, _ in analyze) - statistics.median(w for w, _ in noop)
+    cpu = statistics.median(c for _, c in analyze) - statistics.median(c for _, c in noop)
+    verdict = "met" if wall <= 2.5 else "NOT met"
+    print(f"analyze - noop                   {wall:6.2f} s wall  (target <= 2.5 s: {verdict})")
+    print(f"analyze - noop                   {cpu:6.2f} s CPU   (= wall on free cores)")
 
 
 def bench_long(uri: str, db: Path, env: dict[str, str], tmp: Path, epochs: int) -> None:

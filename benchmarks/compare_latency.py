@@ -106,10 +106,10 @@ def main() -> None:
         print(f"created {args.runs} runs x {args.epochs} epochs: {time.perf_counter() - t0:.1f} s")
 
         t0 = time.perf_counter()
-        compare_runs(client, select_runs(client, ids), log=False)
+        compare_runs(client, select_runs(client, ids).runs, log=False)
         pure = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = compare_runs(client, select_runs(client, ids))
+        result = compare_runs(client, select_runs(client, ids).runs)
         logged = time.perf_counter() - t0
         t0 = time.perf_counter()
         subprocess.run(

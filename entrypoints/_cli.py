@@ -1,19 +1,27 @@
-"""Click parameter types and failure handling shared by the train, analyze and promote CLIs.
+"""Click parameter types and the one error style shared by the CLIs.
 
 MLproject passes every parameter as a string and an empty string means "not given", so the
 types here turn "" into None (the caller's default) and reject anything else that is not valid.
+
+Errors look the same everywhere: one line `error: <what is wrong>`, the last thing printed, and
+exit 2 for bad input (1 when a valid request failed, 130 when interrupted). Under `mlflow run`
+the run it made (MLFLOW_RUN_ID) is ended FAILED with `failure.reason` first, so the user's last
+line before MLflow's own failure line is ours.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any, NoReturn
 
 import click
 
-from mlflow_plugins.analysis_writer import ERROR_TAG
+from tvae import contract as C
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_KILLED = 130
 
 
 class Blank(click.ParamType):
@@ -36,7 +44,7 @@ class OptionalBool(click.ParamType):
     TRUE = {"true", "yes", "1", "on"}
     FALSE = {"false", "no", "0", "off"}
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: Any, ctx: Any) -> bool | None:
         if value is None or isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -52,7 +60,25 @@ class OptionalBool(click.ParamType):
 BOOL = OptionalBool()
 
 
-def fail_launcher_run(message: str, tag: str, run_id: str | None = None) -> None:
+def under_mlflow_run() -> bool:
+    """True when `mlflow run` started this process (it exports the run it made)."""
+    return bool(os.environ.get("MLFLOW_RUN_ID"))
+
+
+def option_hint(name: str, value: str) -> str:
+    """How to pass option `name`: `-P name=value` under `mlflow run`, else `--name value`."""
+    if under_mlflow_run():
+        return f"-P {name}={value}"
+    return f"--{name.replace('_', '-')} {value}"
+
+
+class CommandFailed(click.ClickException):
+    """A valid request that failed (store unreachable, analysis crashed): exit 1, not 2."""
+
+    exit_code = EXIT_FAILED
+
+
+def fail_launcher_run(message: str, tag: str = C.FAILURE_REASON, run_id: str | None = None) -> None:
     """End `run_id` (default: the run `mlflow run` created, MLFLOW_RUN_ID) FAILED, with the
     reason in `tag`. A run that is not RUNNING (an existing run given with `mlflow run
     --run-id`) is left as it was."""
@@ -62,48 +88,51 @@ def fail_launcher_run(message: str, tag: str, run_id: str | None = None) -> None
     try:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient()
-        if client.get_run(run_id).info.status != "RUNNING":
-            return
-        client.set_tag(run_id, tag, message[:5000])
-        client.set_terminated(run_id, "FAILED")
+        from mlflow_plugins.runs import fail_run
+
+        fail_run(MlflowClient(), run_id, message, tag=tag)
     except Exception as err:  # noqa: BLE001 - the store itself may be what is broken
         click.echo(f"error: could not mark run {run_id} FAILED: {err}", err=True)
 
 
-def fail_own_run(message: str, run_id: str | None = None) -> None:
-    """Mark the analyze run (ours, or the one `mlflow run` made) FAILED, reason in ERROR_TAG."""
-    fail_launcher_run(message, ERROR_TAG, run_id)
+def exit_with_error(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Fail the launcher run with why, then print `error: <message>` (one line) and exit."""
+    message = " ".join(message.split())
+    fail_launcher_run(message)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 class MarksRunFailed(click.Command):
-    """A command whose bad parameters also end the `mlflow run` analyze run FAILED, with why."""
+    """A command in the house error style: any click error (bad option or value, or a
+    ClickException the command raises) is one `error:` line and exit 2 (CommandFailed: 1),
+    and the `mlflow run` launcher run ends FAILED with `failure.reason`.
+
+    `main(..., standalone_mode=False)` keeps click's own behaviour for callers that map errors
+    themselves; the launcher run is still failed on bad parameters."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as err:
+            bad = not isinstance(err, CommandFailed)
+            exit_with_error(err.format_message(), EXIT_BAD_INPUT if bad else err.exit_code)
+        except click.exceptions.Abort:
+            exit_with_error("aborted", EXIT_KILLED)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as err:
-            fail_own_run(err.format_message())
+            fail_launcher_run(" ".join(err.format_message().split()))
             raise
-
-
-def exit_fast(command: click.Command, args: list[str] | None = None) -> NoReturn:
-    """Run a click command as a program, then end the process without interpreter teardown.
-
-    Why: finalising an interpreter that imported MLflow, pandas, scipy and matplotlib takes
-    ~0.9 s, a third of a small `analyze`. Everything the command writes is synchronous; MLflow's
-    async queue (if any) and logging are flushed before `os._exit`. Unhandled errors propagate
-    (with their traceback) as usual.
-    """
-    try:
-        command.main(args=args, standalone_mode=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None and hasattr(mlflow, "flush_async_logging"):
-        mlflow.flush_async_logging()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

@@ -1,21 +1,34 @@
 """`mlflow run . -e compare` / `tvae-compare`: put training runs side by side.
 
-Thin CLI over `mlflow_plugins.compare`: parse, validate the selection, compare, print ranking.
+Thin CLI over `mlflow_plugins.compare`: parse, select, compare, print the ranking. Bad input is
+one `error: ...` line and exit 2; under `mlflow run` the launcher run ends FAILED with
+`failure.reason`.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 import click
+
+from entrypoints._cli import Blank, fail_launcher_run
+from tvae import contract as C
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 HELP = """Compare training runs: overlay plots, a table and a ranking, logged to a compare run.
 
 \b
 Select runs with one of:
   --runs ID,ID,...        these runs (a --filter narrows them further)
-  --experiment NAME       the training runs of an experiment (optionally --filter)
+  --experiment NAME       the training runs of an experiment, e.g. Default (where `mlflow
+                          run` puts runs without --experiment-name); optionally --filter
   --filter "SEARCH"       MLflow search syntax, e.g. "tags.tier = 'Good'"; alone it searches
                           every active experiment
-An empty value ("") means "not given", as MLproject passes it.
+An empty value ("") means "not given", as MLproject passes it. Runs found by a search that
+log none of the compared metrics are skipped and named; given --runs must all log one.
 
 \b
 Runs not analysed yet (no `tier` tag) are analysed ON THE FLY, in memory, with the default
@@ -29,38 +42,57 @@ ranking.txt; tags compare.runs and compare.count.
 """
 
 
-def _optional(value: str | None) -> str | None:
-    return value.strip() if value and value.strip() else None
+def parse_run_ids(text: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c'] keeping order, dropping blanks and repeats."""
+    parts = (part.strip() for part in (text or "").split(","))
+    return list(dict.fromkeys(part for part in parts if part))
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    message = " ".join(message.split())
+    click.echo(f"error: {message}", err=True)
+    fail_launcher_run(message, C.FAILURE_REASON)
+    sys.exit(code)
 
 
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--runs", default="", help="comma-separated run ids")
-@click.option("--experiment", default="", help="experiment name")
-@click.option("--filter", "filter_string", default="", help="MLflow search filter")
-def main(runs: str, experiment: str, filter_string: str) -> None:
+@click.option("--runs", type=Blank(), help="comma-separated run ids")
+@click.option("--experiment", type=Blank(), help="experiment name")
+@click.option("--filter", "filter_string", type=Blank(), help="MLflow search filter")
+def cli(runs: str | None, experiment: str | None, filter_string: str | None) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mlflow_plugins.compare import CompareError, compare_runs, parse_run_ids, select_runs
+    from mlflow_plugins.compare import CompareError, compare_runs, select_runs
 
     client = MlflowClient()
     try:
-        selected = select_runs(
-            client,
-            parse_run_ids(runs),
-            _optional(experiment),
-            _optional(filter_string),
-        )
-        result = compare_runs(client, selected)
+        selection = select_runs(client, parse_run_ids(runs), experiment, filter_string)
+        if selection.skipped:
+            click.echo(selection.skipped_line())
+        result = compare_runs(client, selection.runs)
     except CompareError as err:
-        raise click.ClickException(str(err)) from None
+        _fail(str(err), EXIT_BAD_INPUT)
     except MlflowException as err:  # e.g. an unreachable tracking server
         first = str(err.message).splitlines()[0] if err.message else type(err).__name__
-        raise click.ClickException(f"tracking store: {first}") from None
+        _fail(f"tracking store: {first}", EXIT_FAILED)
     click.echo(f"Compared {len(result.table)} runs (best first):")
     for line in result.ranking:
         click.echo(line)
     click.echo(f"Logged to run {result.compare_run_id}: {', '.join(result.artifacts)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: click's own errors become one `error:` line too (exit 2)."""
+    try:
+        cli.main(args=argv, prog_name="tvae-compare", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        _fail(err.format_message(), EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        fail_launcher_run("aborted", C.FAILURE_REASON)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -62,10 +62,27 @@ def _resume_config(
 
 
 def _check_runtime(config: TVAEConfig) -> None:
-    """Device and AMP mode must exist on this machine (ValueError with one line otherwise)."""
-    from tvae.train import resolve_amp, resolve_device
+    """Device and AMP mode must exist on this machine (ValueError with one line otherwise):
+    a tensor is placed on the device, so one this torch build or machine lacks fails here,
+    before anything is logged."""
+    import torch
 
-    resolve_amp(config.train.amp, resolve_device(config.train.device))
+    from tvae.device import resolve_amp, resolve_device
+
+    device = resolve_device(config.train.device)
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError):
+        have = ["cpu"]
+        if torch.cuda.is_available():
+            have.append(f"cuda:0-{torch.cuda.device_count() - 1}")
+        if torch.backends.mps.is_available():
+            have.append("mps")
+        raise ValueError(
+            f"device {config.train.device!r} is not available here (this machine has: "
+            f"{', '.join(have)})"
+        ) from None
+    resolve_amp(config.train.amp, device)
 
 
 def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
@@ -106,17 +123,20 @@ def train(
     """Train inside the chosen run and end it with the trainer's status; returns exit code."""
     import mlflow
 
+    from mlflow_plugins.launcher import restore_after_launcher
     from mlflow_plugins.tracking import train_in_run
 
     holder: dict[str, Any] = {}
 
     def on_sigterm(signum: int, frame: Any) -> None:
+        holder["signalled"] = True
         trainer = holder.get("trainer")
         if trainer is None:
             raise KeyboardInterrupt
         trainer.request_stop()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    launched = os.environ.get("MLFLOW_RUN_ID")  # end_run clears it
     run = _start_run(config, resume_from)
     run_id = run.info.run_id
     status = "FAILED"
@@ -139,6 +159,8 @@ def train(
         raise
     finally:
         mlflow.end_run(status=status)
+        if launched == run_id and (status == "KILLED" or holder.get("signalled")):
+            restore_after_launcher(run_id, status)
     best = result.best_metrics or {}
     q = best.get(C.QUALITY)
     q_text = f", Q={q:.3f}" if isinstance(q, int | float) else ""
@@ -146,7 +168,32 @@ def train(
         f"run {run_id} {status}: epoch {result.last_epoch}, best epoch {result.best_epoch}{q_text}"
         + (f" ({result.reason})" if result.reason else "")
     )
+    click.echo(_next_steps(run_id, status))
     return {"FINISHED": 0, "KILLED": EXIT_KILLED}.get(status, EXIT_FAILED)
+
+
+def _next_steps(run_id: str, status: str) -> str:
+    """Where the run is and the commands to go on with it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    uri = mlflow.get_tracking_uri()
+    lines = [f"experiment {exp.name!r} (id {exp.experiment_id}), store {uri}"]
+    if status == "FINISHED":
+        lines.append(f"analyse:  mlflow run . -e analyze --env-manager local -P run_id={run_id}")
+    else:
+        lines.append(f"resume:   mlflow run . -e train --env-manager local -P resume_from={run_id}")
+    lines.append(
+        f"compare:  mlflow run . -e compare --env-manager local -P experiment='{exp.name}'"
+    )
+    ui = (
+        "mlflow ui"
+        if uri.startswith("sqlite:///mlflow.db")
+        else f"mlflow ui --backend-store-uri {uri}"
+    )
+    lines.append(f"look:     {ui}")
+    return "\n".join(lines)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -28,7 +28,6 @@ COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
 TOOL_ENTRY_POINTS = ("analyze", "compare", "promote")
 RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
-ERROR_TAG = "analysis.error"
 
 
 def tool_run(tags: Mapping[str, str]) -> str | None:

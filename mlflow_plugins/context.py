@@ -1,8 +1,12 @@
-"""Runtime tags (device, torch/CUDA versions, git commit) for every run, ours or a user's.
+"""Runtime tags (device, device name, torch/CUDA versions) for the runs of a tvae process.
 
 `runtime_tags()` is what the train entry point sets on its run; `TVAERunContextProvider` is the
-same set registered under `mlflow.run_context_provider`, so a user's own `mlflow.start_run()`
-gets it too (MLflow does not call context providers for runs `mlflow run` creates).
+same set registered under `mlflow.run_context_provider`, so a user's own `mlflow.start_run()` in a
+process that trains with `tvae` gets it too (MLflow does not call context providers for runs
+`mlflow run` creates). The commit is MLflow's own `mlflow.source.git.commit`; `git_commit` fills
+it in only where MLflow could not (a console script outside the checkout). The tag names live
+here, not in `tvae.contract`: MLflow imports this module in every process, and importing `tvae`
+there would be a side effect on other people's runs.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ TAG_DEVICE_NAME = "device.name"
 TAG_TORCH = "torch.version"
 TAG_CUDA = "cuda.version"
 TAG_AMP = "amp"
-TAG_GIT_COMMIT = "git.commit"
 TAG_CONFIG_NAME = "config.name"
 
 
@@ -59,7 +62,8 @@ def _gpu_name() -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def git_commit(cwd: str | None = None) -> str | None:
-    """HEAD commit of the git checkout containing cwd, or None outside git."""
+    """HEAD commit of the git checkout containing cwd (default: this package's), or None."""
+    cwd = cwd or str(Path(__file__).resolve().parent)
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -100,17 +104,15 @@ def runtime_tags(
     tags[TAG_DEVICE_NAME] = device_name
     if amp is not None:
         tags[TAG_AMP] = amp
-    commit = git_commit()
-    if commit:
-        tags[TAG_GIT_COMMIT] = commit
     return tags
 
 
 class TVAERunContextProvider(RunContextProvider):
-    """Adds device/torch/CUDA/git tags to runs started with the fluent `mlflow.start_run()`."""
+    """Adds device/torch/CUDA tags to runs started with the fluent `mlflow.start_run()` in a
+    process that imported the trainer; any other process's runs are left alone."""
 
     def in_context(self) -> bool:
-        return True
+        return "tvae.train" in sys.modules
 
     def tags(self) -> dict[str, str]:
         return runtime_tags()

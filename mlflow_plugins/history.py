@@ -5,22 +5,17 @@
 `metrics` table directly, one streamed query per key (the (run_uuid, key, step) index serves it),
 fetched in pages of plain tuples. Any other store (REST server, file store) goes through the
 public client, which pages itself. Either way: every key, every step, one pass per key.
-
-`read_sqlite` reads the same tables of a local SQLite store with the standard library alone, so
-the analysis worker can start before MLflow (a second of imports) is loaded; the MLflow client
-remains the reference for everything it validates.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # MLflow is imported by callers; read_sqlite must not need it
+if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 SYSTEM_PREFIX = "system/"
@@ -57,7 +52,7 @@ _METRIC_ROWS = (
 
 
 def _fetch_series(cursor: Any) -> pd.Series:
-    """Page a DB-API cursor over _METRIC_ROWS as plain tuples (no ORM, no Row objects)."""
+    """Page the DB-API cursor of _METRIC_ROWS as plain tuples (no ORM, no Row objects)."""
     chunks = []
     while rows := cursor.fetchmany(PAGE_ROWS):
         flat = np.fromiter((float(x) for row in rows for x in row), np.float64, 4 * len(rows))
@@ -73,47 +68,6 @@ def _read_sql(engine, run_id: str, key: str) -> pd.Series:
 
     with engine.connect() as conn:
         return _fetch_series(conn.execute(text(_METRIC_ROWS), {"run": run_id, "key": key}).cursor)
-
-
-def sqlite_path(tracking_uri: str) -> str | None:
-    """The database file of a local `sqlite:///` tracking URI, else None."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or "?" in tracking_uri:
-        return None
-    return tracking_uri[len(prefix) :] or None
-
-
-def read_sqlite(path: str, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str] | None:
-    """(history_df, system_df, run status) straight from a SQLite store, read-only.
-
-    None when the file, the run or its metrics are not there: callers then use load_history.
-    """
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return None
-    try:
-        run = conn.execute(
-            "SELECT status, lifecycle_stage FROM runs WHERE run_uuid = :run", {"run": run_id}
-        ).fetchone()
-        keys = [
-            k
-            for (k,) in conn.execute(
-                "SELECT DISTINCT key FROM latest_metrics WHERE run_uuid = :run", {"run": run_id}
-            )
-        ]
-        if run is None or run[1] != "active" or not keys:
-            return None
-        columns = {
-            k: _fetch_series(conn.execute(_METRIC_ROWS, {"run": run_id, "key": k}))
-            for k in sorted(keys)
-        }
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    history, system = _split(columns)
-    return history, system, str(run[0])
 
 
 def _read_client(client: MlflowClient, run_id: str, key: str) -> pd.Series:

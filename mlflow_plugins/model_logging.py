@@ -1,57 +1,55 @@
-"""Log the best checkpoint as an MLflow model (pytorch flavour) that maps trits to embeddings.
+"""Log the best checkpoint as an MLflow model that maps trits to embeddings.
 
-Format: `pt2` (torch.export). MLflow 3.17 refuses to unpickle `pickle`-format pytorch models
-unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true is set, and a pickled module also needs this
-package's code importable wherever it is served. A `pt2` archive is a pickle-free exported
-graph plus weights: it loads with `mlflow.pyfunc.load_model` and serves with plain torch, and
-it loads in a second or less.
+The model is a pyfunc model from code (`mlflow_plugins/pyfunc_model.py`) around the
+`torch.export` program of `tvae.embedding_head.EmbeddingHead`: nothing is pickled, it loads
+with `mlflow.pyfunc.load_model` in about a second, and it serves with plain torch, without this
+package installed.
 
-Input: a float64 N x 9 tensor spec (what a pandas DataFrame of floats holds; MLflow enforces
-tensor dtypes strictly, so cast float32/int arrays with `.astype("float64")`; the REST server
-casts JSON `inputs` to the spec itself). The head casts to float32 inside.
+Input: N x 9 trits in {-1, 0, 1}, a numpy array or DataFrame of any integer or float dtype.
+The signature declares no input schema on purpose: MLflow's schemas either refuse int64 for a
+float column or floats for an integer one, so the model checks shape and values itself.
 
-Output: the pytorch pyfunc returns one tensor per row without column names, so the column
-order is fixed here and recorded in the model's metadata (`predict_columns`):
-
-    radius_A, radius_B, recon_0 .. recon_8, z_0 .. z_{latent_dim-1}
-
-`radius_*` are hyperbolic radii of encoder A/B embeddings, `recon_*` the reconstructed trits in
-{-1, 0, 1}, `z_*` the encoder B embedding. `predictions_to_frame(raw)` names the columns of
-whatever `predict` returned (DataFrame with integer columns, or ndarray).
+Output: a DataFrame with the columns `radius_A, radius_B, recon_0 .. recon_8, z_0 ..
+z_{latent_dim-1}` (the signature's output schema, and the metadata's `predict_columns`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 
-from mlflow_plugins.pyfunc_model import EmbeddingHead
+from mlflow_plugins import pyfunc_model
+from mlflow_plugins.pyfunc_model import COLUMNS_CONFIG, PROGRAM_ARTIFACT
 from tvae import contract as C
+from tvae.embedding_head import (
+    BASE_COLUMNS,
+    N_TRITS,
+    EmbeddingHead,
+    export_head,
+    head_from_checkpoint,
+    predict_columns,
+)
 
 MODEL_NAME = "model"
-N_TRITS = 9
-BASE_COLUMNS = ["radius_A", "radius_B"] + [f"recon_{i}" for i in range(N_TRITS)]
-INPUT_COLUMNS = [f"t{i}" for i in range(N_TRITS)]
-
-
-def predict_columns(latent_dim: int) -> list[str]:
-    """Column names of the pyfunc output, in order, for a model with this latent size."""
-    return BASE_COLUMNS + [f"z_{i}" for i in range(latent_dim)]
-
-
+PYFUNC_FILE = Path(pyfunc_model.__file__)
 PREDICT_COLUMNS = predict_columns(16)  # the default config's latent_dim
 
 
 def predictions_to_frame(raw: Any) -> pd.DataFrame:
-    """Name the columns of a pyfunc `predict` result (latent size inferred from the width)."""
+    """Name the columns of a `predict` result (latent size inferred from the width).
+
+    Models logged before `predict` named its columns return integer labels or arrays.
+    """
     values = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
     if values.ndim != 2 or values.shape[1] <= len(BASE_COLUMNS):
         raise ValueError(f"expected a 2-d prediction wider than 11 columns, got {values.shape}")
@@ -70,46 +68,43 @@ def _pip_requirements() -> list[str]:
     ]
 
 
-def build_head(checkpoint: Path) -> tuple[EmbeddingHead, int]:
-    """The exportable head around the checkpoint's model, in eval mode, and its latent size."""
-    from tvae.checkpoint import load_model
-
-    vae, config = load_model(Path(checkpoint))
-    head = EmbeddingHead(vae.cpu().float()).eval()
-    return head, config.model.latent_dim
+def _save_pyfunc(validate_serving_input: bool = True, **kwargs: Any) -> None:
+    mlflow.pyfunc.save_model(**kwargs)
 
 
-def log_best_model(checkpoint: Path, step: int, run_id: str | None = None) -> ModelInfo:
-    """Log `checkpoint` as MLflow model `name="model"` at `step` and tag the run with its id/URI.
+# mlflow.pyfunc for `Model.log`, minus the serving check: Model.log reloads the saved model and
+# predicts its input example (~1.5 s, a second torch.export.load) unless it gets
+# validate_serving_input=False, an argument mlflow.pyfunc.save_model refuses. The tests load
+# and predict a logged model instead.
+_PYFUNC_WITHOUT_SERVING_CHECK = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_pyfunc)
 
-    Uses the active run unless run_id is given.
-    """
+
+def log_head(
+    head: EmbeddingHead, latent_dim: int, step: int, run_id: str | None = None
+) -> ModelInfo:
+    """Log `head` as MLflow model `name="model"` at `step` (active run unless run_id is given)
+    and tag the run with the model's id, URI and step."""
     from tvae.ops import ternary_ops
 
-    head, latent_dim = build_head(checkpoint)
     columns = predict_columns(latent_dim)
-    example = ternary_ops()[:: 3**N_TRITS // 8][:8].numpy().astype(np.float64)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, N_TRITS))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)))]),
-    )
-    kwargs: dict[str, Any] = {}
-    if run_id is not None:
-        kwargs["run_id"] = run_id
-    with torch.no_grad():
-        info = mlflow.pytorch.log_model(
-            head,
+    example = ternary_ops()[:: 3**N_TRITS // 8][:8].contiguous()
+    with tempfile.TemporaryDirectory() as tmp:
+        program = Path(tmp) / "head.pt2"
+        torch.export.save(export_head(head, example), program)
+        info = Model.log(
+            artifact_path=None,
             name=MODEL_NAME,
+            flavor=_PYFUNC_WITHOUT_SERVING_CHECK,
+            run_id=run_id,
             step=int(step),
-            input_example=example,
-            signature=signature,
-            serialization_format="pt2",
+            python_model=str(PYFUNC_FILE),
+            artifacts={PROGRAM_ARTIFACT: str(program)},
+            model_config={COLUMNS_CONFIG: columns},
+            signature=ModelSignature(outputs=Schema([ColSpec("float", c) for c in columns])),
+            input_example=example.numpy().astype(np.int64),
             pip_requirements=_pip_requirements(),
-            metadata={"predict_columns": columns, "input": "N x 9 trits in {-1,0,1}"},
-            # MLflow would reload the saved model and predict the example (~0.5 s per run);
-            # this head is the same code every time and tests load and serve it instead
+            metadata={COLUMNS_CONFIG: columns, "input": "N x 9 trits in {-1,0,1}"},
             validate_serving_input=False,
-            **kwargs,
         )
     target = run_id or mlflow.active_run().info.run_id
     client = mlflow.MlflowClient()
@@ -117,3 +112,9 @@ def log_best_model(checkpoint: Path, step: int, run_id: str | None = None) -> Mo
     client.set_tag(target, C.MODEL_URI, info.model_uri)
     client.set_tag(target, C.MODEL_STEP, str(int(step)))
     return info
+
+
+def log_best_model(checkpoint: Path, step: int, run_id: str | None = None) -> ModelInfo:
+    """Log the checkpoint's model (see `log_head`)."""
+    head, latent_dim = head_from_checkpoint(checkpoint)
+    return log_head(head, latent_dim, step, run_id)

@@ -25,6 +25,7 @@ DEFAULT_MODEL_NAME = "TernaryVAE"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 VALUE_KEYS = ("coverage", "hierarchy_B", "Q", "richness")
+AWAIT_CREATION_SECONDS = 60
 
 
 @dataclass
@@ -98,6 +99,19 @@ def versions_of_run(client: MlflowClient, model_name: str, run_id: str) -> list[
     return sorted(found, key=lambda v: int(v.version))
 
 
+def model_name_problem(client: MlflowClient, model_name: str) -> str | None:
+    """Why the registry would refuse `model_name` (None when it is fine), asked of the store
+    itself with a read, so the rule is MLflow's and nothing is written."""
+    if not model_name.strip():
+        return "must not be blank"
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code == "INVALID_PARAMETER_VALUE":
+            return " ".join(str(err.message).split())
+    return None
+
+
 def _ensure_model(client: MlflowClient, model_name: str) -> None:
     try:
         client.get_registered_model(model_name)
@@ -121,18 +135,14 @@ def register_version(
     """Create one model version from `model_uri` with string tags (caller checked it is new)."""
     _ensure_model(client, model_name)
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
-    version = client.create_model_version(
+    return client.create_model_version(
         model_name,
         source=model_uri,
         run_id=run_id,
         tags={k: str(v) for k, v in tags.items()},
         model_id=model_id,
+        await_creation_for=AWAIT_CREATION_SECONDS,  # MLflow waits for READY (or raises)
     )
-    deadline = time.monotonic() + 60
-    while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
-        time.sleep(0.2)
-        version = client.get_model_version(model_name, version.version)
-    return version
 
 
 def _version_values(version: ModelVersion) -> dict[str, str]:
@@ -199,20 +209,41 @@ class PromoteError(ValueError):
     """A manual promotion was refused; the message is one line saying why."""
 
 
-def promote(client: MlflowClient, model_name: str, version: str, min_tier: str, force: bool) -> str:
-    """Move `champion` to `version` by hand; refuse versions below `min_tier` unless forced."""
+class BelowMinTier(PromoteError):
+    """Refused because of the version's tier: forcing would promote it anyway."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote` did: `moved` is False when the version already was champion."""
+
+    moved: bool
+    reason: str
+
+
+def promote(
+    client: MlflowClient, model_name: str, version: str, min_tier: str, force: bool
+) -> Promotion:
+    """Move `champion` to `version` by hand; refuse versions below `min_tier` unless forced.
+
+    Promoting the current champion changes nothing (no alias move, no tags) and says so.
+    """
+    problem = model_name_problem(client, model_name)
+    if problem:
+        raise PromoteError(f"model name: {problem}")
     try:
         mv = client.get_model_version(model_name, version)
     except MlflowException:
         raise PromoteError(f"model '{model_name}' has no version '{version}'") from None
+    champion = _alias_version(client, model_name, CHAMPION)
+    if champion is not None and champion.version == mv.version:
+        return Promotion(False, f"version {version} already is {CHAMPION}; nothing changed")
     tier = mv.tags.get(C.TIER, "None")
     if not tier_at_least(tier, min_tier) and not force:
-        raise PromoteError(
-            f"version {version} has tier {tier}, below min_tier {min_tier} (use --force true)"
-        )
+        raise BelowMinTier(f"version {version} has tier {tier}, below min_tier {min_tier}")
     reason = f"promoted by hand (tier {tier}{', forced' if force else ''})"
     move_alias(client, model_name, CHAMPION, version, reason)
-    return reason
+    return Promotion(True, reason)
 
 
 # Tolerances for "the re-evaluated model reproduces its logged metrics" (CPU vs training device).

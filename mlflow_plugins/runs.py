@@ -1,4 +1,4 @@
-"""Small run helpers for training: readable names, experiment choice, resume look-ups."""
+"""Small run helpers: readable names, experiment choice, resume look-ups, failing a run with why."""
 
 from __future__ import annotations
 
@@ -78,6 +78,25 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         )
     mark_model_training(client, exp.experiment_id)
     return exp.experiment_id
+
+
+def fail_run(
+    client: MlflowClient,
+    run_id: str,
+    reason: str,
+    *,
+    only_running: bool = True,
+    tag: str = C.FAILURE_REASON,
+) -> bool:
+    """End `run_id` FAILED with why in `failure.reason` (the contract tag; `tag` only for old
+    callers). With `only_running` a run that already ended (an existing run given to `mlflow
+    run --run-id`) is left as it was. Returns whether the run was marked.
+    """
+    if only_running and client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, tag, " ".join(reason.split())[:5000])
+    client.set_terminated(run_id, "FAILED")
+    return True
 
 
 def get_resumable_run(client: MlflowClient, run_id: str) -> Run:

@@ -19,23 +19,21 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
-from mlflow_plugins.context import TAG_CONFIG_NAME, runtime_tags
+from mlflow_plugins.context import TAG_CONFIG_NAME, git_commit, runtime_tags
 from tvae import contract as C
 from tvae.callbacks import TrainLogger
 from tvae.config import TVAEConfig, config_to_yaml, flatten_config
+from tvae.interrupts import deferred_interrupt
 
 _log = logging.getLogger(__name__)
 
-TAG_STATUS = "train.status"
-TAG_RESUMED_FROM_EPOCH = "resume.from_epoch"
-TAG_PARAMS_CHANGED = "resume.changed_params"
-TAG_SKIPPED_STEPS = "resume.skipped_steps"  # retrained epochs whose first metrics are kept
 CONFIG_ARTIFACT = "config.yaml"
 LOG_ARTIFACT = "training.log"
 SUMMARY_ARTIFACT = "training_summary.json"
 EVENTS_ARTIFACT = "events.json"
-_BATCH_LIMIT = 100  # MLflow's per-call param limit
 
 
 def _prewarm_export() -> None:
@@ -74,11 +72,11 @@ def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: P
     flat = flatten_config(config)
     new = [Param(k, v) for k, v in flat.items() if k not in existing]
     changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
-    for i in range(0, len(new), _BATCH_LIMIT):
-        client.log_batch(run_id, params=new[i : i + _BATCH_LIMIT])
+    for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=new[i : i + MAX_PARAMS_TAGS_PER_BATCH])
     if changed:
         value = ",".join(f"{k}={flat[k]}" for k in changed)
-        client.set_tag(run_id, TAG_PARAMS_CHANGED, value[:5000])
+        client.set_tag(run_id, C.PARAMS_CHANGED, value[:5000])
     path = workdir / CONFIG_ARTIFACT
     path.write_text(config_to_yaml(config))
     client.log_artifact(run_id, str(path))
@@ -102,6 +100,8 @@ class MlflowTrainLogger(TrainLogger):
         self.workdir = Path(workdir)
         self._jobs: list[Future] = []  # metric batches and uploads, oldest first
         self._pending: dict[str, Path] = {}  # kind -> checkpoint written, not yet uploaded
+        self._upload_at: int | None = None  # last.pt of this epoch waits for its metrics
+        self._prewarm: threading.Thread | None = None
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvae-mlflow")
         self._events: list[dict[str, Any]] = []
@@ -112,7 +112,8 @@ class MlflowTrainLogger(TrainLogger):
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
-        threading.Thread(target=_prewarm_export, name="tvae-prewarm", daemon=True).start()
+        self._prewarm = threading.Thread(target=_prewarm_export, name="tvae-prewarm", daemon=True)
+        self._prewarm.start()
         device = str(info["device"]) if info.get("device") is not None else None
         tags = runtime_tags(
             device=device,
@@ -125,7 +126,10 @@ class MlflowTrainLogger(TrainLogger):
             tags[TAG_CONFIG_NAME] = config.name
         start = int(info.get("start_epoch") or 0)
         if start:
-            tags[TAG_RESUMED_FROM_EPOCH] = str(start)
+            tags[C.RESUMED_FROM_EPOCH] = str(start)
+        commit = git_commit()
+        if commit and MLFLOW_GIT_COMMIT not in self.client.get_run(self.run_id).data.tags:
+            tags[MLFLOW_GIT_COMMIT] = commit  # MLflow sets it unless run as a console script
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -138,10 +142,18 @@ class MlflowTrainLogger(TrainLogger):
             self._log_metrics(batch)
         else:
             self._jobs.append(self._worker.submit(self._log_metrics, batch))
+        self._upload_due(epoch)
+
+    def _upload_due(self, epoch: int) -> None:
+        if self._upload_at is not None and epoch >= self._upload_at:
+            self._upload_at = None
+            self._upload_pending()
 
     def on_checkpoint(self, path: Path, epoch: int, kind: str) -> None:
         """Upload last.pt when the trainer writes it (every checkpoint_every epochs and at the
-        end), with the newest best.pt if it changed since; best.pt alone only waits.
+        end), with the newest best.pt if it changed since; best.pt alone only waits. The upload
+        is queued behind the metrics of the checkpoint's epoch (one worker, in order), so a run
+        killed at any moment never holds a checkpoint ahead of its logged steps.
 
         best.pt improves nearly every epoch; uploading each (a copy plus MLflow's Python under
         the trainer's GIL) measurably slowed epochs. No staging copies: the trainer replaces
@@ -150,7 +162,8 @@ class MlflowTrainLogger(TrainLogger):
         with self._lock:
             self._pending[kind] = Path(path)
         if kind == "last":
-            self._upload_pending()
+            self._upload_at = int(epoch)
+            self._upload_due(self.last_epoch)
 
     def _upload_pending(self) -> None:
         with self._lock:
@@ -191,6 +204,8 @@ class MlflowTrainLogger(TrainLogger):
             self.flush()
         finally:
             self._worker.shutdown(wait=True)
+            if self._prewarm is not None:  # two torch.export calls at once corrupt its state
+                self._prewarm.join()
             self._log_file.close()
         summary = {**self.summary, **(summary_extra or {})}
         (self.workdir / SUMMARY_ARTIFACT).write_text(json.dumps(summary, indent=2, default=str))
@@ -246,7 +261,7 @@ def train_in_run(
         logged = last_logged_step(client, run_id)
         if logged > ckpt_epoch:  # killed hard after the last checkpoint
             skip = logged
-            client.set_tag(run_id, TAG_SKIPPED_STEPS, f"{ckpt_epoch + 1}-{logged}")
+            client.set_tag(run_id, C.SKIPPED_STEPS, f"{ckpt_epoch + 1}-{logged}")
     logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
     trainer = Trainer(config, workdir, logger, echo=echo)
     if on_trainer is not None:
@@ -256,12 +271,24 @@ def train_in_run(
         result = trainer.fit(resume_checkpoint=resume_checkpoint)
     finally:
         # whatever happened, what was logged so far reaches the store
-        logger.close(result_summary(result) if result is not None else {})
+        with deferred_interrupt():
+            logger.close(result_summary(result) if result is not None else {})
+    try:  # the training is over: a Ctrl-C now must not cost the run its model
+        with deferred_interrupt():
+            _wrap_up(client, run_id, result, log_model)
+    except KeyboardInterrupt:
+        _log.warning("interrupted after training: the model and status were written first")
+    return result
+
+
+def _wrap_up(client: MlflowClient, run_id: str, result: Any, log_model: bool) -> None:
+    """The run's failure reason (set or cleared) and its best model."""
     if result.status == "FAILED":
         client.set_tag(run_id, C.FAILURE_REASON, str(result.reason or "unknown")[:5000])
+    elif C.FAILURE_REASON in client.get_run(run_id).data.tags:  # a resume got past it
+        client.delete_tag(run_id, C.FAILURE_REASON)
     best = result.best_checkpoint
     if log_model and best is not None and Path(best).is_file() and result.best_epoch:
         from mlflow_plugins.model_logging import log_best_model
 
         log_best_model(Path(best), int(result.best_epoch), run_id=run_id)
-    return result

@@ -190,3 +190,15 @@ def test_tags_and_json_follow_contract():
     assert d["candidates"][0]["verdict"] == "confirmed" and d["tier"]["name"] == "None"
     assert d["confidence"] == rep.confidence
     assert "Did grokking occur?" in rep.answers
+
+
+def test_missing_training_steps_fail_the_steps_check():
+    """A step lost to a crash or an unreachable store is named, not silently skipped."""
+    df = seed_run()
+    assert "train/loss" in df.columns
+    full = {c.name: c for c in analyze(df).checks}["steps_complete"]
+    assert full.status == "pass" and full.value == 0
+    gap = df.drop(index=df.index[[10, 11, 30]])
+    lost = {c.name: c for c in analyze(gap).checks}["steps_complete"]
+    assert lost.status == "fail" and lost.value == 3
+    assert lost.note == ", ".join(f"{e:g}" for e in df.index[[10, 11, 30]])

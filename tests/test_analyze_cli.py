@@ -17,8 +17,9 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from entrypoints.analyze import main as analyze_main
+from mlflow_plugins.analyze_run import AnalyzeInputError, analyze_run
 from tvae.analysis import Roles, analyze
-from tvae.contract import ANALYSIS_TAGS
+from tvae.contract import ANALYSIS_TAGS, FAILURE_REASON
 
 RUNS = Path(__file__).parent / "corpus" / "runs"
 LR_DROP = RUNS / "blobs_step35.csv.gz"  # a classifier whose accuracy jumps when the LR drops
@@ -56,6 +57,15 @@ def invoke(*args: str):
 def analysis_tags(run_id: str) -> dict[str, str]:
     tags = MlflowClient().get_run(run_id).data.tags
     return {k: v for k, v in tags.items() if k in ANALYSIS_TAGS}
+
+
+def assert_one_line_error(result, message: str) -> None:
+    """The house error style: exit 2, one `error:` line, and it is the last line printed."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.lower().startswith("error")]
+    assert errors == [lines[-1]] and lines[-1].startswith("error: "), result.output
+    assert message in lines[-1], result.output
 
 
 def test_tags_report_plots_and_analyze_run(tracking_uri):
@@ -155,6 +165,8 @@ UNKNOWN_KEY = "no_such_threshold: 3\n"
         ("missing_config", "not found"),
         ("bad_tier", "not one of"),
         ("bad_bool", "not true or false"),
+        ("bad_model_name", "--model-name: Invalid model name 'a/b'"),
+        ("blank_run_id", "--run-id is required"),
     ],
 )
 def test_bad_input_one_line_nothing_written(tracking_uri, tmp_path, case, message):
@@ -183,69 +195,18 @@ def test_bad_input_one_line_nothing_written(tracking_uri, tmp_path, case, messag
         args += ["--min-tier", "Great"]
     elif case == "bad_bool":
         args += ["--register", "maybe"]
+    elif case == "bad_model_name":  # refused before the (slow) re-evaluation could start
+        args += ["--model-name", "a/b", "--min-tier", "None"]
+    elif case == "blank_run_id":  # what MLproject passes for an empty -P run_id=
+        args[1] = ""
     runs_before = len(client.search_runs(["0"], run_view_type=3))
 
     result = CliRunner().invoke(analyze_main, args)
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], result.output
+    assert_one_line_error(result, message)
     if case != "unknown_run":
         assert analysis_tags(run_id) == {}
         assert client.list_artifacts(run_id, "analysis") == []
     assert len(client.search_runs(["0"], run_view_type=3)) == runs_before  # no analyze run
-
-
-@pytest.mark.parametrize("fork", [True, False])
-def test_worker_forked_or_inline_gives_the_same_analysis(tmp_path, fork):
-    from entrypoints._analysis_worker import AnalysisWorker, InputError
-
-    history = pd.read_csv(LR_DROP, index_col="epoch")
-    worker = AnalysisWorker(METRIC_MAP, "", fork=fork)
-    try:
-        assert worker.forked is fork
-        worker.check_inputs()
-        result = worker.analyse(lambda: (history, None), "FINISHED", str(tmp_path))
-    finally:
-        worker.close()
-    assert result["tags"] == expected_report(LR_DROP).tags()
-    assert sorted(p.suffix for p in tmp_path.iterdir()) and all(
-        p.suffix == ".png" for p in tmp_path.iterdir()
-    )
-    bad = AnalysisWorker("speed=val_acc", "", fork=fork)
-    try:
-        with pytest.raises(InputError, match="unknown role"):
-            bad.check_inputs()
-    finally:
-        bad.close()
-
-
-def test_forked_worker_reads_a_sqlite_run_itself_and_falls_back_when_it_cannot(
-    tracking_uri, tmp_path
-):
-    """With MLFLOW_TRACKING_URI=sqlite:///..., the worker needs no history from the parent."""
-    from entrypoints._analysis_worker import AnalysisWorker
-    from mlflow_plugins.history import load_history, read_sqlite, sqlite_path
-
-    run_id = log_csv_run(LR_DROP)
-    history, system, status = read_sqlite(sqlite_path(tracking_uri), run_id)
-    via_client = load_history(MlflowClient(), run_id)
-    pd.testing.assert_frame_equal(history, via_client[0])
-    assert status == "FINISHED" and system.empty and via_client[1].empty
-    assert read_sqlite(sqlite_path(tracking_uri), "no-such-run") is None
-
-    def must_not_load():
-        raise AssertionError("the worker asked for a history it could read itself")
-
-    for run, load in ((run_id, must_not_load), ("no-such-run", lambda: via_client)):
-        folder = tmp_path / run
-        worker = AnalysisWorker(METRIC_MAP, "", run_id=run, folder=str(folder), fork=True)
-        try:
-            worker.check_inputs()
-            result = worker.analyse(load, "FINISHED", str(folder))
-        finally:
-            worker.close()
-        assert result["tags"] == expected_report(LR_DROP).tags()
-        assert any(p.suffix == ".png" for p in folder.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -259,9 +220,9 @@ def test_launcher_run_ends_failed_with_reason(tracking_uri, monkeypatch, args, r
     launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     result = CliRunner().invoke(analyze_main, ["--run-id", run_id, *args])
-    assert result.exit_code != 0
+    assert_one_line_error(result, reason)
     own = client.get_run(launcher)
-    assert own.info.status == "FAILED" and reason in own.data.tags["analysis.error"]
+    assert own.info.status == "FAILED" and reason in own.data.tags[FAILURE_REASON]
     assert analysis_tags(run_id) == {}
 
 
@@ -275,10 +236,42 @@ def test_an_analyze_run_is_refused_and_left_as_it_was(tracking_uri):
     runs_before = len(client.search_runs(["0"], run_view_type=3))
 
     result = CliRunner().invoke(analyze_main, ["--run-id", analyze_run])
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "is an analyze run" in errors[0] and run_id in errors[0]
+    assert_one_line_error(result, f"is an analyze run (of training run {run_id})")
     after = client.get_run(analyze_run)
     assert after.data.tags == before.data.tags and "tier" not in after.data.tags
     assert sorted(f.path for f in client.list_artifacts(analyze_run, "analysis")) == files
     assert len(client.search_runs(["0"], run_view_type=3)) == runs_before
+
+
+def test_python_callers_use_the_same_analysis_without_the_cli(tracking_uri):
+    """`analyze_run` is the whole analysis: a notebook gets the report and the runs it wrote."""
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    outcome = analyze_run(client, run_id, metric_map=METRIC_MAP, register=False)
+    assert outcome.report.tags() == expected_report(LR_DROP).tags()
+    assert outcome.registry.action == "skipped" and "register=false" in outcome.summary()
+    assert analysis_tags(run_id)["analysis.run_id"] == outcome.analyze_run_id
+    own = client.get_run(outcome.analyze_run_id)
+    assert own.info.status == "FINISHED" and own.data.params["register"] == "false"
+
+    runs_before = len(client.search_runs(["0"], run_view_type=3))
+    with pytest.raises(AnalyzeInputError, match="--min-tier"):
+        analyze_run(client, run_id, min_tier="Great")
+    assert len(client.search_runs(["0"], run_view_type=3)) == runs_before
+
+
+def test_a_failing_write_ends_the_analyze_run_failed_with_why(tracking_uri):
+    """After validation, a store that refuses a write leaves no FINISHED half-written run."""
+    client = MlflowClient()
+    run_id = log_csv_run(LR_DROP)
+    artifacts = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text("a file where the run's artifact folder should be")
+
+    result = CliRunner().invoke(analyze_main, ["--run-id", run_id, "--metric-map", METRIC_MAP])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: analysis failed: ") and "Error" in last, result.output
+    (own,) = [r for r in client.search_runs(["0"]) if r.info.run_id != run_id]
+    assert own.info.status == "FAILED" and own.data.tags[FAILURE_REASON]
+    assert analysis_tags(run_id) == {}

@@ -11,6 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_analyze_cli import GROKKING, analysis_tags, expected_report, log_csv_run
 
+from tvae.contract import FAILURE_REASON
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,8 +45,11 @@ def test_mlflow_run_analyze_tags_run_and_fails_cleanly_on_bad_input(tracking_uri
     before = {r.info.run_id for r in client.search_runs(["0"], run_view_type=3)}
     failed = _mlflow_run(tracking_uri, f"run_id={run_id}")
     assert failed.returncode != 0
-    assert f"run '{run_id}' is deleted" in failed.stderr + failed.stdout
+    # our one line is the last thing the user reads before MLflow's own failure report
+    lines = failed.stderr.strip().splitlines()
+    assert lines[-2] == f"error: --run-id: run '{run_id}' is deleted", failed.stderr
+    assert "=== Run (ID" in lines[-1] and "failed ===" in lines[-1], failed.stderr
     (new,) = [r for r in client.search_runs(["0"], run_view_type=3) if r.info.run_id not in before]
     assert new.info.status == "FAILED"
-    assert "is deleted" in new.data.tags["analysis.error"]
+    assert "is deleted" in new.data.tags[FAILURE_REASON]
     assert client.get_run(run_id).data.tags["analysis.run_id"] == analyze_run.info.run_id

@@ -6,24 +6,19 @@ Cost: ~15 s on 2 cores (most of it matplotlib rendering and MLflow store set-up)
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from mlflow_plugins.compare import (
-    CompareError,
-    align_by_epoch,
-    compare_runs,
-    load_compared_runs,
-    parse_run_ids,
-    select_runs,
-)
+from entrypoints.compare import main, parse_run_ids
+from mlflow_plugins.compare import CompareError, compare_runs, load_compared_runs, select_runs
+from tvae.compare import align_by_epoch
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -91,7 +86,7 @@ def test_runs_of_different_lengths_and_irregular_steps_line_up_by_epoch(store):
     sparse = log_run(
         client, exp, "sparse", synthetic_history([1, 4, 9, 16, 25], 9, 0.3), analysed("Good", 9)
     )
-    runs = select_runs(client, [dense, sparse])
+    runs = select_runs(client, [dense, sparse]).runs
     compared = load_compared_runs(client, runs, analyzer=_no_analysis)
     aligned = align_by_epoch(compared, "eval/Q")
     assert list(aligned.index) == sorted(set(range(1, 11)) | {16, 25})
@@ -120,7 +115,7 @@ def test_table_ranks_by_tier_then_quality_and_reports_stored_events(store):
         client, exp, "weak", synthetic_history(list(range(1, 21)), 99, 0.0), analysed("None", None)
     )
     result = compare_runs(
-        client, select_runs(client, [good, weak, best]), analyzer=_no_analysis, log=False
+        client, select_runs(client, [good, weak, best]).runs, analyzer=_no_analysis, log=False
     )
     table = result.table
     assert list(table["run"]) == ["excellent", "good", "weak"]
@@ -144,7 +139,7 @@ def test_compare_logs_plots_table_and_html_to_its_own_run_and_leaves_runs_alone(
         client, exp, "b", synthetic_history(list(range(1, 31, 2)), 15, 0.2), analysed("Minimal", 15)
     )
     before = {r: client.get_run(r).data for r in (a, b)}
-    result = compare_runs(client, select_runs(client, [a, b]), analyzer=_no_analysis)
+    result = compare_runs(client, select_runs(client, [a, b]).runs, analyzer=_no_analysis)
     own = client.get_run(result.compare_run_id)
     assert own.info.experiment_id == exp and own.info.status == "FINISHED"
     assert set(own.data.tags["compare.runs"].split(",")) == {a, b}
@@ -163,7 +158,7 @@ def test_compare_logs_plots_table_and_html_to_its_own_run_and_leaves_runs_alone(
     csv = pd.read_csv(f"{local}/table.csv")
     assert list(csv["run_id"]) == [a, b] and list(csv["tier"]) == ["Good", "Minimal"]
     page = open(f"{local}/table.html").read()
-    assert page.startswith("<!DOCTYPE html>") and '<td class="Minimal">Minimal</td>' in page
+    assert page.startswith("<!DOCTYPE html>") and '<span class="Minimal">Minimal</span>' in page
     assert open(f"{local}/coverage.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     for run_id, data in before.items():
         after = client.get_run(run_id).data
@@ -183,12 +178,11 @@ def test_experiment_and_filter_select_only_matching_training_runs(store):
         {"analysis/seconds": {0: 1.0}},
         {**analysed("Good", 2), "analysis.source_run_id": good},
     )
-    runs = select_runs(client, experiment="cmp", filter_string="tags.tier = 'Good'")
+    runs = select_runs(client, experiment="cmp", filter_string="tags.tier = 'Good'").runs
     assert [r.info.run_id for r in runs] == [good]
-    assert len(select_runs(client, experiment="cmp")) == 2
-    assert [r.info.run_id for r in select_runs(client, filter_string="tags.tier = 'Good'")] == [
-        good
-    ]
+    assert len(select_runs(client, experiment="cmp").runs) == 2
+    found = select_runs(client, filter_string="tags.tier = 'Good'")
+    assert [r.info.run_id for r in found.runs] == [good] and found.skipped == []
 
 
 @pytest.mark.parametrize(
@@ -215,14 +209,22 @@ def test_runs_from_other_experiments_without_compared_metrics_are_refused(store)
     ours = log_run(client, exp, "ours", synthetic_history([1, 2], 2, 0.1), analysed("Good", 2))
     other = client.create_experiment("sklearn")
     theirs = log_run(client, other, "theirs", {"rmse": {0: 0.3}})
-    with pytest.raises(CompareError, match=f"log none of the compared metrics.*{theirs}"):
+    with pytest.raises(CompareError, match=f"--runs: run.s. log none of eval/coverage.*{theirs}"):
         select_runs(client, [ours, theirs])
     bare = client.create_run(other).info.run_id
-    with pytest.raises(CompareError, match=f"without metrics.*{bare}"):
+    with pytest.raises(CompareError, match=f"log none of .*{bare}"):
         select_runs(client, [ours, bare])
 
 
-def test_cli_prints_ranking_and_rejects_bad_input_without_logging(store):
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The console script in-process: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+def test_cli_prints_ranking_and_rejects_bad_input_without_logging(store, capsys):
     client, exp = store
     a = log_run(
         client, exp, "alpha", synthetic_history(list(range(1, 6)), 3, 0.3), analysed("Excellent", 3)
@@ -230,23 +232,21 @@ def test_cli_prints_ranking_and_rejects_bad_input_without_logging(store):
     b = log_run(
         client, exp, "beta", synthetic_history(list(range(1, 6)), 3, 0.1), analysed("Minimal", 3)
     )
-    from entrypoints.compare import main
-
-    ok = CliRunner().invoke(main, ["--runs", f"{b},{a}", "--experiment", "", "--filter", ""])
-    assert ok.exit_code == 0, ok.output
-    lines = ok.output.splitlines()
+    main(["--runs", f"{b},{a}", "--experiment", "", "--filter", ""])  # returns on success
+    lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith(" 1. alpha [Excellent]") and lines[2].startswith(
         " 2. beta [Minimal]"
     )
     n_runs = len(client.search_runs([exp]))
-    bad = CliRunner().invoke(
-        main, ["--runs", "", "--experiment", "cmp", "--filter", "tags.x = 'y'"]
-    )
-    assert bad.exit_code != 0
-    assert bad.output.strip().splitlines() == [
-        "Error: no training runs in experiment 'cmp' matching filter \"tags.x = 'y'\""
+    code, _, err = run_cli(capsys, "--runs", "", "--experiment", "cmp", "--filter", "tags.x = 'y'")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: no training runs in experiment 'cmp' matching filter \"tags.x = 'y'\""
     ]
     assert len(client.search_runs([exp])) == n_runs
+    code, _, err = run_cli(capsys, "--bogus", "x")
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith("error: No such option") and "--bogus" in line
 
 
 def test_help_documents_the_choice_for_runs_not_yet_analysed():
@@ -289,7 +289,7 @@ def test_runs_not_analysed_are_analysed_in_memory_and_left_untouched(store):
         client, exp, "stored", synthetic_history(list(range(1, 21)), 8, 0.1), analysed("Minimal", 8)
     )
     before = client.get_run(fresh).data
-    result = compare_runs(client, select_runs(client, [stored, fresh]))
+    result = compare_runs(client, select_runs(client, [stored, fresh]).runs)
     expected = analyze(load_history(client, fresh)[0])  # the engine itself, on the same history
     assert expected.confirmed, "the fixture history must hold a grokking event"
     row = result.table.set_index("run").loc["fresh"]
@@ -320,8 +320,97 @@ def test_stored_analysis_events_come_from_the_report_the_analyzer_wrote(store, t
     folder = tmp_path / "analysis"
     render_artifacts(report.to_dict(), {}, folder)
     write_training_run(client, run_id, folder, report.tags())  # as `analyze` stores it
-    result = compare_runs(client, select_runs(client, [run_id]), analyzer=_no_analysis, log=False)
+    result = compare_runs(
+        client, select_runs(client, [run_id]).runs, analyzer=_no_analysis, log=False
+    )
     row = result.table.iloc[0]
     assert row["analysis"] == "stored" and row["tier"] == report.tags()["tier"]
     assert row["event_epochs"] == ",".join(str(int(c.breakthrough_epoch)) for c in report.confirmed)
     assert row["events"] == len(report.confirmed)
+
+
+def foreign_and_failed_runs(client: MlflowClient, experiment_id: str) -> tuple[str, str]:
+    """What else lands in an experiment such as Default: another project's run (rmse), and a
+    `mlflow run -e train` that failed on bad input before logging any metric. An analyze
+    launcher run is there too: it is this tool's own and is left out without a word."""
+    theirs = log_run(client, experiment_id, "sklearn-fit", {"rmse": {0: 0.3}})
+    failed = client.create_run(
+        experiment_id, run_name="bad-lr", tags={"mlflow.project.entryPoint": "train"}
+    ).info.run_id
+    client.set_terminated(failed, "FAILED")
+    tool = client.create_run(experiment_id, tags={"mlflow.project.entryPoint": "analyze"})
+    client.set_terminated(tool.info.run_id, "FAILED")
+    return theirs, failed
+
+
+def test_experiment_default_compares_its_training_runs_and_names_the_skipped(tracking_uri, capsys):
+    client = MlflowClient(tracking_uri)
+    ours = log_run(
+        client, "0", "v5-run", synthetic_history(list(range(1, 6)), 3, 0.3), analysed("Good", 3)
+    )
+    theirs, failed = foreign_and_failed_runs(client, "0")
+    main(["--experiment", "Default", "--runs", "", "--filter", ""])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("skipped 2 run(s) that log none of eval/coverage")
+    assert f"sklearn-fit ({theirs})" in out[0] and f"bad-lr ({failed})" in out[0]
+    assert out[1] == "Compared 1 runs (best first):" and out[2].startswith(" 1. v5-run [Good]")
+    compare_id = out[-1].split()[3].rstrip(":")
+    compare_run = client.get_run(compare_id)
+    assert compare_run.info.experiment_id == "0" and compare_run.data.tags["compare.runs"] == ours
+
+
+def test_no_comparable_run_is_one_error_line_exit_2_and_a_failed_launcher_run(
+    store, capsys, monkeypatch
+):
+    client, exp = store
+    theirs, failed = foreign_and_failed_runs(client, exp)
+    launcher = client.create_run(exp, tags={"mlflow.project.entryPoint": "compare"}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)  # as `mlflow run -e compare` starts it
+    code, out, err = run_cli(capsys, "--experiment", "cmp")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: no training runs in experiment 'cmp'; skipped 2 run(s)")
+    assert theirs in line and failed in line
+    run = client.get_run(launcher)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure.reason"] == line.removeprefix("error: ")
+
+
+def test_table_and_page_need_no_mlflow_and_escape_what_runs_are_called():
+    from tvae.compare import ComparedRun, RunAnalysis, build_table, ranking_lines, table_html
+
+    def item(name: str, tier: str, q: float) -> ComparedRun:
+        history = pd.DataFrame({"eval/Q": [q - 0.5, q], "eval/coverage": [np.nan, 0.9]})
+        history.index = pd.Index([1, 2], name="epoch")
+        return ComparedRun(name, name, "FINISHED", np.nan, history,
+                           RunAnalysis(tier, [], "none", "stored"), label=name)  # fmt: skip
+
+    runs = [item("<b>x</b>", "Good", 1.0), item("odd", "Custom", 9.0), item("top", "Good", 2.0)]
+    table = build_table(runs)
+    assert list(table["run"]) == ["top", "<b>x</b>", "odd"]  # an unknown tier ranks last
+    assert table.loc[0, "best_coverage"] == pytest.approx(0.9) and np.isnan(table.loc[0, "wall_s"])
+    assert ranking_lines(table)[0] == (
+        " 1. top [Good] Q=2 hierarchy_B=- coverage=0.9 no grokking; 2 epochs"
+    )
+    page = table_html(table, "t")
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+    assert '<span class="Good">Good</span>' in page and "<td>2 / 2</td>" in page
+
+
+@pytest.mark.slow
+def test_mlflow_run_compare_on_the_default_experiment(tracking_uri):
+    """The README's order: runs made by `mlflow run` without --experiment-name are in Default."""
+    client = MlflowClient(tracking_uri)
+    ours = log_run(
+        client, "0", "v5-run", synthetic_history(list(range(1, 6)), 3, 0.3), analysed("Good", 3)
+    )
+    theirs, _ = foreign_and_failed_runs(client, "0")
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "compare"]
+    cmd += ["--env-manager", "local", "-P", "experiment=Default"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"sklearn-fit ({theirs})" in done.stdout and " 1. v5-run [Good]" in done.stdout
+    (launcher,) = [r for r in client.search_runs(["0"]) if r.data.tags.get("compare.runs") == ours]
+    assert launcher.info.status == "FINISHED"
+    assert launcher.data.tags["mlflow.project.entryPoint"] == "compare"

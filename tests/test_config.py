@@ -44,3 +44,14 @@ def test_overrides_and_file_errors(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    for text in ("", "# only a comment\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match="is empty"):
+            load_config(empty)
+
+
+def test_a_retired_key_in_an_older_config_is_dropped():
+    """Checkpoints and runs from before the thread-only runner store train.branch_workers."""
+    cfg = config_from_dict({"train": {"branch_workers": "process", "threads": 2}})
+    assert cfg.train.threads == 2 and "branch_workers" not in cfg.model_dump()["train"]

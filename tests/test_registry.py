@@ -6,9 +6,11 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from test_analyze_cli import assert_one_line_error
 
 from entrypoints.promote import main as promote_main
 from mlflow_plugins import registry
+from tvae.contract import FAILURE_REASON
 
 NAME = "TernaryVAE"
 
@@ -75,7 +77,7 @@ def test_promote_cli_refuses_low_tier_unless_forced(tracking_uri):
     v2 = _version(client, 0.5, -0.2, 0.5, tier="None")
     runner = CliRunner()
     refused = runner.invoke(promote_main, ["--version", v2, "--min-tier", "Good"])
-    assert refused.exit_code != 0 and "below min_tier Good" in refused.output
+    assert_one_line_error(refused, "below min_tier Good; pass --force true to promote it anyway")
     assert _alias(client, "champion") == v1
     forced = runner.invoke(promote_main, ["--version", v2, "--force", "true"])
     assert forced.exit_code == 0, forced.output
@@ -96,9 +98,39 @@ def test_promote_cli_refuses_low_tier_unless_forced(tracking_uri):
 def test_promote_cli_bad_input_is_one_line_error(tracking_uri, args, message):
     _version(MlflowClient(), 2.0, -0.8, 1.0)
     result = CliRunner().invoke(promote_main, args)
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0]
+    assert_one_line_error(result, message)
+
+
+def test_repromoting_the_champion_is_a_no_op_that_says_so(tracking_uri):
+    client = MlflowClient()
+    v1 = _version(client, 2.0, -0.8, 1.0)
+    before = client.get_model_version(NAME, v1).tags
+    result = CliRunner().invoke(promote_main, ["--version", v1])
+    assert result.exit_code == 0, result.output
+    assert f"version {v1} already is champion; nothing changed" in result.output
+    after = client.get_model_version(NAME, v1).tags
+    assert after == before and "alias.champion.lost" not in after
+    assert _alias(client, "champion") == v1
+
+
+def test_under_mlflow_run_the_force_hint_is_a_project_parameter(tracking_uri, monkeypatch):
+    """`mlflow run` users pass `-P force=true`; their launcher run ends FAILED with why."""
+    client = MlflowClient()
+    _version(client, 2.5, -0.82, 1.0, tier="Excellent")
+    low = _version(client, 0.5, -0.2, 0.5, tier="None")
+    with mlflow.start_run() as launcher:
+        pass
+    client.update_run(launcher.info.run_id, status="RUNNING")
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    refused = CliRunner().invoke(promote_main, ["--version", low])
+    assert_one_line_error(refused, "pass -P force=true to promote it anyway")
+    run = client.get_run(launcher.info.run_id)
+    assert run.info.status == "FAILED" and "below min_tier" in run.data.tags[FAILURE_REASON]
+
+
+def test_an_invalid_model_name_is_refused_by_the_registry_rule(tracking_uri):
+    result = CliRunner().invoke(promote_main, ["--version", "1", "--model-name", "a/b"])
+    assert_one_line_error(result, "Names cannot contain '/'")
 
 
 def test_tier_at_least_follows_the_analysis_tier_order():

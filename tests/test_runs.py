@@ -55,3 +55,20 @@ def test_a_tag_write_that_really_fails_still_raises(tracking_uri):
     MlflowClient().create_experiment("read-only")
     with pytest.raises(MlflowException, match="read-only"):
         ensure_experiment(Refuses(), "read-only")
+
+
+def test_fail_run_says_why_and_leaves_ended_runs_alone(tracking_uri):
+    from mlflow_plugins.runs import fail_run
+    from tvae.contract import FAILURE_REASON
+
+    client = MlflowClient()
+    exp = client.create_experiment("fails")
+    running = client.create_run(exp).info.run_id
+    assert fail_run(client, running, "bad\ninput:  --lr nan")
+    run = client.get_run(running)
+    assert run.info.status == "FAILED" and run.data.tags[FAILURE_REASON] == "bad input: --lr nan"
+    ended = client.create_run(exp).info.run_id
+    client.set_terminated(ended, "FINISHED")
+    assert not fail_run(client, ended, "late")
+    assert client.get_run(ended).info.status == "FINISHED"
+    assert FAILURE_REASON not in client.get_run(ended).data.tags

@@ -115,3 +115,48 @@ def test_sigterm_saves_last_checkpoint_and_ends_run_killed(store, tmp_path):
     assert steps == list(range(1, max(steps) + 1)) and max(steps) < 500
     path = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path))
     assert torch.load(path, weights_only=True)["epoch"] == max(steps)
+
+
+def test_ctrl_c_under_mlflow_run_ends_the_run_killed_not_failed(store, tmp_path):
+    """MLflow's launcher marks the run FAILED when its command exits non-zero, over the
+    trainer's KILLED; the run must read KILLED once the launcher is gone."""
+    root, env, client = store
+    data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    data["name"] = "ctrlc"
+    data["model"].update(encoder_hidden=[32], decoder_hidden=[16], latent_dim=4)
+    data["train"].update(epochs=500, batch_size=4096, checkpoint_every=1000)
+    cfg = tmp_path / "ctrlc.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    cmd = [*MLFLOW, "run", ".", "-e", "train", "--env-manager", "local", "-P", f"config={cfg}"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.time() + 180
+        run = None
+        while time.time() < deadline and proc.poll() is None:
+            runs = [r for r in all_runs(client) if r.info.run_name == "ctrlc-s0-lr8e-4"]
+            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None, "training never logged an epoch"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    deadline = time.time() + 30
+    while time.time() < deadline and client.get_run(run.info.run_id).info.status != "KILLED":
+        time.sleep(0.5)
+    assert client.get_run(run.info.run_id).info.status == "KILLED", out[-2000:]
+    path = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path))
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert torch.load(path, weights_only=True)["epoch"] == max(steps)

@@ -6,9 +6,13 @@ run at the end. Cost: ~30-60 s on 2 shared cores (store creation, three tiny tra
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -81,10 +85,16 @@ def store(tmp_path_factory):
             os.environ[k] = v
 
 
+PRINTED: dict[str, str] = {}  # what the module's one training printed
+
+
 @pytest.fixture(scope="module")
 def trained(store):
     cfg = tiny_config(store / "tiny.yaml")
-    assert run_cli("--config", str(cfg), "--seed", "3", "--lr", "") == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_cli("--config", str(cfg), "--seed", "3", "--lr", "") == 0
+    PRINTED["train"] = out.getvalue()
     client = MlflowClient()
     exp = client.get_experiment_by_name("tiny")
     (run,) = client.search_runs([exp.experiment_id])
@@ -99,9 +109,23 @@ def test_run_finished_with_name_tags_and_params(trained):
     assert tags["torch.version"] == torch.__version__
     assert tags["device"] == "cpu" and tags["device.name"]
     assert tags["amp"] == "off" and tags["config.name"] == "tiny"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # one commit tag, MLflow's own
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+    assert "git.commit" not in tags
     assert run.data.params["train.seed"] == "3"
     assert run.data.params["loss.geodesic.start_epoch"] == "2"
     assert run.data.params["model.encoder_hidden"] == "32"
+
+
+def test_train_ends_by_naming_the_run_its_experiment_and_the_next_commands(trained):
+    _, run = trained
+    text = PRINTED["train"]
+    assert f"run {run.info.run_id} FINISHED" in text
+    assert f"experiment 'tiny' (id {run.info.experiment_id})" in text
+    assert f"store {mlflow.get_tracking_uri()}" in text
+    assert f"mlflow run . -e analyze --env-manager local -P run_id={run.info.run_id}" in text
+    assert "-P experiment='tiny'" in text
 
 
 def test_contract_metrics_at_every_step_one_batch_per_epoch(trained):
@@ -159,6 +183,9 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     assert len(err) == 1 and "--epochs" in err[0]
     assert run_cli("--config", str(store / "missing.yaml")) == 2
     assert "config file not found" in capsys.readouterr().err
+    assert run_cli("--config", str(store / "tiny.yaml"), "--device", "mps") == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
+    assert len(err) == 1 and "device 'mps' is not available" in err[0]
     after = MlflowClient().search_runs(search_all_experiments_ids(), max_results=1000)
     assert len(after) == before
     assert not [r for r in after if r.info.status == "RUNNING"]
@@ -193,6 +220,10 @@ def test_divergence_fails_run_with_reason_and_keeps_last_good(store, monkeypatch
     assert torch.load(path, weights_only=True)["epoch"] == 1
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [1]
+    monkeypatch.undo()  # the same run, resumed past the failure, ends without its reason
+    assert run_cli("--resume-from", run.info.run_id) == 0
+    again = client.get_run(run.info.run_id)
+    assert again.info.status == "FINISHED" and "failure.reason" not in again.data.tags
 
 
 def test_resume_continues_same_run_without_gaps_or_repeats(trained):
@@ -215,13 +246,21 @@ def test_resume_of_unknown_run_is_bad_input(store, capsys):
     assert "no run with id" in capsys.readouterr().err
 
 
-def test_context_provider_tags_user_runs(store):
+def test_context_provider_tags_user_runs_in_a_tvae_process_only(store):
+    import tvae.train  # noqa: F401 - this process trains with tvae
+
     with mlflow.start_run() as run:
         pass
     tags = MlflowClient().get_run(run.info.run_id).data.tags
     assert tags["torch.version"] == torch.__version__
     assert tags["device"] in ("cpu", "cuda")
     assert "device.name" in tags
+    other = "import mlflow\nwith mlflow.start_run() as run:\n    print(run.info.run_id)\n"
+    out = subprocess.run(
+        [sys.executable, "-c", other], capture_output=True, text=True, check=True, env=os.environ
+    )
+    plain = MlflowClient().get_run(out.stdout.split()[-1]).data.tags
+    assert "device" not in plain and "torch.version" not in plain
 
 
 def test_export_prewarm_leaves_the_training_random_stream_alone():
@@ -232,3 +271,33 @@ def test_export_prewarm_leaves_the_training_random_stream_alone():
     before = torch.get_rng_state()
     warm_export()  # raises if the warm-up itself fails (the logger's wrapper would hide it)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class _WatchingClient(MlflowClient):
+    """A real client that notes, as each last.pt upload starts, the run's highest logged step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []  # (checkpoint epoch, logged step then)
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        if Path(local_path).name == "last.pt":
+            epoch = int(torch.load(local_path, weights_only=True)["epoch"])
+            steps = [m.step for m in self.get_metric_history(run_id, "train/loss")]
+            self.seen.append((epoch, max(steps, default=0)))
+        return super().log_artifact(run_id, local_path, artifact_path)
+
+
+def test_an_epochs_metrics_are_in_the_store_before_its_checkpoint(store, tmp_path):
+    """A kill -9 at any moment must not leave a checkpoint ahead of the logged steps (resume
+    continues from the checkpoint and would never log the missing epoch)."""
+    from mlflow_plugins.tracking import train_in_run
+    from tvae.config import load_config
+
+    config = load_config(tiny_config(tmp_path / "tiny.yaml"), {"train.checkpoint_every": 1})
+    client = _WatchingClient()
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    result = train_in_run(config, run.info.run_id, tmp_path, client=client, log_model=False)
+    client.set_terminated(run.info.run_id, result.status)
+    assert [e for e, _ in client.seen] == list(range(1, EPOCHS + 1))
+    assert all(logged >= epoch for epoch, logged in client.seen), client.seen

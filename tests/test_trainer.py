@@ -8,20 +8,22 @@ from __future__ import annotations
 import math
 import shutil
 import signal
-import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from contract import CPU_CONTRACT_KEYS
 
-from tvae.branches import ForkedBranchRunner, ThreadBranchRunner
+from tvae.branches import SerialRunner, ThreadBranchRunner
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import load_model, read_checkpoint
 from tvae.config import load_config
+from tvae.data import epoch_indices
 from tvae.metrics import EVAL_KEYS, evaluate_model
 from tvae.ops import ternary_ops, valuations
-from tvae.train import Trainer, tier_rank
+from tvae.ranking import tier_rank
+from tvae.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = set(CPU_CONTRACT_KEYS)
@@ -152,23 +154,25 @@ def test_stop_is_deterministic_and_resume_is_bit_for_bit(full_run, tmp_path):
                 assert v == full_epochs[epoch][k], (epoch, k)
 
 
-LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="the forked worker is Linux-only")
+def _same_optimizer_state(a: dict, b: dict) -> None:
+    for name in ("A", "B"):
+        got, want = a["optimizer"][name]["state"], b["optimizer"][name]["state"]
+        assert got.keys() == want.keys() and got, name
+        for i in want:
+            assert _same_state(got[i], want[i]), (name, i)
 
 
-@pytest.mark.parametrize("workers", ["thread", pytest.param("process", marks=LINUX_ONLY)])
-def test_two_branch_workers_train_exactly_like_one_thread(full_run, tmp_path, workers):
-    """threads=2 runs branch A and B at once (tvae.branches), B on a thread or in a forked
-    process: same bits as the serial run, optimizer moments included."""
+def test_branch_B_on_a_thread_trains_exactly_like_one_thread(full_run, tmp_path):
+    """threads=2 trains branch B on a worker thread while branch A trains on the caller's:
+    same bits as the serial run, optimizer moments included."""
     work, rec, _, _ = full_run
     holder: dict = {}
     rec2 = Recorder(on_epoch=lambda e: holder["t"].request_stop() if e == 2 else None)
-    cfg = smoke(**{"train.threads": 2, "train.branch_workers": workers})
-    trainer = holder["t"] = Trainer(cfg, tmp_path, rec2, echo=False)
+    trainer = holder["t"] = Trainer(smoke(**{"train.threads": 2}), tmp_path, rec2, echo=False)
     result = trainer.fit()
-    assert result.last_epoch == 2 and trainer.runner is not None
-    kind = ForkedBranchRunner if workers == "process" else ThreadBranchRunner
-    assert isinstance(trainer.runner, kind)
-    assert trainer.runner.closed  # the worker is gone after fit
+    assert result.last_epoch == 2 and isinstance(trainer.runner, ThreadBranchRunner)
+    assert trainer.runner.closed  # the worker thread is gone after fit
+    assert not [t for t in threading.enumerate() if t.name.startswith("tvae-branch-B")]
     serial = {e[1]: e[2] for e in rec.kind("epoch")}
     for _, epoch, m in rec2.kind("epoch"):
         for k in ("train/loss_recon", "train/loss_geodesic", "opt/grad_norm", "eval/Q"):
@@ -176,37 +180,31 @@ def test_two_branch_workers_train_exactly_like_one_thread(full_run, tmp_path, wo
     mine = read_checkpoint(tmp_path / "checkpoints/last.pt")
     ref = torch.load(work / "epoch2.pt", weights_only=True)
     assert _same_state(mine["model"], ref["model"])
-    for name in ("A", "B"):  # branch B's moments were written by the worker, read here
-        got, want = mine["optimizer"][name]["state"], ref["optimizer"][name]["state"]
-        assert got.keys() == want.keys() and got, name
-        for i in want:
-            assert _same_state(got[i], want[i]), (name, i)
+    _same_optimizer_state(mine, ref)
 
 
-@LINUX_ONLY
-def test_resume_with_a_forked_worker_is_bit_for_bit(full_run, tmp_path):
-    """The resumed optimizer state is moved to shared memory before the fork: the worker
-    continues from it, not from zeros."""
-    work, rec, _, epoch2 = full_run
-    cfg = smoke(**{"train.threads": 2, "train.branch_workers": "process"})
-    resumed = Trainer(cfg, tmp_path, Recorder(), echo=False).fit(epoch2)
+def test_resume_on_the_thread_runner_matches_the_uninterrupted_serial_run(full_run, tmp_path):
+    """A checkpoint written by the serial run, resumed with branch B on a thread."""
+    work, _, _, epoch2 = full_run
+    trainer = Trainer(smoke(**{"train.threads": 2}), tmp_path, Recorder(), echo=False)
+    resumed = trainer.fit(epoch2)
     assert resumed.status == "FINISHED" and resumed.last_epoch == 4
+    assert isinstance(trainer.runner, ThreadBranchRunner)
     final = read_checkpoint(work / "checkpoints/last.pt")
     mine = read_checkpoint(tmp_path / "checkpoints/last.pt")
     assert _same_state(final["model"], mine["model"])
+    _same_optimizer_state(mine, final)
 
 
-@LINUX_ONLY
-def test_a_logger_error_at_start_still_stops_the_forked_worker(tmp_path):
+def test_a_logger_error_at_start_still_stops_the_worker_thread(tmp_path):
     class Broken(Recorder):
         def on_train_start(self, info):
             raise OSError("store unreachable")
 
-    cfg = smoke(**{"train.threads": 2, "train.branch_workers": "process"})
-    trainer = Trainer(cfg, tmp_path, Broken(), echo=False)
+    trainer = Trainer(smoke(**{"train.threads": 2}), tmp_path, Broken(), echo=False)
     with pytest.raises(OSError, match="store unreachable"):
         trainer.fit()
-    assert isinstance(trainer.runner, ForkedBranchRunner) and trainer.runner.closed
+    assert isinstance(trainer.runner, ThreadBranchRunner) and trainer.runner.closed
 
 
 def test_ctrl_c_while_an_epoch_is_committed_waits_for_the_whole_epoch(tmp_path):
@@ -228,14 +226,6 @@ def test_ctrl_c_while_an_epoch_is_committed_waits_for_the_whole_epoch(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_more_than_one_thread_per_branch_uses_the_thread_runner(tmp_path):
-    """A forked worker with 2 intra-op threads hung in OpenMP: 4 threads train B on a thread."""
-    cfg = smoke(**{"train.threads": 4, "train.branch_workers": "process", "train.epochs": 1})
-    trainer = Trainer(cfg, tmp_path, Recorder(), echo=False)
-    assert trainer.fit().status == "FINISHED"
-    assert isinstance(trainer.runner, ThreadBranchRunner)
-
-
 def test_skipping_points_no_loss_reads_changes_nothing(tmp_path, monkeypatch):
     """Training skips A's point z_A always and B's z_B before the geodesic term: forcing both
     back on gives the same weights and Adam moments (the skipped nets got no gradient)."""
@@ -244,7 +234,7 @@ def test_skipping_points_no_loss_reads_changes_nothing(tmp_path, monkeypatch):
     cfg = smoke(**{"train.epochs": 3, "loss.geodesic.start_epoch": 3})
     skipping = Trainer(cfg, tmp_path / "skip", Recorder(), echo=False)
     skipping.fit()
-    assert "z_A" not in skipping.branch_params[0].forward(ternary_ops()[:4])
+    assert "z_A" not in skipping.branches[0].forward(ternary_ops()[:4])
     vae = model_module.TernaryVAE
     forward_A, forward_B = vae.forward_A, vae.forward_B
     full_A = lambda m, x, sample=True, point=True: forward_A(m, x, sample)  # noqa: E731
@@ -295,53 +285,43 @@ def test_fp16_on_cpu_is_a_clear_error(tmp_path):
         Trainer(smoke(**{"train.amp": "fp16"}), tmp_path)
 
 
-def test_frozen_segment_is_not_updated_and_gets_no_gradient():
-    from tvae.flatparams import FlatParams
-    from tvae.model import TernaryVAE
-
-    torch.manual_seed(0)
-    cfg = smoke()
-    model = TernaryVAE.from_config(cfg.model)
-    flat = FlatParams([[model.encoder_A], [model.encoder_B], [model.decoder]])
-    opt = torch.optim.AdamW(flat.segments, lr=1e-2, weight_decay=0.1)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    flat.set_frozen(1, True)
-    x = ternary_ops()[:256]
-    out = model(x)
-    loss = out["logits"].pow(2).mean() + out["mu_B"].pow(2).mean() + out["radius_B"].mean()
-    flat.zero_grad()
-    loss.backward()
-    norm = flat.clip_grad_norm_(1e-3)
-    assert norm > 1e-3 and torch.linalg.vector_norm(flat.grad) <= 1e-3 * (1 + 1e-5)
-    opt.step()
-    after = model.state_dict()
-    for k in before:
+def test_a_frozen_trunk_is_not_updated_gets_no_gradient_and_no_adam_state(tmp_path):
+    """Freezing encoder B's trunk for an epoch: its weights, and its AdamW moments, stay as
+    they were (no update, no weight decay), while the rest of both branches trains."""
+    trainer = Trainer(smoke(**{"train.weight_decay": 0.5}), tmp_path, echo=False)
+    trainer.setup()
+    branch_A, branch_B = trainer.branches
+    assert isinstance(trainer.runner, SerialRunner)
+    trainer.train_epoch(1, True)
+    moments = {k: v.clone() for k, v in branch_B.optimizer.state_dict()["state"][0].items()}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    branch_B.freeze_trunk(True)
+    trainer.train_epoch(2, True)
+    trainer.close()
+    assert all(p.grad is None for p in trainer.model.encoder_B.parameters())
+    after = trainer.model.state_dict()
+    for k in before:  # (A's direction net never trains: no loss reads z_A)
         changed = not torch.equal(before[k], after[k])
-        if k.startswith("encoder_B."):
-            assert not changed, k
-        elif k.startswith(("encoder_A.", "decoder.")):
-            assert changed, k
-    flat.set_frozen(1, False)
-    flat.zero_grad()
-    model(x)["mu_B"].pow(2).mean().backward()
-    opt.step()
-    assert not torch.equal(before["encoder_B.net.0.weight"], model.encoder_B.net[0].weight)
+        assert changed == (not k.startswith(("encoder_B.", "projection_A.direction"))), k
+    assert _same_state(branch_B.optimizer.state_dict()["state"][0], moments)
+    branch_B.freeze_trunk(False)
+    assert all(p.requires_grad for p in trainer.model.encoder_B.parameters())
 
 
 def test_stratified_batches_take_their_share_from_high_levels(tmp_path):
     cfg = smoke(**{"data.stratified": True, "data.stratified_share": 0.5})
-    trainer = Trainer(cfg, tmp_path, echo=False)
-    trainer._setup()
-    idx = trainer._epoch_indices()
-    v = trainer.vals[idx]
+    vals = valuations()
+    high = (vals >= 2).nonzero().squeeze(1)
     bs = cfg.train.batch_size
+    idx = epoch_indices(cfg.data, bs, high, torch.device("cpu"))
+    v = vals[idx]
     first = v[:bs]
     # half of every batch comes from v >= 2 (1/9 of the ops), plus that share of the rest
     assert (first >= 2).float().mean().item() >= 0.5
     assert idx.numel() == 19683 and (v >= 2).float().mean().item() > 0.45
     for share in (0.01, 1.0):  # tiny and full shares still give one epoch of indices
-        trainer.config.data.stratified_share = share
-        assert trainer._epoch_indices().numel() == 19683
+        cfg.data.stratified_share = share
+        assert epoch_indices(cfg.data, bs, high, torch.device("cpu")).numel() == 19683
 
 
 def test_eval_every_carries_last_eval_forward(tmp_path):
@@ -372,4 +352,17 @@ def test_checkpoint_from_before_per_branch_optimizers_is_a_clear_resume_error(fu
     torch.save(state, old)
     load_model(old)  # still a model
     with pytest.raises(ValueError, match="cannot be resumed"):
+        Trainer(smoke(), tmp_path / "work", echo=False).fit(old)
+
+
+def test_checkpoint_of_the_flat_parameter_trainer_is_a_clear_resume_error(full_run, tmp_path):
+    _, _, _, epoch2 = full_run
+    state = read_checkpoint(epoch2)
+    for name in ("A", "B"):  # that layout: two flat tensors per branch, trunk and rest
+        state["optimizer"][name]["param_groups"][0]["params"] = [0, 1]
+        state["optimizer"][name]["state"] = {}
+    old = tmp_path / "flat.pt"
+    torch.save(state, old)
+    load_model(old)  # still a model
+    with pytest.raises(ValueError, match="flat-parameter trainer"):
         Trainer(smoke(), tmp_path / "work", echo=False).fit(old)

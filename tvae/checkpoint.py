@@ -34,8 +34,11 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict (weights_only) and check it has every expected key."""
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", resumable: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint dict (weights_only) and check it has every expected key (and, with
+    resumable=True, what training continues from: check_resumable)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -43,13 +46,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path}: not a TernaryVAE checkpoint (missing {', '.join(missing)})")
+    if resumable:
+        check_resumable(state, str(path))
     return state
 
 
 def check_resumable(state: dict[str, Any], where: str = "checkpoint") -> None:
     """ValueError (one line) unless `state` holds the per-branch optimizer and scaler states
-    training continues from; older checkpoints (one optimizer for both branches) still load
-    as models (load_model) but cannot be resumed."""
+    training continues from, one AdamW state per parameter tensor; older checkpoints (one
+    optimizer for both branches, or one flat tensor per parameter segment) still load as
+    models (load_model) but cannot be resumed."""
     for key in ("optimizer", "scaler"):
         part = state.get(key)
         if not (isinstance(part, dict) and {"A", "B"} <= part.keys()):
@@ -57,6 +63,29 @@ def check_resumable(state: dict[str, Any], where: str = "checkpoint") -> None:
                 f"{where}: written before branches A and B had their own optimizers;"
                 " it loads as a model but cannot be resumed (start a new run)"
             )
+    # the flat-buffer trainer gave each branch's optimizer two tensors (trunk, rest); every
+    # branch has more parameter tensors than that
+    sizes = [sum(len(g["params"]) for g in state["optimizer"][b]["param_groups"]) for b in "AB"]
+    if sizes == [2, 2]:
+        raise ValueError(
+            f"{where}: written by the flat-parameter trainer, whose optimizer state does not map"
+            " onto parameters; it loads as a model but cannot be resumed (start a new run)"
+        )
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random streams training draws from (CPU, and the GPU's), for a checkpoint."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what rng_state saved, so a resumed run draws what the uninterrupted one did."""
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def load_model(

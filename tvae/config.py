@@ -47,12 +47,9 @@ class TrainConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1)
-    # CPU threads: with 2 or more, branches A and B train concurrently (tvae.branches), each
-    # with threads // 2 intra-op threads; 0 = torch's default (all cores)
+    # CPU threads: with 2 or more, branches A and B train at once, B on a worker thread
+    # (tvae.branches), each with threads // 2 intra-op threads; 0 = torch's default (all cores)
     threads: int = Field(2, ge=0, le=1024)
-    # how the two branch loops run at once on CPU: branch B in a forked worker process (its own
-    # GIL; Linux with threads 2-3 only, elsewhere a thread) or on a thread of this process
-    branch_workers: Literal["process", "thread"] = "process"
 
 
 class ScheduleConfig(_Section):
@@ -143,6 +140,11 @@ class TVAEConfig(_Section):
     homeostasis: HomeostasisConfig = Field(default_factory=HomeostasisConfig)
 
 
+# keys that once existed and no longer change anything: dropped, so the configs stored in
+# older checkpoints and runs still load
+RETIRED_KEYS = (("train", "branch_workers"),)
+
+
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "<root>"
@@ -170,6 +172,9 @@ def config_from_dict(
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
     merged = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    for section, key in RETIRED_KEYS:
+        if isinstance(merged.get(section), dict):
+            merged[section].pop(key, None)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(merged, key, value)
@@ -185,9 +190,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TV
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not data:  # an empty file would silently train every default
+        raise ConfigError(f"config file {path} is empty (give at least its name, or omit --config)")
     return config_from_dict(data, overrides, source=str(path))
 
 

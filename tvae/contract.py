@@ -36,6 +36,9 @@ MODEL_ID = "model.id"  # the logged model (the best epoch's)
 MODEL_URI = "model.uri"
 MODEL_STEP = "model.step"
 FAILURE_REASON = "failure.reason"  # why a run ended FAILED (bad input, NaN/Inf)
+RESUMED_FROM_EPOCH = "resume.from_epoch"
+PARAMS_CHANGED = "resume.changed_params"  # params a resume changed, key=new value
+SKIPPED_STEPS = "resume.skipped_steps"  # retrained epochs whose first metrics are kept
 
 # tags an analysis writes onto the training run
 GROKKING_EVENTS = "grokking.events"

@@ -45,6 +45,11 @@ class Encoder(nn.Module):
         super().__init__()
         self.net = _mlp([N_DIGITS, *hidden], 2 * latent, act)
         self.latent = latent
+        # the first weight is stored column-major: with only 9 inputs, autograd then computes
+        # its gradient as x^T @ g (a wide GEMM) instead of g^T @ x with 9 output columns,
+        # which CPU BLAS runs several times slower; values and results are unchanged
+        first = self.net[0].weight
+        first.data = first.data.t().contiguous().t()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = run_mlp(self.net, x).chunk(2, dim=-1)
@@ -106,6 +111,12 @@ class TernaryVAE(nn.Module):
             max_radius=model_cfg.max_radius,
             activation=model_cfg.activation,
         )
+
+    def branch_modules(self, name: str) -> list[nn.Module]:
+        """Branch A's or B's modules, its encoder (the trunk homeostasis freezes) first."""
+        if name == "A":
+            return [self.encoder_A, self.projection_A, self.decoder]
+        return [self.encoder_B, self.projection_B]
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (N, latent) -> logits (N, 9, 3) over the trit values -1, 0, +1."""

@@ -133,6 +133,8 @@ def run_checks(
     else:
         checks.append(Check("duration", "not measured", None, thr))
 
+    checks.append(_steps_complete(history))
+
     if run_status:
         ok = run_status.upper() == "FINISHED"
         checks.append(
@@ -141,3 +143,19 @@ def run_checks(
     else:
         checks.append(Check("run_finished", "not measured", None, "FINISHED"))
     return checks
+
+
+def _steps_complete(history: pd.DataFrame) -> Check:
+    """Every epoch between the first and last logged one has its training loss (the trainer
+    logs every contract key every epoch): a gap is a step lost to a crash or the store."""
+    name, thr = "steps_complete", f"{C.TRAIN_LOSS} at every epoch"
+    if C.TRAIN_LOSS not in history.columns:
+        return Check(name, "not measured", None, thr)
+    col = pd.to_numeric(history[C.TRAIN_LOSS], errors="coerce")
+    steps = col.index[col.notna()].to_numpy(dtype=float)
+    if not len(steps):
+        return Check(name, "not measured", None, thr)
+    expected = np.arange(steps[0], steps[-1] + 1)
+    missing = np.setdiff1d(expected, steps)
+    note = ", ".join(f"{m:g}" for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    return Check(name, "fail" if len(missing) else "pass", int(len(missing)), thr, note)
