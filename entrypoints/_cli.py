@@ -103,6 +103,20 @@ def exit_with_error(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(code)
 
 
+def run_as_program(command: click.Command, prog_name: str, argv: list[str] | None = None) -> None:
+    """A console-script entry: click's own errors become one `error:` line (exit 2) and a
+    FAILED launcher run too; Ctrl-C before the command's own handling exits 130."""
+    try:
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        exit_with_error(err.format_message(), err.exit_code)
+    except click.exceptions.Abort:
+        fail_launcher_run("aborted")
+        sys.exit(EXIT_KILLED)
+
+
 class MarksRunFailed(click.Command):
     """A command in the house error style: any click error (bad option or value, or a
     ClickException the command raises) is one `error:` line and exit 2 (CommandFailed: 1),

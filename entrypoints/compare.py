@@ -7,16 +7,9 @@ one `error: ...` line and exit 2; under `mlflow run` the launcher run ends FAILE
 
 from __future__ import annotations
 
-import sys
-from typing import NoReturn
-
 import click
 
-from entrypoints._cli import Blank, fail_launcher_run
-from tvae import contract as C
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
+from entrypoints._cli import EXIT_BAD_INPUT, EXIT_FAILED, Blank, exit_with_error, run_as_program
 
 HELP = """Compare training runs: overlay plots, a table and a ranking, logged to a compare run.
 
@@ -48,13 +41,6 @@ def parse_run_ids(text: str | None) -> list[str]:
     return list(dict.fromkeys(part for part in parts if part))
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    message = " ".join(message.split())
-    click.echo(f"error: {message}", err=True)
-    fail_launcher_run(message, C.FAILURE_REASON)
-    sys.exit(code)
-
-
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--runs", type=Blank(), help="comma-separated run ids")
 @click.option("--experiment", type=Blank(), help="experiment name")
@@ -72,10 +58,10 @@ def cli(runs: str | None, experiment: str | None, filter_string: str | None) -> 
             click.echo(selection.skipped_line())
         result = compare_runs(client, selection.runs)
     except CompareError as err:
-        _fail(str(err), EXIT_BAD_INPUT)
+        exit_with_error(str(err), EXIT_BAD_INPUT)
     except MlflowException as err:  # e.g. an unreachable tracking server
         first = str(err.message).splitlines()[0] if err.message else type(err).__name__
-        _fail(f"tracking store: {first}", EXIT_FAILED)
+        exit_with_error(f"tracking store: {first}", EXIT_FAILED)
     click.echo(f"Compared {len(result.table)} runs (best first):")
     for line in result.ranking:
         click.echo(line)
@@ -83,16 +69,8 @@ def cli(runs: str | None, experiment: str | None, filter_string: str | None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: click's own errors become one `error:` line too (exit 2)."""
-    try:
-        cli.main(args=argv, prog_name="tvae-compare", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.ClickException as err:
-        _fail(err.format_message(), EXIT_BAD_INPUT)
-    except click.exceptions.Abort:
-        fail_launcher_run("aborted", C.FAILURE_REASON)
-        sys.exit(130)
+    """Console-script entry (`tvae-compare`)."""
+    run_as_program(cli, "tvae-compare", argv)
 
 
 if __name__ == "__main__":

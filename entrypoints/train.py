@@ -17,21 +17,18 @@ from typing import Any
 
 import click
 
-from entrypoints._cli import Blank, fail_launcher_run
+from entrypoints._cli import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_KILLED,
+    Blank,
+    exit_with_error,
+    run_as_program,
+)
 from tvae import contract as C
 from tvae.config import ConfigError, TVAEConfig, config_from_dict, load_config
 
 DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_KILLED = 130
-
-
-def _bad_input(message: str) -> None:
-    message = " ".join(message.split())
-    click.echo(f"error: {message}", err=True)
-    fail_launcher_run(message, C.FAILURE_REASON)
-    sys.exit(EXIT_BAD_INPUT)
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -243,7 +240,7 @@ def cli(
                 config = load_config(config_path or DEFAULT_CONFIG, overrides)
             _check_runtime(config)
         except (ConfigError, ValueError) as err:
-            _bad_input(str(err))
+            exit_with_error(str(err), EXIT_BAD_INPUT)
         code = train(config, resume_from, resume_ckpt, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -251,16 +248,8 @@ def cli(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: click errors become one line (and a FAILED launcher run)."""
-    try:
-        cli.main(args=argv, prog_name="tvae-train", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.ClickException as err:
-        _bad_input(err.format_message())
-    except click.exceptions.Abort:
-        fail_launcher_run("aborted", C.FAILURE_REASON)
-        sys.exit(EXIT_KILLED)
+    """Console-script entry (`tvae-train`)."""
+    run_as_program(cli, "tvae-train", argv)
 
 
 if __name__ == "__main__":
