@@ -123,8 +123,8 @@ def download_checkpoints(client: MlflowClient, run_id: str, workdir: Path) -> di
     names = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
     for kind, artifact in (("last", LAST_CHECKPOINT), ("best", BEST_CHECKPOINT)):
         if artifact in names:
-            path = client.download_artifacts(run_id, artifact, str(workdir))
-            out[kind] = Path(path)
+            # a single file lands in dst itself, where the trainer keeps its checkpoints
+            out[kind] = Path(client.download_artifacts(run_id, artifact, str(dst)))
     return out
 
 

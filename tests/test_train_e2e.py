@@ -77,14 +77,31 @@ def test_mlflow_run_with_bad_parameter_leaves_failed_run_with_reason(store):
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
 
 
-def test_sigterm_saves_last_checkpoint_and_ends_run_killed(store, tmp_path):
-    root, env, client = store
+def long_config(tmp_path: Path, name: str) -> Path:
+    """A tiny model set to train 500 epochs: long enough to be stopped mid-run."""
     data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
-    data["name"] = "sigterm"
+    data["name"] = name
     data["model"].update(encoder_hidden=[32], decoder_hidden=[16], latent_dim=4)
     data["train"].update(epochs=500, batch_size=4096, checkpoint_every=1000)
-    cfg = tmp_path / "sigterm.yaml"
+    cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def first_epoch_logged(client: MlflowClient, proc: subprocess.Popen, run_name: str):
+    """The run named `run_name` once it has logged an epoch (fails after 180 s)."""
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        runs = [r for r in all_runs(client) if r.info.run_name == run_name]
+        if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("training never logged an epoch")
+
+
+def test_sigterm_saves_last_checkpoint_and_ends_run_killed(store, tmp_path):
+    root, env, client = store
+    cfg = long_config(tmp_path, "sigterm")
     proc = subprocess.Popen(
         [sys.executable, "-m", "entrypoints.train", "--config", str(cfg)],
         cwd=REPO,
@@ -94,15 +111,7 @@ def test_sigterm_saves_last_checkpoint_and_ends_run_killed(store, tmp_path):
         text=True,
     )
     try:
-        deadline = time.time() + 120
-        run = None
-        while time.time() < deadline and proc.poll() is None:
-            runs = [r for r in all_runs(client) if r.info.run_name == "sigterm-s0-lr8e-4"]
-            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
-                run = runs[0]
-                break
-            time.sleep(0.5)
-        assert run is not None, "training never logged an epoch"
+        run = first_epoch_logged(client, proc, "sigterm-s0-lr8e-4")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -121,12 +130,7 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed_not_failed(store, tmp_path)
     """MLflow's launcher marks the run FAILED when its command exits non-zero, over the
     trainer's KILLED; the run must read KILLED once the launcher is gone."""
     root, env, client = store
-    data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
-    data["name"] = "ctrlc"
-    data["model"].update(encoder_hidden=[32], decoder_hidden=[16], latent_dim=4)
-    data["train"].update(epochs=500, batch_size=4096, checkpoint_every=1000)
-    cfg = tmp_path / "ctrlc.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = long_config(tmp_path, "ctrlc")
     cmd = [*MLFLOW, "run", ".", "-e", "train", "--env-manager", "local", "-P", f"config={cfg}"]
     proc = subprocess.Popen(
         cmd,
@@ -138,15 +142,7 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed_not_failed(store, tmp_path)
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     try:
-        deadline = time.time() + 180
-        run = None
-        while time.time() < deadline and proc.poll() is None:
-            runs = [r for r in all_runs(client) if r.info.run_name == "ctrlc-s0-lr8e-4"]
-            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
-                run = runs[0]
-                break
-            time.sleep(0.5)
-        assert run is not None, "training never logged an epoch"
+        run = first_epoch_logged(client, proc, "ctrlc-s0-lr8e-4")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         out, _ = proc.communicate(timeout=120)
     finally:

@@ -301,3 +301,22 @@ def test_an_epochs_metrics_are_in_the_store_before_its_checkpoint(store, tmp_pat
     client.set_terminated(run.info.run_id, result.status)
     assert [e for e, _ in client.seen] == list(range(1, EPOCHS + 1))
     assert all(logged >= epoch for epoch, logged in client.seen), client.seen
+
+
+def test_a_resume_without_a_new_best_epoch_still_logs_the_model(store, tmp_path):
+    """A run that lost its model (killed before logging it) gets it on resume, even when no
+    resumed epoch beats the best one: best.pt comes from the run's artifacts."""
+    from mlflow_plugins.tracking import train_in_run
+    from tvae.config import load_config
+
+    config = load_config(tiny_config(tmp_path / "tiny.yaml"))
+    client = MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    rid = run.info.run_id
+    first = train_in_run(config, rid, tmp_path / "first", client=client, log_model=False)
+    client.set_terminated(rid, "KILLED")
+    assert "model.id" not in client.get_run(rid).data.tags
+    assert run_cli("--resume-from", rid, "--epochs", str(EPOCHS)) == 0  # no epoch left to train
+    tags = client.get_run(rid).data.tags
+    assert tags["model.step"] == str(first.best_epoch)
+    assert client.get_logged_model(tags["model.id"]).source_run_id == rid
