@@ -4,6 +4,8 @@
 that is strictly better: higher Q, then (on a tie) lower hierarchy_B, then higher coverage.
 Every alias move is written as version tags with its reason, so the registry itself tells why a
 version holds (or lost) an alias. Stages are deprecated and never used.
+
+"Register once per run" holds under concurrent analyses too: see `keep_first_version`.
 """
 
 from __future__ import annotations
@@ -132,7 +134,10 @@ def register_version(
     model_uri: str,
     tags: Mapping[str, Any],
 ) -> ModelVersion:
-    """Create one model version from `model_uri` with string tags (caller checked it is new)."""
+    """Create one model version from `model_uri` with string tags.
+
+    The caller checked the run has none, then settles any race with `keep_first_version`.
+    """
     _ensure_model(client, model_name)
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
     return client.create_model_version(
@@ -143,6 +148,29 @@ def register_version(
         model_id=model_id,
         await_creation_for=AWAIT_CREATION_SECONDS,  # MLflow waits for READY (or raises)
     )
+
+
+def keep_first_version(
+    client: MlflowClient, model_name: str, run_id: str, mine: ModelVersion
+) -> ModelVersion:
+    """Settle a registration race: the run's lowest-numbered version wins; a loser deletes `mine`.
+
+    MLflow has no transactions, but it numbers versions atomically: a version's number is the
+    model's highest number + 1 under a unique (name, version) key, so two creations never share
+    a number, and a version numbered above another was created after that other was committed
+    (deleted versions keep their numbers, so none is reused). Hence every analysis that created
+    a version of this run and then lists the run's versions sees the lowest one, and they all
+    agree on it. Its own creator sees nothing lower and keeps it; every other deletes its own
+    version, so exactly one remains. The lowest is never deleted: its creator never loses. The
+    winner alone moves aliases (after this returns), and a deleted version takes its aliases
+    with it, so `candidate` and `champion` never point at a loser. A token tag on the run would
+    not do: run tags are last-writer-wins, so two claimants can each read back their own token.
+    """
+    found = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    first = min([*found, mine], key=lambda v: int(v.version))
+    if first.version != mine.version:
+        client.delete_model_version(model_name, mine.version)
+    return first
 
 
 def _version_values(version: ModelVersion) -> dict[str, str]:
@@ -324,7 +352,15 @@ def register_if_earned(
         return out
     tags = {k: f"{out.evaluated[k]:.6g}" for k in VALUE_KEYS}
     tags.update({C.TIER: confirmed, "source_run": run_id, C.GROKKING_EVENTS: str(events)})
-    version = register_version(client, model_name, run_id, out.model_uri, tags)
+    mine = register_version(client, model_name, run_id, out.model_uri, tags)
+    version = keep_first_version(client, model_name, run_id, mine)
+    if version.version != mine.version:  # a concurrent analysis registered the run first
+        out.action, out.version = "already_registered", version.version
+        out.reason = (
+            f"run registered concurrently as {model_name} version {version.version}; "
+            f"this analysis deleted its own version {mine.version}"
+        )
+        return out
     out.action, out.version = "registered", version.version
     out.reason = f"tier {confirmed} confirmed by re-evaluating {out.model_uri}"
     out.aliases = update_aliases(client, model_name, version)

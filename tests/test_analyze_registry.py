@@ -64,18 +64,25 @@ def _aliases(client: MlflowClient) -> dict[str, str]:
     }
 
 
-@pytest.mark.slow
-def test_registry_story_on_real_smoke_training(tracking_uri, tmp_path):
-    client = MlflowClient()
+def train_smoke_run(client: MlflowClient, work: Path) -> str:
+    """A FINISHED 1-epoch CPU smoke training run with its logged model (a few seconds)."""
     config = load_config(
         REPO / "configs/smoke.yaml", {"train.epochs": 1, "train.device": "cpu", "train.amp": "off"}
     )
     exp = client.get_experiment_by_name("Default").experiment_id
     run_id = client.create_run(exp, run_name="smoke").info.run_id
-    result = train_in_run(config, run_id, tmp_path / "work", client=client)
+    result = train_in_run(config, run_id, work, client=client)
     client.set_terminated(run_id, result.status)
+    assert result.status == "FINISHED" and "model.uri" in client.get_run(run_id).data.tags
+    return run_id
+
+
+@pytest.mark.slow
+def test_registry_story_on_real_smoke_training(tracking_uri, tmp_path):
+    client = MlflowClient()
+    run_id = train_smoke_run(client, tmp_path / "work")
+    exp = client.get_run(run_id).info.experiment_id
     tags = client.get_run(run_id).data.tags
-    assert result.status == "FINISHED" and "model.uri" in tags
     history, _ = load_history(client, run_id)
     step = int(tags["model.step"])
 
