@@ -3,6 +3,10 @@
 Everything the user typed is checked (click types, then the pydantic config) before anything is
 written to MLflow. Under `mlflow run` the run already exists (MLFLOW_RUN_ID); on bad input that
 run is ended FAILED with a `failure.reason` tag, so no RUNNING run is ever left behind.
+
+Each run trains in its own local work folder (mlflow_plugins.runs.work_root: $TVAE_WORK_DIR,
+else ~/.cache/tvae/runs/<run id>), which keeps its checkpoints until they reached the artifact
+store and is removed once everything did; `--resume-from` takes a run id or a local last.pt.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +39,56 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return {f"train.{k}": v for k, v in values.items() if v is not None}
 
 
-def _resume_config(
-    run_id: str, workdir: Path, overrides: dict[str, Any]
-) -> tuple[TVAEConfig, Path]:
-    """Fetch the run's checkpoints and rebuild its config (plus overrides) from last.pt."""
+@dataclass
+class Resume:
+    """What `--resume-from` resolved to: the run, its work folder and the checkpoint."""
+
+    run_id: str
+    workdir: Path
+    checkpoint: Path
+    config: TVAEConfig
+    took_over: str | None  # the dead owner of a RUNNING run this resume takes over
+
+
+def _resume(target: str, overrides: dict[str, Any]) -> Resume:
+    """Find the run and its newest last.pt (the store's or its work folder's, or the file
+    given) and rebuild its config (plus overrides) from that checkpoint."""
     import torch
     from mlflow import MlflowClient
 
-    from mlflow_plugins.runs import download_checkpoints, get_resumable_run
+    from mlflow_plugins.runs import download_checkpoints, get_resumable_run, resume_target
     from tvae.checkpoint import check_resumable
 
     client = MlflowClient()
-    get_resumable_run(client, run_id)
-    paths = download_checkpoints(client, run_id, workdir)
-    state = torch.load(paths["last"], map_location="cpu", weights_only=True)
+    run_id, workdir = resume_target(target)
+    local = workdir / "checkpoints" / "last.pt"
+    if run_id != target and Path(target).suffix == ".pt":
+        local = Path(target).expanduser()
+    notes: list[str] = []
+    run = get_resumable_run(client, run_id, local, notice=notes.append)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if run_id != target:  # a local checkpoint given: that very file, whatever the store holds
+        ckpt = local
+    else:
+        before = local.stat().st_mtime_ns if local.is_file() else None
+        ckpt = download_checkpoints(client, run_id, workdir)["last"]
+        if before is None or local.stat().st_mtime_ns != before:  # the store's was newer
+            _fetch_log(client, run_id, workdir)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     check_resumable(state, f"--resume-from: run {run_id} last.pt")
     config = config_from_dict(state["config"], overrides, source=f"run {run_id} last.pt config")
-    try:  # keep appending to the run's console log
+    for line in notes:
+        click.echo(line, err=True)
+    owner = run.data.tags.get(C.OWNER) if notes else None
+    return Resume(run_id, workdir, ckpt, config, owner)
+
+
+def _fetch_log(client: Any, run_id: str, workdir: Path) -> None:
+    """The run's console log from the store, to keep appending to it."""
+    try:
         client.download_artifacts(run_id, "training.log", str(workdir))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a run killed before its first log upload has none
         pass
-    return config, paths["last"]
 
 
 def _check_runtime(config: TVAEConfig) -> None:
@@ -114,14 +147,13 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     return mlflow.start_run(run_name=run_name(config), log_system_metrics=True)
 
 
-def train(
-    config: TVAEConfig, resume_from: str | None, resume_ckpt: Path | None, workdir: Path
-) -> int:
+def train(config: TVAEConfig, resume: Resume | None) -> int:
     """Train inside the chosen run and end it with the trainer's status; returns exit code."""
     import mlflow
 
     from mlflow_plugins.launcher import restore_after_launcher
-    from mlflow_plugins.tracking import train_in_run
+    from mlflow_plugins.runs import claim_work_dir
+    from mlflow_plugins.tracking import ArtifactStoreError, train_in_run
 
     holder: dict[str, Any] = {}
 
@@ -134,22 +166,33 @@ def train(
 
     signal.signal(signal.SIGTERM, on_sigterm)
     launched = os.environ.get("MLFLOW_RUN_ID")  # end_run clears it
-    run = _start_run(config, resume_from)
+    run = _start_run(config, resume.run_id if resume else None)
     run_id = run.info.run_id
     status = "FAILED"
     try:
+        uri = mlflow.get_tracking_uri()
+        workdir = claim_work_dir(run_id, uri, resume.workdir if resume else None)
+        if resume and resume.took_over:
+            mlflow.set_tag(C.TOOK_OVER_FROM, resume.took_over)
         result = train_in_run(
             config,
             run_id,
             workdir,
-            resume_checkpoint=resume_ckpt,
+            resume_checkpoint=resume.checkpoint if resume else None,
             on_trainer=lambda t: holder.__setitem__("trainer", t),
+            remove_workdir=True,
         )
         status = result.status
     except KeyboardInterrupt:
         status = "KILLED"
         click.echo(f"run {run_id} KILLED before training started", err=True)
         return EXIT_KILLED
+    except ArtifactStoreError as err:  # before the first epoch: config.yaml was refused
+        mlflow.MlflowClient().set_tag(run_id, C.FAILURE_REASON, str(err)[:5000])
+        if resume is None:  # nothing in it to keep (a resume's folder holds its checkpoint)
+            shutil.rmtree(workdir, ignore_errors=True)
+        click.echo(f"error: run {run_id}: {err}", err=True)
+        return EXIT_FAILED
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"
         mlflow.MlflowClient().set_tag(run_id, C.FAILURE_REASON, reason[:5000])
@@ -213,7 +256,8 @@ def _next_steps(run_id: str, status: str) -> str:
     "--resume-from",
     type=Blank(click.STRING),
     default=None,
-    help="Run id whose checkpoints/last.pt to continue, in that same run.",
+    help="Run id whose checkpoints/last.pt to continue, in that same run (the newer of the "
+    "store's and the run's local work folder's), or a local last.pt of a run.",
 )
 def cli(
     config_path: str,
@@ -229,22 +273,24 @@ def cli(
     overrides = _overrides(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp, device=device
     )
-    workdir = Path(tempfile.mkdtemp(prefix="tvae-train-"))
-    code = EXIT_FAILED
+    resume = None
+    made: Path | None = None  # a work folder this attempt created, removed if it is refused
     try:
-        resume_ckpt = None
-        try:
-            if resume_from:
-                config, resume_ckpt = _resume_config(resume_from, workdir, overrides)
-            else:
-                config = load_config(config_path or DEFAULT_CONFIG, overrides)
-            _check_runtime(config)
-        except (ConfigError, ValueError) as err:
-            exit_with_error(str(err), EXIT_BAD_INPUT)
-        code = train(config, resume_from, resume_ckpt, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(code)
+        if resume_from:
+            from mlflow_plugins.runs import resume_target
+
+            folder = resume_target(resume_from)[1]
+            made = None if folder.exists() else folder
+            resume = _resume(resume_from, overrides)
+            config = resume.config
+        else:
+            config = load_config(config_path or DEFAULT_CONFIG, overrides)
+        _check_runtime(config)
+    except (ConfigError, ValueError) as err:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        exit_with_error(str(err), EXIT_BAD_INPUT)
+    sys.exit(train(config, resume))
 
 
 def main(argv: list[str] | None = None) -> None:

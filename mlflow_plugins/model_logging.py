@@ -118,3 +118,29 @@ def log_best_model(checkpoint: Path, step: int, run_id: str | None = None) -> Mo
     """Log the checkpoint's model (see `log_head`)."""
     head, latent_dim = head_from_checkpoint(checkpoint)
     return log_head(head, latent_dim, step, run_id)
+
+
+def prewarm_export() -> None:
+    """Pay log_model's one-off costs beside training (see `warm_export`); only a speed-up, so
+    any failure is left for log_model to report."""
+    try:
+        warm_export()
+    except Exception:
+        pass
+
+
+def warm_export() -> None:
+    """Run log_model's one-off work early: torch.export's first call imports and initialises
+    most of torch's compiler stack (a 2-parameter export makes the real export seconds faster).
+
+    It runs while the trainer trains, so it must not draw from torch's global generator: a
+    freshly initialised Linear would take random numbers from the training stream, and the
+    run would no longer match the same config trained without MLflow (skip_init draws none).
+    """
+    from torch.export import Dim, export
+
+    with torch.no_grad():
+        probe = torch.nn.utils.skip_init(torch.nn.Linear, 2, 2)
+        for param in probe.parameters():
+            param.zero_()
+        export(probe, (torch.zeros(3, 2),), dynamic_shapes=[{0: Dim.AUTO}])

@@ -4,12 +4,17 @@ Metrics go out as one `log_batch` per epoch (step = epoch) and checkpoints as ar
 all on one background thread of this logger, in order, so the training loop never waits on the
 store. Not MLflow's own async logging: its worker polls its queue once a second, so `end_run`
 waited up to 1 s for it (0.5 s on average), and it spent about 2 ms more per batch.
+
+Checkpoints stay in the run's local work folder (the trainer writes them there); an upload that
+still fails after retries stops the training at the next epoch boundary (see `ArtifactStoreError`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,36 +39,42 @@ CONFIG_ARTIFACT = "config.yaml"
 LOG_ARTIFACT = "training.log"
 SUMMARY_ARTIFACT = "training_summary.json"
 EVENTS_ARTIFACT = "events.json"
+UPLOAD_ATTEMPTS = 3  # an artifact write is tried this often before it counts as failed
+UPLOAD_BACKOFF_S = 0.5  # wait before the second attempt, doubled before each later one
 
 
-def _prewarm_export() -> None:
-    """Pay log_model's one-off costs beside training (see `warm_export`); only a speed-up, so
-    any failure is left for log_model to report."""
-    try:
-        warm_export()
-    except Exception:
-        pass
+class ArtifactStoreError(RuntimeError):
+    """The artifact store refused a file after every retry (read-only, full, unreachable).
 
-
-def warm_export() -> None:
-    """Run log_model's one-off work early: torch.export's first call imports and initialises
-    most of torch's compiler stack (a 2-parameter export here takes ~1.4 s and makes the real
-    export ~2 s faster), and MLflow scans installed packages once.
-
-    It runs while the trainer trains, so it must not draw from torch's global generator: a
-    freshly initialised Linear would take random numbers from the training stream, and the
-    run would no longer match the same config trained without MLflow (skip_init draws none).
+    Training stops at the next epoch boundary and the run ends FAILED with this as its
+    `failure.reason`, rather than training on: every later checkpoint and the final model would
+    fail the same way, so a run that kept training would look healthy while nothing of it could
+    be resumed or served from the store. Stopping loses nothing: the checkpoints stay in the
+    run's local work folder, and `--resume-from` continues from them once the store is fixed.
     """
-    import torch
-    from mlflow.utils import requirements_utils
-    from torch.export import Dim, export
 
-    with torch.no_grad():
-        probe = torch.nn.utils.skip_init(torch.nn.Linear, 2, 2)
-        for param in probe.parameters():
-            param.zero_()
-        export(probe, (torch.zeros(3, 2),), dynamic_shapes=[{0: Dim.AUTO}])
-    requirements_utils._init_packages_to_modules_map()
+
+def store_write(
+    client: MlflowClient,
+    run_id: str,
+    path: Path,
+    artifact_path: str | None = None,
+    attempts: int = UPLOAD_ATTEMPTS,
+) -> None:
+    """log_artifact with retries (a short backoff); ArtifactStoreError (one line) when the
+    last attempt fails too."""
+    for attempt in range(1, attempts + 1):
+        try:
+            client.log_artifact(run_id, str(path), artifact_path)
+            return
+        except Exception as err:  # noqa: BLE001 - any store error (OSError, MlflowException)
+            if attempt == attempts:
+                where = f"{artifact_path}/{path.name}" if artifact_path else path.name
+                why = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+                raise ArtifactStoreError(
+                    f"the artifact store refused {where} ({attempts} attempts): {why}"
+                ) from err
+            time.sleep(UPLOAD_BACKOFF_S * 2 ** (attempt - 1))
 
 
 def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: Path) -> None:
@@ -79,7 +90,7 @@ def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: P
         client.set_tag(run_id, C.PARAMS_CHANGED, value[:5000])
     path = workdir / CONFIG_ARTIFACT
     path.write_text(config_to_yaml(config))
-    client.log_artifact(run_id, str(path))
+    store_write(client, run_id, path)
 
 
 class MlflowTrainLogger(TrainLogger):
@@ -99,6 +110,9 @@ class MlflowTrainLogger(TrainLogger):
         self.synchronous = synchronous
         self.workdir = Path(workdir)
         self._jobs: list[Future] = []  # metric batches and uploads, oldest first
+        self._uploads: dict[Future, int] = {}  # the checkpoint uploads among them -> epoch
+        self.store_error: str | None = None  # the first upload that failed for good
+        self.on_store_failure: Callable[[str], None] | None = None  # e.g. trainer.request_stop
         self._pending: dict[str, Path] = {}  # kind -> checkpoint written, not yet uploaded
         self._upload_at: int | None = None  # last.pt of this epoch waits for its metrics
         self._prewarm: threading.Thread | None = None
@@ -112,7 +126,9 @@ class MlflowTrainLogger(TrainLogger):
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
-        self._prewarm = threading.Thread(target=_prewarm_export, name="tvae-prewarm", daemon=True)
+        from mlflow_plugins.model_logging import prewarm_export
+
+        self._prewarm = threading.Thread(target=prewarm_export, name="tvae-prewarm", daemon=True)
         self._prewarm.start()
         device = str(info["device"]) if info.get("device") is not None else None
         tags = runtime_tags(
@@ -134,6 +150,7 @@ class MlflowTrainLogger(TrainLogger):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.last_epoch = int(epoch)
+        self._check_uploads(epoch)
         if epoch <= self.skip_through_step:  # already on the run: never log a step twice
             return
         ts = int(time.time() * 1000)
@@ -169,8 +186,36 @@ class MlflowTrainLogger(TrainLogger):
         with self._lock:
             files = sorted(self._pending.values())
             self._pending.clear()
+        if self.store_error is not None:  # they would fail too; the work folder keeps them
+            return
         for file in files:
-            self._jobs.append(self._worker.submit(self._upload, file))
+            job = self._worker.submit(self._upload, file)
+            self._jobs.append(job)
+            self._uploads[job] = self.last_epoch
+
+    def _check_uploads(self, epoch: int, training: bool = True) -> None:
+        """At an epoch boundary: report the first upload that failed for good (one line on
+        stderr and in training.log) and ask the trainer to stop. Never waits for an upload
+        still in flight: a slow store must not slow training; it is seen at a later boundary."""
+        if self.store_error is not None:
+            return
+        done = [f for f in self._uploads if f.done()]
+        failed = next((f for f in done if f.exception() is not None), None)
+        written = self._uploads[failed] if failed is not None else None
+        for f in done:
+            del self._uploads[f]
+        if failed is None:
+            return
+        self.store_error = str(failed.exception())
+        stops = "training stops, " if training else ""
+        line = (
+            f"error: after epoch {epoch}: {self.store_error} (a checkpoint of epoch {written}); "
+            f"{stops}checkpoints kept in {self.workdir / 'checkpoints'}"
+        )
+        print(line, file=sys.stderr, flush=True)
+        self.on_log_line(line)
+        if self.on_store_failure is not None:
+            self.on_store_failure(self.store_error)
 
     def on_event(self, name: str, payload: dict[str, Any]) -> None:
         self._events.append({"name": name, "epoch": self.last_epoch, "payload": payload})
@@ -187,18 +232,21 @@ class MlflowTrainLogger(TrainLogger):
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def _upload(self, file: Path) -> None:
-        self.client.log_artifact(self.run_id, str(file), "checkpoints")
+        store_write(self.client, self.run_id, file, "checkpoints")
 
     def flush(self) -> None:
-        """Wait for every pending metric batch and checkpoint upload; re-raise the first error."""
-        errors = [f.exception() for f in self._jobs]
-        self._jobs.clear()
-        first = next((e for e in errors if e is not None), None)
+        """Wait for every pending metric batch and checkpoint upload; re-raise the first
+        metric error (a checkpoint that failed for good is `store_error`, not raised)."""
+        jobs, self._jobs = self._jobs, []
+        errors = [f.exception() for f in jobs]
+        self._check_uploads(self.last_epoch, training=False)
+        first = next((e for e in errors if e and not isinstance(e, ArtifactStoreError)), None)
         if first is not None:
             raise first
 
-    def close(self, summary_extra: dict[str, Any] | None = None) -> None:
-        """Upload checkpoints still pending, flush, then training.log, summary and events."""
+    def drain(self) -> None:
+        """Upload checkpoints still pending and wait for everything queued (idempotent): after
+        it, `store_error` says whether every checkpoint reached the store."""
         self._upload_pending()
         try:
             self.flush()
@@ -206,12 +254,22 @@ class MlflowTrainLogger(TrainLogger):
             self._worker.shutdown(wait=True)
             if self._prewarm is not None:  # two torch.export calls at once corrupt its state
                 self._prewarm.join()
+
+    def close(self, summary_extra: dict[str, Any] | None = None) -> None:
+        """drain(), then training.log, summary and events (kept in the work folder too)."""
+        try:
+            self.drain()
+        finally:
             self._log_file.close()
         summary = {**self.summary, **(summary_extra or {})}
         (self.workdir / SUMMARY_ARTIFACT).write_text(json.dumps(summary, indent=2, default=str))
         (self.workdir / EVENTS_ARTIFACT).write_text(json.dumps(self._events, default=str))
         for name in (LOG_ARTIFACT, SUMMARY_ARTIFACT, EVENTS_ARTIFACT):
-            self.client.log_artifact(self.run_id, str(self.workdir / name))
+            try:  # after a failure, one attempt each: the store is known to be in trouble
+                attempts = 1 if self.store_error else UPLOAD_ATTEMPTS
+                store_write(self.client, self.run_id, self.workdir / name, attempts=attempts)
+            except ArtifactStoreError as err:
+                self.store_error = self.store_error or str(err)
 
 
 def result_summary(result: Any) -> dict[str, Any]:
@@ -238,18 +296,27 @@ def train_in_run(
     on_trainer: Callable[[Any], None] | None = None,
     log_model: bool = True,
     echo: bool = True,
+    remove_workdir: bool = False,
 ) -> Any:
     """Train `config` inside the existing run `run_id`; return the TrainResult.
 
-    Logs params/config, streams metrics and checkpoints, then the summary, the log and the
-    best model (tags `model.id`, `model.uri`). The caller ends the run with result.status.
-    `on_trainer` receives the Trainer before fit (e.g. to hook SIGTERM to request_stop).
+    Tags the run's owner (this process) and work folder, logs params/config, streams metrics
+    and checkpoints, then the summary, the log and the best model (tags `model.id`,
+    `model.uri`). The caller ends the run with result.status. `on_trainer` receives the
+    Trainer before fit (e.g. to hook SIGTERM to request_stop). A checkpoint the store refused
+    ends the run FAILED (`ArtifactStoreError`) with the work folder kept; with `remove_workdir`
+    the folder is removed once everything reached the store.
     """
+    import socket
+
+    from mlflow_plugins.runs import owner_value
     from tvae.train import Trainer
 
     client = client or MlflowClient()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    owner = {C.OWNER: owner_value(), C.WORKDIR: f"{socket.gethostname()}:{workdir.resolve()}"}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner.items()])
     log_config(client, run_id, config, workdir)
     skip = 0
     if resume_checkpoint is not None:
@@ -264,6 +331,7 @@ def train_in_run(
             client.set_tag(run_id, C.SKIPPED_STEPS, f"{ckpt_epoch + 1}-{logged}")
     logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
     trainer = Trainer(config, workdir, logger, echo=echo)
+    logger.on_store_failure = lambda _: trainer.request_stop()
     if on_trainer is not None:
         on_trainer(trainer)
     result = None
@@ -272,17 +340,29 @@ def train_in_run(
     finally:
         # whatever happened, what was logged so far reaches the store
         with deferred_interrupt():
-            logger.close(result_summary(result) if result is not None else {})
+            try:
+                logger.drain()
+            finally:
+                if result is not None and logger.store_error:
+                    result.status, result.reason = "FAILED", logger.store_error
+                logger.close(result_summary(result) if result is not None else {})
+    if result is not None and logger.store_error:  # a last upload (the logs) may fail late
+        result.status, result.reason = "FAILED", logger.store_error
+    wrapped = False
     try:  # the training is over: a Ctrl-C now must not cost the run its model
         with deferred_interrupt():
-            _wrap_up(client, run_id, result, log_model)
+            _wrap_up(client, run_id, result, log_model and not logger.store_error)
+            wrapped = True
     except KeyboardInterrupt:
         _log.warning("interrupted after training: the model and status were written first")
+    if remove_workdir and wrapped and not logger.store_error:
+        shutil.rmtree(workdir, ignore_errors=True)  # the store holds all a resume needs
     return result
 
 
 def _wrap_up(client: MlflowClient, run_id: str, result: Any, log_model: bool) -> None:
-    """The run's failure reason (set or cleared) and its best model."""
+    """The run's failure reason (set or cleared) and its best model (not logged when the
+    store refused the checkpoints: the model would fail the same way; a resume logs it)."""
     if result.status == "FAILED":
         client.set_tag(run_id, C.FAILURE_REASON, str(result.reason or "unknown")[:5000])
     elif C.FAILURE_REASON in client.get_run(run_id).data.tags:  # a resume got past it

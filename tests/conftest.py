@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning OpenMP workers on busy CPUs
+# runs' local work folders (checkpoints until uploaded) away from the user's ~/.cache
+os.environ.setdefault("TVAE_WORK_DIR", tempfile.mkdtemp(prefix="tvae-test-work-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

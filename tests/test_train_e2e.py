@@ -32,6 +32,7 @@ def store(tmp_path_factory):
         MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
         MLFLOW_DISABLE_TELEMETRY="true",
         MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
+        TVAE_WORK_DIR=str(root / "work"),  # runs' local work folders
     )
     return root, env, MlflowClient(env["MLFLOW_TRACKING_URI"])
 

@@ -25,8 +25,7 @@ from contract import CPU_CONTRACT_KEYS
 from mlflow import MlflowClient
 
 from entrypoints.train import main as train_main
-from mlflow_plugins.model_logging import predictions_to_frame
-from mlflow_plugins.tracking import warm_export
+from mlflow_plugins.model_logging import predictions_to_frame, warm_export
 from tvae.ops import ternary_ops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,9 +69,11 @@ def store(tmp_path_factory):
         "MLFLOW_RUN_ID",
         "MLFLOW_EXPERIMENT_ID",
         "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+        "TVAE_WORK_DIR",
     )
     saved = {k: os.environ.get(k) for k in keys}
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["TVAE_WORK_DIR"] = str(root / "work")  # runs' local work folders
     os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.5"  # runs here last seconds
     os.environ.pop("MLFLOW_RUN_ID", None)
     mlflow.set_tracking_uri(uri)
@@ -183,7 +184,7 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     assert len(err) == 1 and "--epochs" in err[0]
     assert run_cli("--config", str(store / "missing.yaml")) == 2
     assert "config file not found" in capsys.readouterr().err
-    assert run_cli("--config", str(store / "tiny.yaml"), "--device", "mps") == 2
+    assert run_cli("--config", str(tiny_config(store / "mps.yaml")), "--device", "mps") == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
     assert len(err) == 1 and "device 'mps' is not available" in err[0]
     after = MlflowClient().search_runs(search_all_experiments_ids(), max_results=1000)
