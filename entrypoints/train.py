@@ -153,7 +153,7 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
 
     from mlflow_plugins.launcher import restore_after_launcher
     from mlflow_plugins.runs import claim_work_dir
-    from mlflow_plugins.tracking import ArtifactStoreError, train_in_run
+    from mlflow_plugins.tracking import ArtifactStoreError, TrackingUnreachable, train_in_run
 
     holder: dict[str, Any] = {}
 
@@ -187,6 +187,10 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
         status = "KILLED"
         click.echo(f"run {run_id} KILLED before training started", err=True)
         return EXIT_KILLED
+    except TrackingUnreachable as err:  # trained; the rest waits in the journal for sync
+        status = "RUNNING"
+        click.echo(f"error: run {run_id}: {err}", err=True)
+        return EXIT_FAILED
     except ArtifactStoreError as err:  # before the first epoch: config.yaml was refused
         mlflow.MlflowClient().set_tag(run_id, C.FAILURE_REASON, str(err)[:5000])
         if resume is None:  # nothing in it to keep (a resume's folder holds its checkpoint)
@@ -198,7 +202,10 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
         mlflow.MlflowClient().set_tag(run_id, C.FAILURE_REASON, reason[:5000])
         raise
     finally:
-        mlflow.end_run(status=status)
+        if status == "RUNNING":
+            _leave_running()
+        else:
+            mlflow.end_run(status=status)
         if launched == run_id and (status == "KILLED" or holder.get("signalled")):
             restore_after_launcher(run_id, status)
     best = result.best_metrics or {}
@@ -210,6 +217,28 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
     )
     click.echo(_next_steps(run_id, status))
     return {"FINISHED": 0, "KILLED": EXIT_KILLED}.get(status, EXIT_FAILED)
+
+
+def _leave_running() -> None:
+    """Let go of the active run without ending it (sync ends it): MLflow's exit hook would
+    end it FINISHED otherwise. end_run takes the run off the stack first, then writes the
+    status (RUNNING: harmless) to a server known to be away: one quick try, not MLflow's
+    minutes of retries."""
+    import mlflow
+
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
+    try:
+        mlflow.end_run(status="RUNNING")
+    except Exception:  # noqa: BLE001 - the server is away; sync writes the real status
+        pass
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _next_steps(run_id: str, status: str) -> str:

@@ -7,27 +7,41 @@ waited up to 1 s for it (0.5 s on average), and it spent about 2 ms more per bat
 
 Checkpoints stay in the run's local work folder (the trainer writes them there); an upload that
 still fails after retries stops the training at the next epoch boundary (see `ArtifactStoreError`).
+
+The tracking server being away is not such a failure: every write is first kept in the run's
+journal (`mlflow_plugins.journal`), the worker retries the oldest one until the server answers
+again while training goes on, and the rest follows in order. At the end of training the logger
+waits up to $TVAE_SYNC_WAIT seconds for the server, then gives up with the journal kept and the
+run left RUNNING (resumable) for `python -m mlflow_plugins.sync <run id>`
+(see `TrackingUnreachable`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
-from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 from mlflow_plugins.context import TAG_CONFIG_NAME, git_commit, runtime_tags
+from mlflow_plugins.journal import Journal
 from tvae import contract as C
 from tvae.callbacks import TrainLogger
 from tvae.config import TVAEConfig, config_to_yaml, flatten_config
@@ -41,6 +55,55 @@ SUMMARY_ARTIFACT = "training_summary.json"
 EVENTS_ARTIFACT = "events.json"
 UPLOAD_ATTEMPTS = 3  # an artifact write is tried this often before it counts as failed
 UPLOAD_BACKOFF_S = 0.5  # wait before the second attempt, doubled before each later one
+SYNC_WAIT_ENV = "TVAE_SYNC_WAIT"  # seconds the end of training waits for an absent server
+DEFAULT_SYNC_WAIT_S = 120.0
+OUTAGE_BACKOFF_S = 0.5  # first wait between probes of an absent server, doubled up to the max
+OUTAGE_BACKOFF_MAX_S = 5.0
+SYNC_COMMAND = "python -m mlflow_plugins.sync"
+
+
+def sync_wait_s() -> float:
+    """$TVAE_SYNC_WAIT (seconds, >= 0), else the default."""
+    try:
+        return max(0.0, float(os.environ.get(SYNC_WAIT_ENV, DEFAULT_SYNC_WAIT_S)))
+    except ValueError:
+        return DEFAULT_SYNC_WAIT_S
+
+
+class TrackingUnreachable(RuntimeError):
+    """The tracking server stayed away past the end-of-training wait. Not a training failure:
+    what is left waits in the run's journal, the run stays RUNNING, and the message (one line)
+    names the command that uploads the rest."""
+
+
+_GATEWAY = re.compile(r"error code (502|503|504)\b")
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """Whether `err` means the server could not be reached (refused, reset, timed out, a
+    gateway's 502/503/504) rather than that it refused the write: only the former is waited
+    out. MLflow's REST client wraps the requests error in an MlflowException without `from`,
+    so the implicit context is followed too."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current,
+            requests.exceptions.ConnectionError
+            | requests.exceptions.Timeout
+            | requests.exceptions.RetryError
+            | ConnectionError,
+        ):
+            return True
+        if isinstance(current, MlflowException):
+            text = str(current)
+            if " failed with exception " in text or "failed with timeout exception" in text:
+                return True
+            if _GATEWAY.search(text):
+                return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class ArtifactStoreError(RuntimeError):
@@ -60,14 +123,18 @@ def store_write(
     path: Path,
     artifact_path: str | None = None,
     attempts: int = UPLOAD_ATTEMPTS,
+    unreachable_raises: bool = False,
 ) -> None:
     """log_artifact with retries (a short backoff); ArtifactStoreError (one line) when the
-    last attempt fails too."""
+    last attempt fails too. With `unreachable_raises` an absent server is raised as it is, at
+    once, for the caller to wait out (it is not the store refusing the file)."""
     for attempt in range(1, attempts + 1):
         try:
             client.log_artifact(run_id, str(path), artifact_path)
             return
         except Exception as err:  # noqa: BLE001 - any store error (OSError, MlflowException)
+            if unreachable_raises and is_unreachable(err):
+                raise
             if attempt == attempts:
                 where = f"{artifact_path}/{path.name}" if artifact_path else path.name
                 why = " ".join(f"{type(err).__name__}: {err}".split())[:500]
@@ -118,6 +185,11 @@ class MlflowTrainLogger(TrainLogger):
         self._prewarm: threading.Thread | None = None
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvae-mlflow")
+        self.journal = Journal(self.workdir)
+        self._offline_since: float | None = None  # when the server was first found away
+        self._give_up = threading.Event()  # the end-of-training wait is over
+        self.unreachable = False  # gave up on the server: the journal holds the rest
+        self._log_lock = threading.Lock()  # training.log is written by the worker too
         self._events: list[dict[str, Any]] = []
         self._log_path = self.workdir / LOG_ARTIFACT
         self._log_file = self._log_path.open("a", encoding="utf-8")
@@ -158,7 +230,10 @@ class MlflowTrainLogger(TrainLogger):
         if self.synchronous:
             self._log_metrics(batch)
         else:
-            self._jobs.append(self._worker.submit(self._log_metrics, batch))
+            rows = [[m.key, m.value, m.timestamp, m.step] for m in batch]
+            seq = self.journal.append("metrics", metrics=rows)
+            job = self._worker.submit(self._apply, seq, partial(self._log_metrics, batch))
+            self._jobs.append(job)
         self._upload_due(epoch)
 
     def _upload_due(self, epoch: int) -> None:
@@ -189,7 +264,8 @@ class MlflowTrainLogger(TrainLogger):
         if self.store_error is not None:  # they would fail too; the work folder keeps them
             return
         for file in files:
-            job = self._worker.submit(self._upload, file)
+            seq = self.journal.append("artifact", path=str(file), artifact_path="checkpoints")
+            job = self._worker.submit(self._apply, seq, partial(self._upload, file))
             self._jobs.append(job)
             self._uploads[job] = self.last_epoch
 
@@ -200,7 +276,8 @@ class MlflowTrainLogger(TrainLogger):
         if self.store_error is not None:
             return
         done = [f for f in self._uploads if f.done()]
-        failed = next((f for f in done if f.exception() is not None), None)
+        refused = (f for f in done if isinstance(f.exception(), ArtifactStoreError))
+        failed = next(refused, None)  # TrackingUnreachable: kept in the journal, not failed
         written = self._uploads[failed] if failed is not None else None
         for f in done:
             del self._uploads[f]
@@ -221,8 +298,11 @@ class MlflowTrainLogger(TrainLogger):
         self._events.append({"name": name, "epoch": self.last_epoch, "payload": payload})
 
     def on_log_line(self, line: str) -> None:
-        self._log_file.write(line.rstrip("\n") + "\n")
-        self._log_file.flush()
+        with self._log_lock:
+            if self._log_file.closed:
+                return
+            self._log_file.write(line.rstrip("\n") + "\n")
+            self._log_file.flush()
 
     def on_train_end(self, status: str, summary: dict[str, Any]) -> None:
         self.summary = {"status": status, **summary}
@@ -231,16 +311,90 @@ class MlflowTrainLogger(TrainLogger):
     def _log_metrics(self, batch: list[Metric]) -> None:
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
-    def _upload(self, file: Path) -> None:
-        store_write(self.client, self.run_id, file, "checkpoints")
+    def _upload(self, file: Path, artifact_path: str | None = "checkpoints") -> None:
+        store_write(self.client, self.run_id, file, artifact_path, unreachable_raises=True)
+
+    def _apply(self, seq: int, write: Callable[[], None]) -> None:
+        """Run journal operation `seq` on the worker; while the server is away, probe it with
+        backoff and try again (training goes on; later operations queue behind this one)."""
+        delay = OUTAGE_BACKOFF_S
+        while True:
+            if self._give_up.is_set():
+                raise TrackingUnreachable(f"operation {seq} kept in {self.journal.path}")
+            if self._offline_since is None or self._server_up():
+                try:
+                    write()
+                except Exception as err:
+                    if not is_unreachable(err):
+                        raise  # the store refused it: reported as before, left in the journal
+                    self._went_offline(err)
+                else:
+                    self.journal.mark_done(seq)
+                    if self._offline_since is not None:
+                        self._came_back()
+                    return
+            self._give_up.wait(delay)
+            delay = min(delay * 2, OUTAGE_BACKOFF_MAX_S)
+
+    def _server_up(self) -> bool:
+        """A cheap probe (GET /health, 2 s) of an HTTP tracking server, so that an absent one
+        costs no full client retry budget per try; other stores are just tried again."""
+        uri = self.client.tracking_uri
+        if not uri.startswith(("http://", "https://")):
+            return True
+        try:
+            return requests.get(f"{uri.rstrip('/')}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def _went_offline(self, err: BaseException) -> None:
+        if self._offline_since is not None:
+            return
+        self._offline_since = time.monotonic()
+        why = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        line = (
+            f"warning: tracking server unreachable ({why}); training goes on, its metrics and "
+            f"artifacts are kept in {self.journal.path} until the server is back"
+        )
+        print(line, file=sys.stderr, flush=True)
+        self.on_log_line(line)
+
+    def _came_back(self) -> None:
+        away = time.monotonic() - (self._offline_since or time.monotonic())
+        self._offline_since = None
+        line = f"tracking server back after {away:.0f} s; replaying the journal in order"
+        print(line, file=sys.stderr, flush=True)
+        self.on_log_line(line)
+
+    def _wait(self, jobs: list[Future]) -> None:
+        """Wait for `jobs`; once the server has been away for $TVAE_SYNC_WAIT seconds of this
+        wait, give up on it (the remaining operations stay in the journal)."""
+        deadline: float | None = None
+        for job in jobs:
+            while True:
+                try:
+                    job.exception(timeout=0.25)
+                    break
+                except FutureTimeout:
+                    pass
+                if self._offline_since is None:
+                    continue  # a slow but present store is waited for
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + sync_wait_s()
+                if now >= deadline:
+                    self._give_up.set()
+                    self.unreachable = True
 
     def flush(self) -> None:
         """Wait for every pending metric batch and checkpoint upload; re-raise the first
-        metric error (a checkpoint that failed for good is `store_error`, not raised)."""
+        metric error (a checkpoint that failed for good is `store_error`, not raised; an
+        operation given up on with the server away is left in the journal, `unreachable`)."""
         jobs, self._jobs = self._jobs, []
+        self._wait(jobs)
         errors = [f.exception() for f in jobs]
         self._check_uploads(self.last_epoch, training=False)
-        first = next((e for e in errors if e and not isinstance(e, ArtifactStoreError)), None)
+        kept = (ArtifactStoreError, TrackingUnreachable)
+        first = next((e for e in errors if e and not isinstance(e, kept)), None)
         if first is not None:
             raise first
 
@@ -248,28 +402,43 @@ class MlflowTrainLogger(TrainLogger):
         """Upload checkpoints still pending and wait for everything queued (idempotent): after
         it, `store_error` says whether every checkpoint reached the store."""
         self._upload_pending()
-        try:
-            self.flush()
-        finally:
-            self._worker.shutdown(wait=True)
-            if self._prewarm is not None:  # two torch.export calls at once corrupt its state
-                self._prewarm.join()
+        self.flush()
+
+    def pending(self) -> int:
+        """How many operations the store has not confirmed (they are in the journal)."""
+        return len(self.journal.pending())
 
     def close(self, summary_extra: dict[str, Any] | None = None) -> None:
         """drain(), then training.log, summary and events (kept in the work folder too)."""
         try:
             self.drain()
         finally:
-            self._log_file.close()
+            with self._log_lock:
+                self._log_file.close()
         summary = {**self.summary, **(summary_extra or {})}
         (self.workdir / SUMMARY_ARTIFACT).write_text(json.dumps(summary, indent=2, default=str))
         (self.workdir / EVENTS_ARTIFACT).write_text(json.dumps(self._events, default=str))
-        for name in (LOG_ARTIFACT, SUMMARY_ARTIFACT, EVENTS_ARTIFACT):
-            try:  # after a failure, one attempt each: the store is known to be in trouble
-                attempts = 1 if self.store_error else UPLOAD_ATTEMPTS
-                store_write(self.client, self.run_id, self.workdir / name, attempts=attempts)
-            except ArtifactStoreError as err:
-                self.store_error = self.store_error or str(err)
+        try:
+            jobs = []
+            for name in (LOG_ARTIFACT, SUMMARY_ARTIFACT, EVENTS_ARTIFACT):
+                path = self.workdir / name
+                if self.store_error:  # one attempt each: the store is known to be in trouble
+                    try:
+                        store_write(self.client, self.run_id, path, attempts=1)
+                    except ArtifactStoreError as err:
+                        self.store_error = self.store_error or str(err)
+                    continue
+                seq = self.journal.append("artifact", path=str(path), artifact_path=None)
+                upload = partial(self._upload, path, None)
+                jobs.append(self._worker.submit(self._apply, seq, upload))
+            self._wait(jobs)
+            for job in jobs:
+                if isinstance(job.exception(), ArtifactStoreError):
+                    self.store_error = self.store_error or str(job.exception())
+        finally:
+            self._worker.shutdown(wait=True)
+            if self._prewarm is not None:  # two torch.export calls at once corrupt its state
+                self._prewarm.join()
 
 
 def result_summary(result: Any) -> dict[str, Any]:
@@ -305,7 +474,9 @@ def train_in_run(
     `model.uri`). The caller ends the run with result.status. `on_trainer` receives the
     Trainer before fit (e.g. to hook SIGTERM to request_stop). A checkpoint the store refused
     ends the run FAILED (`ArtifactStoreError`) with the work folder kept; with `remove_workdir`
-    the folder is removed once everything reached the store.
+    the folder is removed once everything reached the store. A tracking server still away
+    after the end-of-training wait raises `TrackingUnreachable` (one line) after the run's end
+    is journaled, the run left RUNNING for `sync`; a resume first replays such a journal.
     """
     import socket
 
@@ -318,17 +489,29 @@ def train_in_run(
     owner = {C.OWNER: owner_value(), C.WORKDIR: f"{socket.gethostname()}:{workdir.resolve()}"}
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner.items()])
     log_config(client, run_id, config, workdir)
+    if Journal(workdir).pending():  # an earlier attempt gave up on the server, or was killed
+        from mlflow_plugins.sync import replay
+
+        replay(client, run_id, Journal(workdir), end=False)  # before the steps are counted
     skip = 0
     if resume_checkpoint is not None:
         import torch
 
         from mlflow_plugins.runs import last_logged_step
 
-        ckpt_epoch = int(torch.load(resume_checkpoint, weights_only=True)["epoch"])
+        state = torch.load(resume_checkpoint, weights_only=True)
+        ckpt_epoch = int(state["epoch"])
         logged = last_logged_step(client, run_id)
         if logged > ckpt_epoch:  # killed hard after the last checkpoint
             skip = logged
             client.set_tag(run_id, C.SKIPPED_STEPS, f"{ckpt_epoch + 1}-{logged}")
+        elif logged < ckpt_epoch and state.get("metrics"):
+            # killed after the checkpoint was written but before its epoch's metrics were:
+            # the checkpoint holds them (earlier gaps are named by analyze's steps check)
+            ts = int(time.time() * 1000)
+            batch = [Metric(k, float(v), ts, ckpt_epoch) for k, v in state["metrics"].items()]
+            for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
     logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
     trainer = Trainer(config, workdir, logger, echo=echo)
     logger.on_store_failure = lambda _: trainer.request_stop()
@@ -348,6 +531,21 @@ def train_in_run(
                 logger.close(result_summary(result) if result is not None else {})
     if result is not None and logger.store_error:  # a last upload (the logs) may fail late
         result.status, result.reason = "FAILED", logger.store_error
+    if logger.unreachable:  # the rest, and the run's end, wait in the journal for sync
+        if result is not None:
+            best = result.best_checkpoint
+            logger.journal.append(
+                "end",
+                status=result.status,
+                reason=result.reason,
+                best_checkpoint=str(best) if best is not None else None,
+                best_epoch=result.best_epoch,
+                log_model=bool(log_model and not logger.store_error),
+            )
+        raise TrackingUnreachable(
+            f"tracking server unreachable; {logger.pending()} operations kept in "
+            f"{logger.journal.path}; upload them later with: {SYNC_COMMAND} {run_id}"
+        )
     wrapped = False
     try:  # the training is over: a Ctrl-C now must not cost the run its model
         with deferred_interrupt():
@@ -363,12 +561,34 @@ def train_in_run(
 def _wrap_up(client: MlflowClient, run_id: str, result: Any, log_model: bool) -> None:
     """The run's failure reason (set or cleared) and its best model (not logged when the
     store refused the checkpoints: the model would fail the same way; a resume logs it)."""
-    if result.status == "FAILED":
-        client.set_tag(run_id, C.FAILURE_REASON, str(result.reason or "unknown")[:5000])
+    finish_run(
+        client,
+        run_id,
+        result.status,
+        result.reason,
+        result.best_checkpoint,
+        result.best_epoch,
+        log_model,
+    )
+
+
+def finish_run(
+    client: MlflowClient,
+    run_id: str,
+    status: str,
+    reason: str | None,
+    best_checkpoint: Path | str | None,
+    best_epoch: int | None,
+    log_model: bool,
+) -> None:
+    """What ends a trained run but its status (shared by training and `sync`): the failure
+    reason set or cleared, and the best model logged from the local best.pt."""
+    if status == "FAILED":
+        client.set_tag(run_id, C.FAILURE_REASON, str(reason or "unknown")[:5000])
     elif C.FAILURE_REASON in client.get_run(run_id).data.tags:  # a resume got past it
         client.delete_tag(run_id, C.FAILURE_REASON)
-    best = result.best_checkpoint
-    if log_model and best is not None and Path(best).is_file() and result.best_epoch:
+    best = best_checkpoint
+    if log_model and best is not None and Path(best).is_file() and best_epoch:
         from mlflow_plugins.model_logging import log_best_model
 
-        log_best_model(Path(best), int(result.best_epoch), run_id=run_id)
+        log_best_model(Path(best), int(best_epoch), run_id=run_id)

@@ -7,6 +7,7 @@ upload/download (`mlflow-artifacts:/`), and the React UI that a browser renders.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,6 +66,53 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def start_server(workdir: Path, port: int | None = None, timeout_s: float = 60.0) -> MlflowServer:
+    """Start `mlflow server` (one worker, SQLite and proxied artifacts under workdir) in its own
+    process group, on `port` (a free one if None); the same workdir and port again restart it
+    on the same store, as a tracking server coming back after an outage."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_path = workdir / "mlflow-server.log"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
+        "--artifacts-destination", str(workdir / "artifacts"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = MlflowServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    try:
+        _wait_healthy(server, timeout_s)
+    except BaseException:
+        kill_server(server)
+        raise
+    return server
+
+
+def kill_server(server: MlflowServer) -> None:
+    """SIGKILL the server and its workers (its process group), as a crash or outage would,
+    and wait until its port takes connections no more."""
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.process.wait(timeout=10)
+    port = int(server.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.1)
 
 
 @contextmanager

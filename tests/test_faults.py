@@ -223,3 +223,30 @@ def test_resume_from_a_file_outside_a_work_folder_is_one_line(store, tmp_path):
     (line,) = errors(done.stderr)
     assert "not in a run's work folder" in line and "give the run id" in line
     assert train(env, "--resume-from", str(tmp_path / "gone.pt")).returncode == 2
+
+
+def test_a_kill_right_after_a_checkpoint_write_loses_no_step(store):
+    """The trainer writes last.pt before its epoch's metrics reach the store; a kill -9 in
+    between left a resume continuing after a step that was never logged."""
+    root, env, client = store
+    cfg = config(root, "at_write", epochs=500)
+    proc = subprocess.Popen(
+        [*TRAIN, "--config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run_id = wait_for_epoch(client, proc, "at_write")
+        last = root / "work" / run_id / "checkpoints" / "last.pt"
+        seen = last.stat().st_mtime_ns
+        while proc.poll() is None and last.stat().st_mtime_ns == seen:
+            time.sleep(0.001)
+    finally:
+        proc.kill()  # at the write of the next epoch's last.pt
+        proc.wait()
+    epoch = int(torch.load(last, weights_only=True)["epoch"])
+    resumed = train(env, "--resume-from", run_id, "--epochs", str(epoch + 1))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert steps(client, run_id) == list(range(1, epoch + 2))
