@@ -58,13 +58,14 @@ def _wait_healthy(server: MlflowServer, timeout_s: float) -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (its workers too), SIGKILL if it lingers."""
     if process.poll() is not None:
         return
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
 
@@ -118,24 +119,8 @@ def kill_server(server: MlflowServer) -> None:
 @contextmanager
 def mlflow_server(workdir: Path, timeout_s: float = 60.0) -> Iterator[MlflowServer]:
     """Run `mlflow server` (one worker, temp SQLite, temp proxied artifacts) for the block."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = workdir / "mlflow-server.log"
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = MlflowServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    server = start_server(workdir, timeout_s=timeout_s)
     try:
-        _wait_healthy(server, timeout_s)
         yield server
     finally:
-        _stop(process)
+        _stop(server.process)
