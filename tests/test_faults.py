@@ -72,6 +72,17 @@ def train(env: dict, *args: str, extra_env: dict | None = None) -> subprocess.Co
     )
 
 
+def start_training(env: dict, cfg: Path) -> subprocess.Popen:
+    """The trainer as a background process (output discarded)."""
+    return subprocess.Popen(
+        [*TRAIN, "--config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
@@ -95,13 +106,7 @@ def wait_for_epoch(client: MlflowClient, proc: subprocess.Popen, experiment: str
 def test_kill_9_leaves_a_running_run_that_resume_takes_over_once_its_owner_is_dead(store):
     root, env, client = store
     cfg = config(root, "killed", epochs=500)
-    proc = subprocess.Popen(
-        [*TRAIN, "--config", str(cfg)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_training(env, cfg)
     try:
         run_id = wait_for_epoch(client, proc, "killed")
         owner = client.get_run(run_id).data.tags[C.OWNER]
@@ -230,13 +235,7 @@ def test_a_kill_right_after_a_checkpoint_write_loses_no_step(store):
     between left a resume continuing after a step that was never logged."""
     root, env, client = store
     cfg = config(root, "at_write", epochs=500)
-    proc = subprocess.Popen(
-        [*TRAIN, "--config", str(cfg)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_training(env, cfg)
     try:
         run_id = wait_for_epoch(client, proc, "at_write")
         last = root / "work" / run_id / "checkpoints" / "last.pt"
