@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from tvae import contract as C
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "-m", "entrypoints.train"]
 
@@ -72,7 +74,7 @@ def kill_at(client, run, work: Path, proc: subprocess.Popen, at_checkpoint: bool
     else:
         steps = rng.randint(1, 10)
         while proc.poll() is None:
-            logged = client.get_metric_history(rid, "train/loss")
+            logged = client.get_metric_history(rid, C.TRAIN_LOSS)
             if len(logged) >= steps:
                 break
             time.sleep(0.05)
@@ -153,11 +155,11 @@ def main() -> None:
                 text=True,
             )
             after = client.get_run(rid)
-            steps = [m.step for m in client.get_metric_history(rid, "train/loss")]
+            steps = [m.step for m in client.get_metric_history(rid, C.TRAIN_LOSS)]
             missing = len(set(range(1, args.epochs + 1)) - set(steps))
             duplicated = len(steps) - len(set(steps))
             exact = done.returncode == 0 and tensors_equal(final_state(rid), reference)
-            model = "model.id" in after.data.tags
+            model = C.MODEL_ID in after.data.tags
             totals["trials"] += 1
             totals["exact"] += exact
             totals["missing"] += missing

@@ -133,7 +133,7 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
         mlflow.set_experiment(experiment_id=client.get_run(existing).info.experiment_id)
     if resume_from:
         if launcher and launcher != resume_from:
-            client.set_tag(launcher, "resume.continued_in", resume_from)
+            client.set_tag(launcher, C.CONTINUED_IN, resume_from)
             client.set_tag(launcher, "mlflow.note.content", f"Training continued in {resume_from}")
             client.set_terminated(launcher, "FINISHED")
         return mlflow.start_run(run_id=resume_from, log_system_metrics=True)

@@ -168,13 +168,11 @@ class MlflowTrainLogger(TrainLogger):
         run_id: str,
         workdir: Path,
         client: MlflowClient | None = None,
-        synchronous: bool = False,
         skip_through_step: int = 0,
     ) -> None:
         self.run_id = run_id
         self.skip_through_step = skip_through_step  # resumed behind the last logged step
         self.client = client or MlflowClient()
-        self.synchronous = synchronous
         self.workdir = Path(workdir)
         self._jobs: list[Future] = []  # metric batches and uploads, oldest first
         self._uploads: dict[Future, int] = {}  # the checkpoint uploads among them -> epoch
@@ -227,13 +225,9 @@ class MlflowTrainLogger(TrainLogger):
             return
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, int(epoch)) for k, v in metrics.items()]
-        if self.synchronous:
-            self._log_metrics(batch)
-        else:
-            rows = [[m.key, m.value, m.timestamp, m.step] for m in batch]
-            seq = self.journal.append("metrics", metrics=rows)
-            job = self._worker.submit(self._apply, seq, partial(self._log_metrics, batch))
-            self._jobs.append(job)
+        rows = [[m.key, m.value, m.timestamp, m.step] for m in batch]
+        seq = self.journal.append("metrics", metrics=rows)
+        self._jobs.append(self._worker.submit(self._apply, seq, partial(self._log_metrics, batch)))
         self._upload_due(epoch)
 
     def _upload_due(self, epoch: int) -> None:

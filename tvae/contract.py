@@ -39,6 +39,7 @@ FAILURE_REASON = "failure.reason"  # why a run ended FAILED (bad input, NaN/Inf)
 RESUMED_FROM_EPOCH = "resume.from_epoch"
 PARAMS_CHANGED = "resume.changed_params"  # params a resume changed, key=new value
 SKIPPED_STEPS = "resume.skipped_steps"  # retrained epochs whose first metrics are kept
+CONTINUED_IN = "resume.continued_in"  # a launcher run whose training went on in another run
 OWNER = "train.owner"  # host:pid:process start time of the process training the run
 TOOK_OVER_FROM = "resume.took_over_from"  # the dead owner a resume took a RUNNING run from
 WORKDIR = "train.workdir"  # host:path of the run's local work folder (checkpoints until uploaded)
