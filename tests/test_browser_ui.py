@@ -37,17 +37,21 @@ CHROMIUM_ARGS = [
 ]
 SHOTS = REPO / "screenshots" / "browser_ui"
 UI_TIMEOUT_MS = 60_000
-# Number of runs drawn in the chart titled `key`: distinct colours of non-empty plotly lines
-# (runs without the metric, such as the analyze and compare runs, draw none).
-LINES_JS = """key => {
+# Names of the runs drawn in the chart titled `key`, sorted: plotly traces with points, once the
+# card's SVG has a drawn line (a run has a raw and a smoothed trace; runs without the metric,
+# such as the analyze and compare runs, have none). By name, not colour: the UI hashes run ids
+# into a 29-colour palette, so two runs can share a colour.
+DRAWN_RUNS_JS = """key => {
   const title = [...document.querySelectorAll('*')]
     .find(e => e.children.length === 0 && e.textContent.trim() === key);
   let card = title;
   while (card && !card.querySelector('svg.main-svg')) card = card.parentElement;
-  if (!card) return -1;
+  const plot = card && card.querySelector('.js-plotly-plot');
+  if (!plot || !plot.data) return [];
   const drawn = [...card.querySelectorAll('path.js-line')]
-    .filter(p => (p.getAttribute('d') || '').length > 2);
-  return new Set(drawn.map(p => p.style.stroke)).size;
+    .some(p => (p.getAttribute('d') || '').length > 2);
+  if (!drawn) return [];
+  return [...new Set(plot.data.filter(t => (t.x || []).length > 0).map(t => t.name))].sort();
 }"""
 
 pytestmark = [
@@ -180,7 +184,9 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
                     search.fill(key)
                     page.get_by_text(key, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
                     page.wait_for_function(
-                        f"key => ({LINES_JS})(key) === {len(ids)}", arg=key, timeout=UI_TIMEOUT_MS
+                        f"([key, want]) => ({DRAWN_RUNS_JS})(key).join() === want.join()",
+                        arg=[key, sorted(names.values())],
+                        timeout=UI_TIMEOUT_MS,
                     )
                     assert page.get_by_text("Step", exact=True).count() >= 1
                 search.fill("eval/")
