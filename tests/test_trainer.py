@@ -207,6 +207,39 @@ def test_a_logger_error_at_start_still_stops_the_worker_thread(tmp_path):
     assert isinstance(trainer.runner, ThreadBranchRunner) and trainer.runner.closed
 
 
+def test_a_crash_in_branch_Bs_worker_leaves_the_last_finished_epoch_resumable(full_run, tmp_path):
+    """Branch B's worker raises in epoch 3, between checkpoints (every 10): the error reaches
+    the caller, last.pt holds epoch 2 (reported to the logger), the worker thread is gone, and
+    resuming it trains to the same bits as the uninterrupted run."""
+    work, _, _, _ = full_run
+    holder: dict = {}
+
+    def crash_B_from_epoch_3(epoch):
+        if epoch == 2:
+
+            def broken(x, point=True):
+                raise RuntimeError("branch B worker died")
+
+            holder["t"].model.forward_B = broken
+
+    rec = Recorder(on_epoch=crash_B_from_epoch_3)
+    cfg = smoke(**{"train.threads": 2, "train.checkpoint_every": 10})
+    trainer = holder["t"] = Trainer(cfg, tmp_path / "crash", rec, echo=False)
+    with pytest.raises(RuntimeError, match="branch B worker died"):
+        trainer.fit()
+    assert trainer.runner.closed
+    assert [e[1] for e in rec.kind("epoch")] == [1, 2]
+    last = tmp_path / "crash/checkpoints/last.pt"
+    assert ("ckpt", last, 2, "last") in rec.kind("ckpt")
+    assert read_checkpoint(last, resumable=True)["epoch"] == 2
+    resumed = Trainer(smoke(**{"train.threads": 2}), tmp_path / "resumed", Recorder(), echo=False)
+    assert resumed.fit(last).last_epoch == 4
+    final = read_checkpoint(work / "checkpoints/last.pt")
+    assert _same_state(
+        final["model"], read_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["model"]
+    )
+
+
 def test_ctrl_c_while_an_epoch_is_committed_waits_for_the_whole_epoch(tmp_path):
     """A SIGINT between writing best.pt and reporting the epoch's metrics is held until the
     epoch is reported: the final last.pt is never ahead of the reported steps."""

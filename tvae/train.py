@@ -161,7 +161,7 @@ class Trainer:
                         best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
                         self.logger.on_checkpoint(best_ckpt, epoch, "best")
                     if epoch % self.config.train.checkpoint_every == 0 or epoch == total:
-                        last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
+                        last_ckpt = self._save_last(good)
                         last_written = epoch
                         self.logger.on_checkpoint(last_ckpt, epoch, "last")
                     self.logger.on_epoch_end(epoch, metrics)
@@ -177,8 +177,12 @@ class Trainer:
         except Diverged as err:
             status, reason = "FAILED", str(err)
             self.logger.on_event("divergence", {"epoch": epoch_done + 1, "reason": reason})
+        except Exception:  # a crash (e.g. in branch B's worker): the last epoch stays resumable
+            if last_written != good["epoch"]:
+                self.logger.on_checkpoint(self._save_last(good), good["epoch"], "last")
+            raise
         if status != "FINISHED" and last_written != good["epoch"]:
-            last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
+            last_ckpt = self._save_last(good)
             self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
         result = TrainResult(
             status=status,
@@ -265,6 +269,9 @@ class Trainer:
         return self.losses.combine(terms_A, terms_B) / math.ceil(N_OPS / tc.batch_size), mean_norm
 
     # -- checkpoint state ----------------------------------------------------------------------
+    def _save_last(self, state: dict[str, Any]) -> Path:
+        return save_checkpoint(state, self.checkpoint_dir / "last.pt")
+
     def _state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
