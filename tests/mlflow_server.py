@@ -69,7 +69,7 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-def start_server(workdir: Path, port: int | None = None, timeout_s: float = 60.0) -> MlflowServer:
+def start_server(workdir: Path, port: int | None = None, timeout_s: float = 120.0) -> MlflowServer:
     """Start `mlflow server` (one worker, SQLite and proxied artifacts under workdir) in its own
     process group, on `port` (a free one if None); the same workdir and port again restart it
     on the same store, as a tracking server coming back after an outage."""
@@ -117,7 +117,7 @@ def kill_server(server: MlflowServer) -> None:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, timeout_s: float = 60.0) -> Iterator[MlflowServer]:
+def mlflow_server(workdir: Path, timeout_s: float = 120.0) -> Iterator[MlflowServer]:
     """Run `mlflow server` (one worker, temp SQLite, temp proxied artifacts) for the block."""
     server = start_server(workdir, timeout_s=timeout_s)
     try:

@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SHOTS = REPO / "screenshots" / "browser_ui"
-UI_TIMEOUT_MS = 60_000
+UI_TIMEOUT_MS = 120_000  # generous: a loaded 2-core machine renders slowly
 # Names of the runs drawn in the chart titled `key`, sorted: plotly traces with points, once the
 # card's SVG has a drawn line (a run has a raw and a smoothed trace; runs without the metric,
 # such as the analyze and compare runs, have none). By name, not colour: the UI hashes run ids
