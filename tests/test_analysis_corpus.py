@@ -21,6 +21,7 @@ RUNS = index()
 GROKS = "add53_f40_wd1"  # modular addition, weight decay: memorises by ~18, groks at ~900
 OMNIGROK = "digits_a10_wd01_100k"  # digits, MSE, init x10: val loss falls for 90,000 epochs
 RESTART = "sub59_f40_cos800_s30"  # cosine warm restarts every 800 epochs; generalises after one
+SLOW = "sub59_f45_step300_s40"  # validation loss falls steadily for the last 1,700 epochs
 
 
 def roles(view: str) -> Roles:
@@ -53,6 +54,7 @@ def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
         assert RUNS[name]["split"] == "train" and RUNS[name]["label"]["cls"] == cls, name
     # a held-out run, used here after it was scored (its split was looked at)
     assert RUNS[RESTART]["split"] == "test3" and RUNS[RESTART]["label"]["cls"] == "lr_confound"
+    assert RUNS[SLOW]["split"] == "test4" and RUNS[SLOW]["label"]["cls"] == "grokking"
 
 
 @pytest.mark.parametrize("view", ["loss-only", "val_acc", "acc+loss", "train_acc"])
@@ -256,3 +258,17 @@ def test_warmup_before_the_fit_is_no_confound(view):
     rep = analyze(load_run(name), roles(view))
     lo, hi = window(name)
     assert len(rep.confirmed) == 1 and lo <= rep.confirmed[0].breakthrough_epoch <= hi
+
+
+@pytest.mark.parametrize("view", ["loss-only", "train_acc"])
+def test_a_slow_steady_fall_is_one_rise_not_pieces_too_small_to_count(view):
+    """The validation loss sits on its memorisation plateau, then falls 0.7 decades at an
+    even pace until the run ends. Cut at every stretch that moves less than the swing's
+    tolerance, it left no piece as large as a transition; whole, it is the event."""
+    df = load_run(SLOW)
+    late = np.log10(df["val_loss"].loc[1300:])
+    assert late.iloc[0] - late.iloc[-1] > 0.5 and late.diff().rolling(100).sum().max() < 0
+    rep = analyze(df, roles(view))
+    lo, hi = window(SLOW)
+    assert len(rep.confirmed) == 1, rep.summary()
+    assert lo <= rep.confirmed[0].breakthrough_epoch <= hi

@@ -184,9 +184,13 @@ def find_transitions(m: Metric, t: Thresholds) -> list[Transition]:
     for lo0, hi0 in zigzag_up_swings(m.wide_med, delta):
         # a flat stretch must be long next to the swing, or a slow steady rise would split
         min_flat = max(t.plateau.candidate_min_epochs, 0.1 * (m.e[hi0] - m.e[lo0]))
-        for lo, hi in split_at_flats(m.e, m.med, lo0, hi0, flat_tol, min_flat):
-            if m.wide_med[hi] - m.wide_med[lo] >= delta:
-                spans.append((lo, hi, float(m.wide_med[hi])))
+        parts = [
+            (lo, hi, float(m.wide_med[hi]))
+            for lo, hi in split_at_flats(m.e, m.med, lo0, hi0, flat_tol, min_flat)
+            if m.wide_med[hi] - m.wide_med[lo] >= delta
+        ]
+        # a slow, steady rise cut into pieces that are each too small stays one rise
+        spans += parts or [(lo0, hi0, float(m.wide_med[hi0]))]
     for lo, hi in zigzag_up_swings(m.s, delta):
         if m.s[hi] - m.wide_med[hi] >= delta:  # up for a few epochs only
             spans.append((lo, hi, float(m.s[hi])))
