@@ -80,7 +80,9 @@ def by_class(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--split", choices=("train", "test", "test2", "test3", "test4", "all"), default="all"
+        "--split",
+        choices=("train", "test", "test2", "test3", "test4", "test5", "all"),
+        default="all",
     )
     parser.add_argument("--view", choices=tuple(VIEWS), action="append")
     parser.add_argument("--thresholds", help="a thresholds YAML (default: the built-in ones)")
@@ -88,7 +90,11 @@ def main() -> None:
     args = parser.parse_args()
     thresholds = load_thresholds(args.thresholds)
     runs = index()
-    splits = ("train", "test", "test2", "test3", "test4") if args.split == "all" else (args.split,)
+    splits = (
+        ("train", "test", "test2", "test3", "test4", "test5")
+        if args.split == "all"
+        else (args.split,)
+    )
     histories = {name: load_run(name) for name in runs}
     started, analysed = time.perf_counter(), 0
     for split in splits:

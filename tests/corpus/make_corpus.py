@@ -350,6 +350,130 @@ FRESH4 = [
     ),
 ]
 
+# Made on 2026-12-03, trained before any detector change that session (seeds 51+).
+FRESH5 = [
+    Spec("add47_f55_wd1_s51", p=47, frac=0.55, lr=1e-2, epochs=2500, seed=51),
+    Spec("sub67_f45_wd05_s52", op="sub", p=67, frac=0.45, wd=0.5, lr=1e-2, epochs=3000, seed=52),
+    Spec("mul61_f50_wd1_s53", op="mul", p=61, frac=0.5, lr=1e-2, epochs=3000, seed=53),
+    Spec("sq59_f50_wd1_s54", op="sq", p=59, frac=0.5, lr=1e-2, epochs=3000, seed=54),
+    Spec("add41_f70_lr3e3_s55", p=41, frac=0.7, lr=3e-3, epochs=2000, seed=55),
+    Spec(
+        "sub47_f50_step1000_s56",
+        op="sub",
+        p=47,
+        frac=0.5,
+        lr=1e-2,
+        epochs=3000,
+        schedule="step:1000:0.2",
+        seed=56,
+    ),
+    Spec(
+        "add61_f50_cos1500_s57",
+        p=61,
+        frac=0.5,
+        lr=1e-2,
+        epochs=3000,
+        schedule="cosine:1500",
+        seed=57,
+    ),
+    Spec(
+        "mul41_f60_warmup150_s58",
+        op="mul",
+        p=41,
+        frac=0.6,
+        lr=1e-2,
+        epochs=2000,
+        schedule="warmup:150",
+        seed=58,
+    ),
+    Spec("add59_f35_wd1_s59", p=59, frac=0.35, lr=1e-2, epochs=4000, seed=59),
+    Spec(
+        "digits_a6_wd05_s60",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=6.0,
+        epochs=20000,
+        log_every=10,
+        seed=60,
+        **DIG,
+    ),
+    Spec(
+        "digits_a9_wd1_s61",
+        lr=1e-3,
+        wd=0.1,
+        init_scale=9.0,
+        epochs=30000,
+        log_every=10,
+        seed=61,
+        **DIG,
+    ),
+    Spec("tf_sub41_f50_lr3e3_s62", op="sub", p=41, frac=0.5, lr=3e-3, epochs=3000, seed=62, **TF),
+    Spec(
+        "tf_add37_f50_adam_s63",
+        p=37,
+        frac=0.5,
+        optimizer="adam",
+        lr=1e-3,
+        epochs=6000,
+        seed=63,
+        **{**TF, "width": 32, "log_every": 4},
+    ),
+    Spec("sub47_f20_wd1_s64", op="sub", p=47, frac=0.2, lr=1e-2, epochs=3000, seed=64),
+    Spec("mul61_f22_wd1_s65", op="mul", p=61, frac=0.22, lr=1e-2, epochs=3000, seed=65),
+    Spec("add59_f30_wd0_s66", p=59, frac=0.3, wd=0.0, lr=1e-3, epochs=2000, seed=66),
+    Spec(
+        "sub47_f50_adam_s67",
+        op="sub",
+        p=47,
+        frac=0.5,
+        optimizer="adam",
+        lr=1e-3,
+        epochs=6000,
+        log_every=3,
+        seed=67,
+    ),
+    Spec("digits_a1_f90_s68", lr=1e-3, wd=0.05, epochs=600, seed=68, **{**DIG, "frac": 0.9}),
+    Spec(
+        "digits_a1_f85_mb64_s69",
+        lr=1e-3,
+        wd=0.01,
+        epochs=100,
+        batch=64,
+        seed=69,
+        **{**DIG, "frac": 0.85},
+    ),
+    Spec(
+        "digits_a2_f90_s70",
+        lr=1e-3,
+        wd=0.05,
+        init_scale=2.0,
+        epochs=1500,
+        seed=70,
+        **{**DIG, "frac": 0.9},
+    ),
+    Spec(
+        "mul59_f50_mb256_s71",
+        op="mul",
+        p=59,
+        frac=0.5,
+        lr=1e-3,
+        epochs=1500,
+        batch=256,
+        log_every=5,
+        seed=71,
+    ),
+    Spec(
+        "add43_f60_mb128_s72",
+        p=43,
+        frac=0.6,
+        lr=1e-3,
+        epochs=1000,
+        batch=128,
+        log_every=10,
+        seed=72,
+    ),
+]
+
 RUNS = [
     # modular arithmetic, embedding MLP, full-batch AdamW: grokking at several delays
     Spec("add53_f40_wd1", p=53, frac=0.4, lr=1e-2, epochs=3000),
@@ -539,6 +663,7 @@ RUNS = [
     *FRESH,
     *FRESH3,
     *FRESH4,
+    *FRESH5,
 ]
 
 
@@ -563,6 +688,7 @@ def relabel(index: dict) -> dict:
     fresh = {spec.name for spec in FRESH}
     fresh3 = {spec.name for spec in FRESH3}
     fresh4 = {spec.name for spec in FRESH4}
+    fresh5 = {spec.name for spec in FRESH5}
     for names in by_class.values():
         test = set(rng.sample(names, round(TEST_SHARE * len(names))))
         for name in names:  # a split once assigned stays: it was fixed before tuning
@@ -573,6 +699,8 @@ def relabel(index: dict) -> dict:
                 index[name]["split"] = "test3"
             if name in fresh4:
                 index[name]["split"] = "test4"
+            if name in fresh5:
+                index[name]["split"] = "test5"
     return index
 
 
