@@ -153,7 +153,8 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
 
     from mlflow_plugins.launcher import restore_after_launcher
     from mlflow_plugins.runs import claim_work_dir
-    from mlflow_plugins.tracking import ArtifactStoreError, TrackingUnreachable, train_in_run
+    from mlflow_plugins.store_writes import ArtifactStoreError, TrackingUnreachable
+    from mlflow_plugins.tracking import train_in_run
 
     holder: dict[str, Any] = {}
 

@@ -77,7 +77,7 @@ def sync(target: str) -> int:
     """Replay the journal of run `target`; print one line saying what happened; exit code."""
     import mlflow
 
-    from mlflow_plugins.tracking import SYNC_COMMAND, is_unreachable
+    from mlflow_plugins.store_writes import SYNC_COMMAND, is_unreachable
 
     folder = _folder(target)
     try:

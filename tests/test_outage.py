@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_server import free_port, kill_server, start_server
 from test_faults import config, errors, steps
 
-from mlflow_plugins.tracking import ArtifactStoreError, is_unreachable, store_write
+from mlflow_plugins.store_writes import ArtifactStoreError, is_unreachable, store_write
 from tvae import contract as C
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """How the trainer reports: a tiny callback interface, so MLflow plugs in without tvae knowing it.
 
-The MLflow logger (mlflow_plugins.tracking) is one implementation, `TrainLogger` itself is the
+The MLflow logger (mlflow_plugins.train_logger) is one implementation, `TrainLogger` itself is the
 no-op one, and tests may add a recording one.
 """
 
