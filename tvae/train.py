@@ -6,15 +6,12 @@ and gradient norms stay on the device, one host sync per epoch), evaluate all op
 report every contract metric, then commit the epoch (best.pt, last.pt, callbacks) whole.
 On CPU with train.threads >= 2, branch B trains on a worker thread beside A (tvae.branches).
 
-With train.eval_every > 1, epochs without an eval carry the most recent eval values forward
-(every contract key is reported every epoch); best.pt and homeostasis only react to real evals.
-perf/samples_per_sec counts the training pass only; perf/epoch_seconds is the whole epoch.
-state/frozen_encoder_* report the freeze state the epoch trained with (homeostasis decides
-after the epoch's eval; the change shows from the next epoch on).
+Epochs without an eval (train.eval_every > 1) carry the last eval forward; best.pt and
+homeostasis react to real evals only. perf/samples_per_sec counts the training pass only.
+state/frozen_encoder_* is the freeze state the epoch trained with (decided after its eval).
 
-Events (logger.on_event): "lr_phase" {epoch, phase, name, lr}, "geodesic_on" {epoch},
-"homeostasis_freeze" / "homeostasis_unfreeze" {epoch, encoder, coverage|hierarchy_B},
-"divergence" {epoch, reason}.
+Events (logger.on_event): lr_phase {epoch, phase, name, lr}, geodesic_on {epoch}, divergence
+{epoch, reason}, homeostasis_freeze/_unfreeze {epoch, encoder, coverage|hierarchy_B}.
 """
 
 from __future__ import annotations
@@ -161,7 +158,7 @@ class Trainer:
                         best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
                         self.logger.on_checkpoint(best_ckpt, epoch, "best")
                     if epoch % self.config.train.checkpoint_every == 0 or epoch == total:
-                        last_ckpt = self._save_last(good)
+                        last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
                         last_written = epoch
                         self.logger.on_checkpoint(last_ckpt, epoch, "last")
                     self.logger.on_epoch_end(epoch, metrics)
@@ -178,12 +175,12 @@ class Trainer:
             status, reason = "FAILED", str(err)
             self.logger.on_event("divergence", {"epoch": epoch_done + 1, "reason": reason})
         except Exception:  # a crash (e.g. in branch B's worker): the last epoch stays resumable
-            if last_written != good["epoch"]:
-                self.logger.on_checkpoint(self._save_last(good), good["epoch"], "last")
+            status = "FAILED"
             raise
-        if status != "FINISHED" and last_written != good["epoch"]:
-            last_ckpt = self._save_last(good)
-            self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
+        finally:
+            if status != "FINISHED" and last_written != good["epoch"]:
+                last_ckpt = save_checkpoint(good, self.checkpoint_dir / "last.pt")
+                self.logger.on_checkpoint(last_ckpt, good["epoch"], "last")
         result = TrainResult(
             status=status,
             reason=reason,
@@ -267,10 +264,6 @@ class Trainer:
         norms = (norms_A.square() + norms_B.square()).sqrt()  # whole model, per batch
         mean_norm = finite_mean(norms) if self.amp == "fp16" else norms.mean()
         return self.losses.combine(terms_A, terms_B) / math.ceil(N_OPS / tc.batch_size), mean_norm
-
-    # -- checkpoint state ----------------------------------------------------------------------
-    def _save_last(self, state: dict[str, Any]) -> Path:
-        return save_checkpoint(state, self.checkpoint_dir / "last.pt")
 
     def _state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         return {
