@@ -98,6 +98,21 @@ def _open(page, url: str, ready_text: str) -> None:
         close.first.click()
 
 
+def _scroll_to_text(page, text: str) -> None:
+    """Scroll the compare view's metrics table until `text` is rendered: it is a virtualised
+    grid 300 px high that renders only the rows in view (`train/loss` sorts last)."""
+    target = page.get_by_text(text, exact=True).first
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while not target.count():
+        assert time.monotonic() < deadline, f"{text!r} never rendered on {page.url}"
+        page.evaluate(
+            "() => document.querySelectorAll('.ReactVirtualized__Grid')"
+            ".forEach(g => { g.scrollTop += 135; })"
+        )
+        page.wait_for_timeout(250)
+    target.wait_for(timeout=UI_TIMEOUT_MS)
+
+
 def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
@@ -204,7 +219,7 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
                 )
                 page.locator("svg.main-svg").first.wait_for(timeout=UI_TIMEOUT_MS)
                 for key in ("eval/coverage", "eval/hierarchy_B", "eval/Q", "train/loss"):
-                    page.get_by_text(key, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+                    _scroll_to_text(page, key)
                 page.screenshot(path=str(SHOTS / "compare_runs_view.png"), full_page=True)
 
                 # Training run's artifact view: analysis/ lists every plot; one previews.
