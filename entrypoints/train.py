@@ -283,6 +283,12 @@ def _next_steps(run_id: str, status: str) -> str:
     "--device", type=Blank(click.STRING), default=None, help="auto, cpu, cuda, cuda:N or mps."
 )
 @click.option(
+    "--live",
+    type=Blank(click.BOOL),
+    default=None,
+    help="Follow the run with the live grokking detector (grokking.live.* tags); default true.",
+)
+@click.option(
     "--resume-from",
     type=Blank(click.STRING),
     default=None,
@@ -297,11 +303,12 @@ def cli(
     seed: int | None,
     amp: str | None,
     device: str | None,
+    live: bool | None,
     resume_from: str | None,
 ) -> None:
     """Train TernaryVAE and log everything to MLflow."""
     overrides = _overrides(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp, device=device
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp, device=device, live=live
     )
     resume = None
     made: Path | None = None  # a work folder this attempt created, removed if it is refused

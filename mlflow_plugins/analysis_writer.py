@@ -26,7 +26,7 @@ REPORT_FILE = "report.json"
 SOURCE_RUN_TAG = "analysis.source_run_id"
 COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
-TOOL_ENTRY_POINTS = ("analyze", "compare", "promote")
+TOOL_ENTRY_POINTS = ("analyze", "compare", "promote", "watch")
 RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 
 

@@ -103,3 +103,18 @@ def store_write(
                     f"the artifact store refused {where} ({attempts} attempts): {why}"
                 ) from err
             time.sleep(UPLOAD_BACKOFF_S * 2 ** (attempt - 1))
+
+
+def set_tags(
+    client: MlflowClient, run_id: str, tags: dict[str, str], delete: list[str] | tuple = ()
+) -> None:
+    """Set ``tags`` in one batch and delete ``delete`` (a tag already gone is no error)."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    for key in delete:
+        try:
+            client.delete_tag(run_id, key)
+        except MlflowException as err:
+            if is_unreachable(err):
+                raise

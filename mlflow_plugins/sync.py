@@ -19,6 +19,7 @@ from typing import Any
 
 from mlflow_plugins.journal import Journal
 from mlflow_plugins.runs import RUN_MARKER, work_dir
+from mlflow_plugins.store_writes import set_tags
 
 EXIT_FAILED = 1  # the exit codes of the CLIs (entrypoints._cli), which sit above this module
 EXIT_BAD_INPUT = 2
@@ -42,6 +43,8 @@ def _apply(client: Any, run_id: str, record: dict[str, Any]) -> None:
         path = Path(record["path"])
         if path.is_file():  # a later record of the same file uploads its newest version
             client.log_artifact(run_id, str(path), record.get("artifact_path"))
+    elif op == "tags":
+        set_tags(client, run_id, record["tags"], record.get("delete", []))
     elif op == "end":
         finish_run(
             client,

@@ -116,6 +116,8 @@ def train_in_run(
                 client.log_batch(run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
     logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
     trainer = Trainer(config, workdir, logger, echo=echo)
+    if config.train.live:
+        logger.live = _live_follower(client, run_id, resume_checkpoint, logger, trainer)
     logger.on_store_failure = lambda _: trainer.request_stop()
     if on_trainer is not None:
         on_trainer(trainer)
@@ -166,6 +168,22 @@ def train_in_run(
     if remove_workdir and wrapped and not logger.store_error:
         shutil.rmtree(workdir, ignore_errors=True)  # the store holds all a resume needs
     return result
+
+
+def _live_follower(
+    client: MlflowClient, run_id: str, resume: Path | None, logger: MlflowTrainLogger, trainer: Any
+) -> Any:
+    """The in-training live grokking follower; a resume first reads the run's logged history."""
+    from mlflow_plugins.history import load_history
+    from mlflow_plugins.live_train import LiveTrainFollower
+
+    return LiveTrainFollower(
+        logger.write_tags,
+        stop=lambda reason: trainer.request_stop(finished=reason),
+        stop_after=trainer.config.train.stop_after_grokking,
+        history=load_history(client, run_id)[0] if resume is not None else None,
+        echo=logger.echo_line,
+    )
 
 
 def finish_run(

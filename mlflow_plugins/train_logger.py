@@ -40,6 +40,7 @@ from mlflow_plugins.store_writes import (
     ArtifactStoreError,
     TrackingUnreachable,
     is_unreachable,
+    set_tags,
     store_write,
     sync_wait_s,
 )
@@ -87,6 +88,7 @@ class MlflowTrainLogger(TrainLogger):
         self._log_file = self._log_path.open("a", encoding="utf-8")
         self.last_epoch = 0
         self.summary: dict[str, Any] = {}
+        self.live: TrainLogger | None = None  # the live grokking follower, fed logged epochs
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
@@ -123,6 +125,20 @@ class MlflowTrainLogger(TrainLogger):
         seq = self.journal.append("metrics", metrics=rows)
         self._jobs.append(self._worker.submit(self._apply, seq, partial(self._log_metrics, batch)))
         self._upload_due(epoch)
+        if self.live is not None:
+            self.live.on_epoch_end(epoch, metrics)
+
+    def write_tags(self, tags: dict[str, str], delete: list[str]) -> None:
+        """Set and delete run tags on the worker, after the metrics queued before them (kept in
+        the journal like them while the server is away)."""
+        seq = self.journal.append("tags", tags=tags, delete=list(delete))
+        write = partial(set_tags, self.client, self.run_id, tags, list(delete))
+        self._jobs.append(self._worker.submit(self._apply, seq, write))
+
+    def echo_line(self, line: str) -> None:
+        """A line for the console and training.log."""
+        print(line, file=sys.stderr, flush=True)
+        self.on_log_line(line)
 
     def _upload_due(self, epoch: int) -> None:
         if self._upload_at is not None and epoch >= self._upload_at:
@@ -194,6 +210,8 @@ class MlflowTrainLogger(TrainLogger):
 
     def on_train_end(self, status: str, summary: dict[str, Any]) -> None:
         self.summary = {"status": status, **summary}
+        if self.live is not None:
+            self.live.on_train_end(status, summary)
 
     # -- finishing ------------------------------------------------------------------------
     def _log_metrics(self, batch: list[Metric]) -> None:

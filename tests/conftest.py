@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning OpenMP worker
 os.environ.setdefault("TVAE_WORK_DIR", tempfile.mkdtemp(prefix="tvae-test-work-"))
 
 REPO = Path(__file__).resolve().parents[1]
+# the detection corpus's loader (tests/corpus/corpus.py) imports as `corpus` in every test module
+sys.path.insert(0, str(REPO / "tests" / "corpus"))
 
 
 @pytest.fixture(scope="session")

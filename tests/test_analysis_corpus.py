@@ -4,18 +4,13 @@ issue, on a run of the corpus's training split, judged against the run's label."
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from corpus import VIEWS, index, load_run, metric_map
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "corpus"))
-
-from corpus import VIEWS, index, load_run, metric_map  # noqa: E402
-
-from tvae.analysis import Roles, Thresholds, analyze  # noqa: E402
+from tvae.analysis import Roles, Thresholds, analyze
 
 RUNS = index()
 GROKS = "add53_f40_wd1"  # modular addition, weight decay: memorises by ~18, groks at ~900

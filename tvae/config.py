@@ -50,6 +50,10 @@ class TrainConfig(_Section):
     # CPU threads: with 2 or more, branches A and B train at once, B on a worker thread
     # (tvae.branches), each with threads // 2 intra-op threads; 0 = torch's default (all cores)
     threads: int = Field(2, ge=0, le=1024)
+    # the live grokking detector follows the run as it trains (grokking.live.* tags)
+    live: bool = True
+    # stop this many epochs after the live detector confirms grokking (FINISHED); None: never
+    stop_after_grokking: int | None = Field(None, ge=0)
 
 
 class ScheduleConfig(_Section):

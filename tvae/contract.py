@@ -43,6 +43,7 @@ CONTINUED_IN = "resume.continued_in"  # a launcher run whose training went on in
 OWNER = "train.owner"  # host:pid:process start time of the process training the run
 TOOK_OVER_FROM = "resume.took_over_from"  # the dead owner a resume took a RUNNING run from
 WORKDIR = "train.workdir"  # host:path of the run's local work folder (checkpoints until uploaded)
+STOP_REASON = "train.stop_reason"  # why a run ended FINISHED before train.epochs
 
 # tags an analysis writes onto the training run
 GROKKING_EVENTS = "grokking.events"
@@ -66,3 +67,40 @@ ANALYSIS_TAGS = (
     TIER,
     ANALYSIS_RUN_ID,
 )
+
+# tags the live watcher (or the in-training callback) writes onto a run while it trains
+GROKKING_LIVE_EVENTS = "grokking.live.events"  # confirmed events on the history so far
+GROKKING_LIVE_FIRST_EPOCH = "grokking.live.first_epoch"  # the first confirmed event's epoch
+GROKKING_LIVE_SEVERITY = "grokking.live.severity"
+GROKKING_LIVE_CONFIDENCE = "grokking.live.confidence"
+GROKKING_LIVE_SEEN_AT_STEP = "grokking.live.seen_at_step"  # the run's last step at the decision
+GROKKING_LIVE_STATE = "grokking.live.state"  # one of LIVE_STATES
+GROKKING_LIVE_SINCE = "grokking.live.since"  # epoch the current state began (plateau start, ...)
+GROKKING_LIVE_DETAIL = "grokking.live.detail"  # the state in one human line
+GROKKING_LIVE_WITHDRAWN = "grokking.live.withdrawn"  # a breakthrough (or event) taken back, why
+#: Values of `grokking.live.state`, in the order a grokking run goes through them.
+LIVE_STATES = ("none", "plateau", "breakthrough", "confirmed")
+#: Every tag the live watcher owns on a run.
+GROKKING_LIVE_TAGS = (
+    GROKKING_LIVE_EVENTS,
+    GROKKING_LIVE_FIRST_EPOCH,
+    GROKKING_LIVE_SEVERITY,
+    GROKKING_LIVE_CONFIDENCE,
+    GROKKING_LIVE_SEEN_AT_STEP,
+    GROKKING_LIVE_STATE,
+    GROKKING_LIVE_SINCE,
+    GROKKING_LIVE_DETAIL,
+    GROKKING_LIVE_WITHDRAWN,
+)
+
+# tags a sweep writes: on each of its training runs (nested under the study's parent run) ...
+SWEEP_STUDY = "sweep.study"  # the Optuna study name (also on the parent run)
+SWEEP_TRIAL = "sweep.trial"  # the trial number in the study
+SWEEP_SEED = "sweep.seed"  # the seed of this training run (seeds 0..K-1 per trial)
+SWEEP_ANALYSIS_OF_TRIAL = "sweep.analysis_of_trial"  # on the analyze run of a trial's run
+SWEEP_PARENT_RUN = "sweep.parent_run"  # on an `mlflow run` run that joined an existing study
+# ... and on the parent run
+SWEEP_STORAGE = "sweep.storage"  # the Optuna storage, any password masked
+SWEEP_BEST_TRIAL = "sweep.best_trial"
+SWEEP_BEST_VALUE = "sweep.best_value"  # the best trial's mean over seeds
+SWEEP_BEST_PARAMS = "sweep.best_params"  # the best trial's sampled values, short JSON

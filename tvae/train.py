@@ -52,10 +52,8 @@ def train_branch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of `branch` over `batches` (x, v, target classes or None, then any extra
     arguments of its loss), one optimizer step per batch.
-
-    Returns (sum over batches of its weighted loss terms, each batch's pre-clip gradient
-    norm); nothing here waits for the device. The scaler is a no-op unless amp is fp16.
-    """
+    Returns (sum over batches of its weighted loss terms, each batch's pre-clip gradient norm)
+    without waiting for the device. The scaler is a no-op unless amp is fp16."""
     opt, scaler = branch.optimizer, branch.scaler
     term_sum, norms = None, []
     for x, v, tgt, *extra in batches:
@@ -86,14 +84,15 @@ class Trainer:
         self.workdir = Path(workdir)
         self.logger = logger or TrainLogger()
         self.echo = echo
-        self._stop = threading.Event()
+        self._stop, self._finished = threading.Event(), None
         self.device = resolve_device(config.train.device)
         self.amp = resolve_amp(config.train.amp, self.device)
         self.checkpoint_dir = self.workdir / "checkpoints"
         self.runner: SerialRunner | None = None
 
-    def request_stop(self) -> None:
-        """Ask fit() to stop after the current epoch (safe from threads and signal handlers)."""
+    def request_stop(self, finished: str | None = None) -> None:
+        """Stop after this epoch: KILLED, or FINISHED for reason `finished` (thread/signal safe)."""
+        self._finished = finished
         self._stop.set()
 
     def setup(self) -> None:
@@ -167,7 +166,8 @@ class Trainer:
                         print(line, flush=True)
                     self.logger.on_log_line(line)
                 if self._stop.is_set() and epoch < total:
-                    status, reason = "KILLED", "stop requested"
+                    status = "FINISHED" if self._finished else "KILLED"
+                    reason = self._finished or "stop requested"
                     break
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted (KeyboardInterrupt)"

@@ -1,0 +1,371 @@
+"""Hyperparameter sweeps on Optuna: the study, its parent run, and the objective, which trains
+every sampled config on seeds 0..K-1 exactly as `train` does (`train_in_run`) and analyses each
+finished training run exactly as `analyze` does (`analyze_run`, register=false).
+
+    spec = SweepSpec(...)            # validated input (`sweep_space`)
+    storage, study = open_study(spec)
+    parent = parent_run(client, spec, study, launcher_run_id)
+    run_workers(spec, parent)        # 1 process here, or N spawned ones on the same study
+    outcome = finish_sweep(client, spec, parent)
+
+The study (`sweep_study`) holds a TOTAL number of trials (any state but WAITING): a worker
+claims a trial under a lock (one per study and machine), so workers on one machine never run
+more than `trials`; a second machine running the same command on a shared storage adds
+workers, not trials (a rare race between machines can start one surplus trial, which is ended
+FAIL at once with the user attribute `sweep.surplus` and never counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow_plugins.sweep_space import SweepSpec, mask_password
+from mlflow_plugins.sweep_study import ask_trial, counted, open_study
+from tvae import contract as C
+from tvae.config import config_to_yaml, load_config
+
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run of the study
+SEED_VALUES_ATTR = "seed_values"
+SEED_RUNS_ATTR = "seed_runs"
+
+
+# ------------------------------------------------------------------ MLflow
+
+
+def experiment_id_for(client: Any, spec: SweepSpec) -> str:
+    from mlflow_plugins.runs import ensure_experiment, experiment_name
+
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    return ensure_experiment(client, experiment_name(load_config(spec.config_path, spec.fixed)))
+
+
+def spec_params(spec: SweepSpec) -> dict[str, str]:
+    out = {f"sweep.space.{d.key}": d.describe() for d in spec.dims}
+    out.update({f"sweep.fixed.{k}": str(v) for k, v in spec.fixed.items()})
+    out.update(
+        {
+            "sweep.sampler": spec.sampler_name,
+            "sweep.seeds": str(spec.seeds),
+            "sweep.trials": str(spec.trials),
+            "sweep.metric": spec.metric,
+            "sweep.direction": spec.direction,
+            "sweep.config": spec.config_path,
+        }
+    )
+    return out
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+    have = client.get_run(run_id).data.params
+    new = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items() if k not in have]
+    for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=new[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def parent_run(client: Any, spec: SweepSpec, study: Any, launcher: str | None) -> str:
+    """The study's parent run: the one recorded in the study (a joining worker), else the
+    `mlflow run` run, else a new run. A joining `mlflow run` run is tagged and ended."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    from mlflow_plugins.runs import mark_model_training
+
+    recorded = study.user_attrs.get(PARENT_ATTR)
+    parent = None
+    if recorded:
+        try:
+            run = client.get_run(recorded)
+            if run.info.lifecycle_stage == "active":
+                parent = recorded
+        except Exception:  # noqa: BLE001 - recorded in another tracking store
+            parent = None
+    if parent and launcher and launcher != parent:
+        client.set_tag(launcher, C.SWEEP_STUDY, spec.study)
+        client.set_tag(launcher, C.SWEEP_PARENT_RUN, parent)
+        client.set_tag(launcher, "mlflow.note.content", f"Joined study {spec.study}: see {parent}")
+        client.set_terminated(launcher, "FINISHED")
+    if parent is None:
+        if launcher:
+            parent = launcher
+            client.set_tag(parent, "mlflow.runName", f"sweep-{spec.study}")
+        else:
+            tags = resolve_tags({"mlflow.runName": f"sweep-{spec.study}"})
+            parent = client.create_run(experiment_id_for(client, spec), tags=tags).info.run_id
+        study.set_user_attr(PARENT_ATTR, parent)
+    elif client.get_run(parent).info.status != "RUNNING":
+        client.update_run(parent, "RUNNING")
+    exp_id = client.get_run(parent).info.experiment_id
+    mark_model_training(client, exp_id)
+    _log_params(client, parent, spec_params(spec))
+    client.set_tag(parent, C.SWEEP_STUDY, spec.study)
+    client.set_tag(parent, C.SWEEP_STORAGE, mask_password(spec.storage))
+    return parent
+
+
+@dataclass
+class SeedOutcome:
+    run_id: str
+    status: str
+    value: float | None
+    reason: str | None
+
+
+def metric_value(client: Any, run_id: str, metric: str, best_epoch: int | None) -> float | None:
+    """The metric at the run's best epoch (the epoch of its logged model), else its last value."""
+    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+    if not history:
+        return None
+    at_best = [m.value for m in history if best_epoch is not None and m.step == best_epoch]
+    return float(at_best[-1] if at_best else history[-1].value)
+
+
+def train_seed(spec: SweepSpec, parent: str, trial_number: int, params: dict, seed: int) -> Any:
+    """One training run (nested under `parent`) of the trial's config on `seed`, created and
+    trained as `train` does it, then analysed as `analyze` does it."""
+    import mlflow
+
+    from mlflow_plugins.runs import claim_work_dir, run_name
+    from mlflow_plugins.tracking import train_in_run
+
+    client = mlflow.MlflowClient()
+    config = load_config(spec.config_path, spec.overrides(params, seed))
+    exp_id = client.get_run(parent).info.experiment_id
+    tags = {
+        C.SWEEP_STUDY: spec.study,
+        C.SWEEP_TRIAL: str(trial_number),
+        C.SWEEP_SEED: str(seed),
+    }
+    run = mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=run_name(config),
+        parent_run_id=parent,
+        tags=tags,
+        log_system_metrics=True,
+    )
+    run_id = run.info.run_id
+    status, reason, best_epoch = "FAILED", None, None
+    try:
+        workdir = claim_work_dir(run_id, mlflow.get_tracking_uri())
+        result = train_in_run(config, run_id, workdir, echo=False, remove_workdir=True)
+        status, reason, best_epoch = result.status, result.reason, result.best_epoch
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted"
+        raise
+    except Exception as err:  # noqa: BLE001 - a failed training fails its trial, not the study
+        reason = f"{type(err).__name__}: {err}"
+        with contextlib.suppress(Exception):
+            client.set_tag(run_id, C.FAILURE_REASON, reason[:5000])
+    finally:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)
+    if status != "FINISHED":
+        return SeedOutcome(run_id, status, None, reason or status)
+    value = metric_value(client, run_id, spec.metric, best_epoch)
+    if value is None or not math.isfinite(value):
+        return SeedOutcome(run_id, "FAILED", None, f"run {run_id} has no finite {spec.metric}")
+    analyse(client, spec, parent, run_id, trial_number)
+    return SeedOutcome(run_id, status, value, None)
+
+
+def analyse(client: Any, spec: SweepSpec, parent: str, run_id: str, trial_number: int) -> None:
+    """`analyze`'s analysis of the training run, its analyze run nested under the parent too."""
+    from mlflow_plugins.analyze_run import analyze_run
+
+    run = client.get_run(run_id)
+    tags = {
+        "mlflow.parentRunId": parent,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "tvae-sweep",
+        "mlflow.runName": f"analyze-{run.info.run_name}",
+        C.SWEEP_STUDY: spec.study,
+        C.SWEEP_ANALYSIS_OF_TRIAL: str(trial_number),
+    }
+    own = client.create_run(run.info.experiment_id, tags=tags).info.run_id
+    try:
+        analyze_run(client, run_id, register=False, analyze_run_id=own)
+        client.set_terminated(own, "FINISHED")
+    except Exception as err:  # noqa: BLE001 - the trial's value does not depend on it
+        print(f"warning: analysis of run {run_id} failed: {err}", flush=True)
+        with contextlib.suppress(Exception):
+            if client.get_run(own).info.status == "RUNNING":
+                client.set_tag(own, C.FAILURE_REASON, str(err)[:5000])
+                client.set_terminated(own, "FAILED")
+
+
+def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
+    """Train the trial's config on every seed; tell the study the mean (or FAIL)."""
+    from optuna.trial import TrialState
+
+    params = dict(trial.params)
+    values: list[float] = []
+    runs: list[str] = []
+    try:
+        for seed in range(spec.seeds):
+            outcome = train_seed(spec, parent, trial.number, params, seed)
+            runs.append(outcome.run_id)
+            trial.set_user_attr(SEED_RUNS_ATTR, runs)
+            if outcome.value is None:
+                trial.set_user_attr("failure", str(outcome.reason)[:1000])
+                study.tell(trial, state=TrialState.FAIL)
+                print(
+                    f"trial {trial.number} FAIL {_short(params)}: seed {seed} run "
+                    f"{outcome.run_id} {outcome.status}: {outcome.reason}",
+                    flush=True,
+                )
+                return
+            values.append(outcome.value)
+            trial.set_user_attr(SEED_VALUES_ATTR, values)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+    mean = sum(values) / len(values)
+    study.tell(trial, mean)
+    print(
+        f"trial {trial.number} {spec.metric}={mean:.6g} (seeds {_fmt(values)}) {_short(params)}",
+        flush=True,
+    )
+
+
+def _short(params: dict[str, Any]) -> str:
+    return json.dumps(params, separators=(",", ":"), default=str)
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
+
+
+def work(spec: SweepSpec, parent: str) -> None:
+    """One worker: claim trials until the study holds `target` or the timeout passes."""
+    import mlflow
+
+    if spec.tracking_uri:
+        mlflow.set_tracking_uri(spec.tracking_uri)
+    os.environ.pop("MLFLOW_RUN_ID", None)  # fluent start_run would resume it
+    study = open_study(spec)
+    started = time.monotonic()
+    while spec.timeout is None or time.monotonic() - started < spec.timeout:
+        trial = ask_trial(spec, study)
+        if trial is None:
+            return
+        run_trial(spec, study, trial, parent)
+
+
+def _spawned_worker(spec: SweepSpec, parent: str) -> None:
+    try:
+        work(spec, parent)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_workers(spec: SweepSpec, parent: str) -> list[int]:
+    """Run `spec.workers` workers on this machine (spawned processes when more than one);
+    returns the exit codes of spawned workers (empty for in-process)."""
+    if spec.workers <= 1:
+        work(spec, parent)
+        return []
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_spawned_worker, args=(spec, parent)) for _ in range(spec.workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    return [p.exitcode or 0 for p in procs]
+
+
+# ------------------------------------------------------------------ summary
+
+
+@dataclass
+class SweepOutcome:
+    parent: str
+    finished: int
+    complete: int
+    best_trial: int | None
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_config_path: Path | None
+    running: int
+
+
+def summary_csv(spec: SweepSpec, trials: list[Any]) -> str:
+    keys = [d.key for d in spec.dims]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    seeds = [f"seed_{i}" for i in range(spec.seeds)]
+    writer.writerow(["trial", "state", *keys, *seeds, "mean", "std", "runs"])
+    for t in sorted(trials, key=lambda t: t.number):
+        values = list(t.user_attrs.get(SEED_VALUES_ATTR, []))
+        mean = sum(values) / len(values) if values else None
+        std = (
+            math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            if values and len(values) == spec.seeds
+            else None
+        )
+        if t.state.name != "COMPLETE":
+            mean = std = None
+        padded = values + [""] * (spec.seeds - len(values))
+        row = [t.number, t.state.name, *(t.params.get(k, "") for k in keys), *padded]
+        row += ["" if mean is None else mean, "" if std is None else std]
+        row.append(" ".join(t.user_attrs.get(SEED_RUNS_ATTR, [])))
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> SweepOutcome:
+    """Summary and best config onto the parent run (and into `local_dir`); the parent ends
+    FINISHED once no trial of the study is still running (another worker's)."""
+    from optuna.trial import TrialState
+
+    study = open_study(spec)
+    trials = counted(study.get_trials(deepcopy=False))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    (local_dir / "summary.csv").write_text(summary_csv(spec, trials))
+    client.log_artifact(parent, str(local_dir / "summary.csv"), "sweep")
+    best = best_path = None
+    if complete:
+        best = study.best_trial
+        config = load_config(spec.config_path, spec.overrides(best.params, 0))
+        best_path = local_dir / "best_config.yaml"
+        head = (
+            f"# best of sweep study {spec.study!r}: trial {best.number}, "
+            f"{spec.metric} = {best.value} (mean over {spec.seeds} seeds)\n"
+        )
+        best_path.write_text(head + config_to_yaml(config))
+        client.log_artifact(parent, str(best_path), "sweep")
+        client.set_tag(parent, C.SWEEP_BEST_TRIAL, str(best.number))
+        client.set_tag(parent, C.SWEEP_BEST_VALUE, repr(float(best.value)))
+        client.set_tag(parent, C.SWEEP_BEST_PARAMS, _short(best.params)[:5000])
+    if running == 0:
+        client.set_terminated(parent, "FINISHED")
+    return SweepOutcome(
+        parent,
+        len([t for t in trials if t.state.is_finished()]),
+        len(complete),
+        best.number if best else None,
+        float(best.value) if best else None,
+        dict(best.params) if best else None,
+        best_path,
+        running,
+    )

@@ -1,0 +1,106 @@
+"""A sweep's Optuna study: storage (a journal file or a database URL), sampler, and handing
+out trials so that the study never holds more than its total, whatever the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow_plugins.sweep_space import SweepInputError, SweepSpec, is_url
+
+SURPLUS_ATTR = "sweep.surplus"
+
+
+def make_storage(storage: str) -> Any:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if is_url(storage):
+        return optuna.storages.RDBStorage(storage)
+    path = storage[len("journal:") :].lstrip("/") if storage.startswith("journal:") else storage
+    if storage.startswith("journal:///"):
+        path = "/" + path
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(Path(path).expanduser())))
+
+
+def make_sampler(spec: SweepSpec) -> Any:
+    import optuna
+
+    if spec.all_categorical:
+
+        class Grid(optuna.samplers.GridSampler):
+            """A grid whose exhaustion does not call `study.stop()` (which raises under
+            ask-and-tell); the sweep stops at the grid's size itself (SweepSpec.target)."""
+
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None
+
+        return Grid({d.key: list(d.choices) for d in spec.dims})
+    return optuna.samplers.TPESampler(constant_liar=True)
+
+
+def open_study(spec: SweepSpec, storage: Any | None = None) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage if storage is not None else make_storage(spec.storage)
+    study = optuna.create_study(
+        study_name=spec.study,
+        storage=storage,
+        sampler=make_sampler(spec),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != spec.direction:
+        raise SweepInputError(
+            f"study '{spec.study}' exists with direction {study.direction.name.lower()}, "
+            f"not {spec.direction}"
+        )
+    return study
+
+
+def counted(trials: list[Any]) -> list[Any]:
+    """The trials that count toward the study's size: any state but WAITING, not surplus."""
+    from optuna.trial import TrialState
+
+    return [
+        t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(SURPLUS_ATTR)
+    ]
+
+
+@contextlib.contextmanager
+def claim_lock(spec: SweepSpec):
+    """One worker at a time (per study, on this machine) counts the trials and asks a new one."""
+    digest = hashlib.sha256(f"{spec.storage}\0{spec.study}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"tvae-sweep-{digest}.lock"
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the surplus check still keeps the count
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ask_trial(spec: SweepSpec, study: Any) -> Any | None:
+    """A new trial, or None when the study holds its `target` trials."""
+    from optuna.trial import TrialState
+
+    with claim_lock(spec):
+        if len(counted(study.get_trials(deepcopy=False))) >= spec.target:
+            return None
+        trial = study.ask({d.key: d.distribution() for d in spec.dims})
+    before = [t for t in counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
+    if len(before) >= spec.target:  # another machine claimed the last one at the same moment
+        trial.set_user_attr(SURPLUS_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial

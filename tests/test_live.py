@@ -1,0 +1,142 @@
+"""The live detector (`tvae.analysis.live`) without MLflow: one source of truth with `analyze`,
+the states a grokking run goes through, withdrawal, and what following a run costs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from corpus import load_run, metric_map
+from live_curves import METRIC_MAP, textbook
+
+from tvae import contract as C
+from tvae.analysis import Roles, Thresholds, analyze
+from tvae.analysis.engine import _clean
+from tvae.analysis.live import LiveDetector
+from tvae.analysis.live_state import _detect
+
+ROLES = Roles.from_metric_map(METRIC_MAP)
+
+
+def follow(frame, roles=ROLES, per_update: int = 1):
+    """Feed ``frame`` to a LiveDetector ``per_update`` epochs at a time; (detector, states
+    at each change, in order)."""
+    det = LiveDetector(roles)
+    changes = []
+    for i in range(0, len(frame), per_update):
+        chunk = frame.iloc[i : i + per_update]
+        if per_update == 1:  # as an in-training callback feeds it
+            det.add_epoch(int(chunk.index[0]), chunk.iloc[0].dropna().to_dict())
+        for key in chunk.columns if per_update > 1 else ():
+            rows = chunk[key].dropna()
+            det.add(key, rows.index.to_numpy(), rows.to_numpy())
+        state = det.update()
+        if state.seen_at_step is not None and (
+            not changes or changes[-1].change_key() != state.change_key()
+        ):
+            changes.append(state)
+    return det, changes
+
+
+@pytest.mark.parametrize(
+    "name,view",
+    [
+        ("add53_f40_wd1", "acc+loss"),
+        ("add53_f40_step500", "loss-only"),
+        ("sub47_f60_cos1000", "val_acc"),
+        ("blobs_step35", "train_acc"),
+    ],
+)
+def test_candidates_are_analyze_s_on_every_prefix(name, view):
+    """The live path's events are `analyze`'s: the same candidates, verdicts and reasons."""
+    frame = load_run(name)
+    roles = Roles.from_metric_map(metric_map(view))
+    for end in sorted({len(frame) // 3, len(frame) // 2, len(frame)}):
+        prefix = frame.iloc[:end]
+        full = analyze(prefix, roles)
+        live = _detect(_clean(prefix)[0], roles, Thresholds())
+        assert [c.to_dict() for c in live.candidates] == [c.to_dict() for c in full.candidates]
+        assert live.confidence == full.confidence
+
+
+def test_textbook_run_goes_none_plateau_breakthrough_confirmed():
+    frame = textbook()
+    det, changes = follow(frame)
+    assert [s.state for s in changes] == ["none", "plateau", "breakthrough", "confirmed"]
+    plateau, breakthrough, confirmed = changes[1:]
+    assert plateau.since == 1 and "in a plateau since epoch 1" in plateau.detail
+    assert plateau.seen_at_step < 151  # seen before the jump
+    final = analyze(frame, ROLES).confirmed
+    assert confirmed.first_epoch == final[0].breakthrough_epoch == 151
+    # confirmed only once the sustain period is over: at the end of the rise + 5 epochs
+    need = Thresholds().sustain.epochs
+    assert breakthrough.due == final[0].rise_end + need
+    assert confirmed.seen_at_step == final[0].rise_end + need
+    assert confirmed.events == 1 and confirmed.severity == "major"
+    tags = confirmed.tags()
+    assert tags[C.GROKKING_LIVE_STATE] == "confirmed"
+    assert tags[C.GROKKING_LIVE_FIRST_EPOCH] == "151"
+    assert tags[C.GROKKING_LIVE_SEEN_AT_STEP] == str(confirmed.seen_at_step)
+    assert set(tags) <= set(C.GROKKING_LIVE_TAGS)
+    assert det.update(ended=True).state == "confirmed"
+
+
+def test_a_breakthrough_that_falls_back_is_withdrawn():
+    frame = textbook(fall_back=156)
+    det, changes = follow(frame)
+    states = [s.state for s in changes]
+    assert states[:3] == ["none", "plateau", "breakthrough"] and "confirmed" not in states
+    after = changes[3]
+    assert after.withdrawn and "breakthrough at epoch 151 withdrawn" in after.withdrawn_reason
+    assert "not sustained" in after.withdrawn_reason
+    assert after.tags()[C.GROKKING_LIVE_WITHDRAWN] == after.withdrawn_reason
+    assert "withdrawn" in after.line()
+    end = det.update(ended=True)
+    assert end.state == "none" and not analyze(frame, ROLES).confirmed
+
+
+def test_ended_run_is_confirmed_exactly_when_analyze_confirms():
+    """A run that stops mid-jump: live said breakthrough, the end says what analyze says."""
+    frame = textbook(n=153)
+    det, changes = follow(frame)
+    assert changes[-1].state == "breakthrough"
+    assert det.update(ended=True).state == "none"
+    assert not analyze(frame, ROLES).confirmed
+
+
+def test_rows_from_many_updates_and_nan_rows():
+    """Batches of rows, NaN rows and a key that appears late change nothing of the verdict."""
+    frame = textbook()
+    frame.loc[40:42, "train_loss"] = np.nan
+    frame["late"] = np.where(frame.index >= 100, 1.0, np.nan)
+    det, changes = follow(frame, per_update=7)
+    assert changes[-1].state == "confirmed"
+    assert changes[-1].first_epoch == analyze(frame, ROLES).confirmed[0].breakthrough_epoch
+    assert "late" in det.history().columns
+
+
+def test_a_partly_read_row_waits_for_the_rest():
+    """A read between two keys' writes leaves the last row half-empty: it waits."""
+    det = LiveDetector(ROLES)
+    frame = textbook(n=40)
+    for epoch, row in frame.iterrows():
+        det.add_epoch(epoch, row.to_dict())
+    det.add("train_loss", [41], [0.001])
+    assert det._ready_step() == 40
+
+
+def test_cost_grows_with_new_rows_not_history():
+    """20,000 epochs, 50 per update: the detector runs a few dozen times, not 400."""
+    n = 20_000
+    frame = textbook(n=n, jump=12_000, rise=60)
+    det, changes = follow(frame, per_update=50)
+    assert changes[-1].state == "confirmed"
+    assert det.analyses < 60, det.reasons
+
+
+def test_tvae_live_imports_no_mlflow():
+    code = "import sys, tvae.analysis.live; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
