@@ -43,6 +43,7 @@ def build_spec(
     storage: str | None,
     workers: int,
     timeout: float | None,
+    pruner: str = "grokking",
 ):
     """The validated SweepSpec (SweepInputError / ConfigError, one line, when bad)."""
     import mlflow
@@ -77,6 +78,7 @@ def build_spec(
         workers=workers,
         timeout=timeout,
         tracking_uri=uri,
+        pruner=pruner,
     )
 
 
@@ -96,6 +98,12 @@ def build_spec(
     default=None,
     help="Seconds after which this command's workers start no new trial.",
 )
+@click.option(
+    "--pruner",
+    type=Blank(click.Choice(["grokking", "median", "none"])),
+    default=None,
+    help="grokking (default): the median rule, but never in a live plateau; median; none.",
+)
 def cli(
     space: str,
     config_path: str | None,
@@ -107,6 +115,7 @@ def cli(
     storage: str | None,
     workers: int | None,
     timeout: float | None,
+    pruner: str | None,
 ) -> None:
     """Search hyperparameters with Optuna; every trial trains like `train` on K seeds."""
     from mlflow_plugins.sweep_space import SweepInputError
@@ -131,6 +140,7 @@ def cli(
             storage,
             workers or 1,
             timeout,
+            pruner or "grokking",
         )
     except (SweepInputError, ConfigError) as err:
         exit_with_error(str(err), EXIT_BAD_INPUT)

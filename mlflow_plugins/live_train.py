@@ -44,6 +44,9 @@ class LiveTrainFollower(TrainLogger):
         self.reported: LiveState | None = None
         self.confirmed_at: int | None = None  # the epoch an event was first confirmed live
         self.stop_reason: str | None = None
+        #: called after each epoch's judgement with (epoch, metrics, state), e.g. a sweep's
+        #: pruning reporter
+        self.listeners: list[Callable[[int, dict[str, float], LiveState], None]] = []
         for key in history.columns if history is not None else ():
             rows = history[key].dropna()
             self.detector.add(key, rows.index.to_numpy(), rows.to_numpy())
@@ -51,6 +54,8 @@ class LiveTrainFollower(TrainLogger):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.detector.add_epoch(epoch, metrics)
         state = self.detector.update()
+        for listen in self.listeners:
+            listen(epoch, metrics, state)
         if state.seen_at_step is None:
             return  # too few epochs to judge yet
         self._publish(state)

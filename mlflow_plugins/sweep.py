@@ -55,6 +55,7 @@ def spec_params(spec: SweepSpec) -> dict[str, str]:
     out.update(
         {
             "sweep.sampler": spec.sampler_name,
+            "sweep.pruner": spec.pruner,
             "sweep.seeds": str(spec.seeds),
             "sweep.trials": str(spec.trials),
             "sweep.metric": spec.metric,
@@ -131,12 +132,14 @@ def metric_value(client: Any, run_id: str, metric: str, best_epoch: int | None) 
     return float(at_best[-1] if at_best else history[-1].value)
 
 
-def train_seed(spec: SweepSpec, parent: str, trial_number: int, params: dict, seed: int) -> Any:
+def train_seed(spec: SweepSpec, parent: str, trial: Any, params: dict, seed: int) -> Any:
     """One training run (nested under `parent`) of the trial's config on `seed`, created and
-    trained as `train` does it, then analysed as `analyze` does it."""
+    trained as `train` does it, then analysed as `analyze` does it. The first seed's run
+    reports to the trial every epoch and stops when the study prunes it (`TrialReporter`)."""
     import mlflow
 
     from mlflow_plugins.runs import claim_work_dir, run_name
+    from mlflow_plugins.sweep_pruner import TrialReporter
     from mlflow_plugins.tracking import train_in_run
 
     client = mlflow.MlflowClient()
@@ -144,7 +147,7 @@ def train_seed(spec: SweepSpec, parent: str, trial_number: int, params: dict, se
     exp_id = client.get_run(parent).info.experiment_id
     tags = {
         C.SWEEP_STUDY: spec.study,
-        C.SWEEP_TRIAL: str(trial_number),
+        C.SWEEP_TRIAL: str(trial.number),
         C.SWEEP_SEED: str(seed),
     }
     run = mlflow.start_run(
@@ -156,10 +159,24 @@ def train_seed(spec: SweepSpec, parent: str, trial_number: int, params: dict, se
     )
     run_id = run.info.run_id
     status, reason, best_epoch = "FAILED", None, None
+    reporters: list[TrialReporter] = []
+
+    def report_to_trial(trainer: Any) -> None:
+        live = trainer.logger.live
+        if seed == 0 and spec.pruner != "none" and live is not None:
+            reporters.append(TrialReporter(trial, spec.metric, trainer))
+            live.listeners.append(reporters[0])
+
     try:
         workdir = claim_work_dir(run_id, mlflow.get_tracking_uri())
-        result = train_in_run(config, run_id, workdir, echo=False, remove_workdir=True)
+        result = train_in_run(
+            config, run_id, workdir, on_trainer=report_to_trial, echo=False, remove_workdir=True
+        )
         status, reason, best_epoch = result.status, result.reason, result.best_epoch
+        if reporters and reporters[0].pruned_at is not None:
+            reason = f"pruned at epoch {reporters[0].pruned_at}"
+            client.set_tag(run_id, C.SWEEP_PRUNED, str(reporters[0].pruned_at))
+            return SeedOutcome(run_id, "PRUNED", None, reason)
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted"
         raise
@@ -175,7 +192,7 @@ def train_seed(spec: SweepSpec, parent: str, trial_number: int, params: dict, se
     value = metric_value(client, run_id, spec.metric, best_epoch)
     if value is None or not math.isfinite(value):
         return SeedOutcome(run_id, "FAILED", None, f"run {run_id} has no finite {spec.metric}")
-    analyse(client, spec, parent, run_id, trial_number)
+    analyse(client, spec, parent, run_id, trial.number)
     return SeedOutcome(run_id, status, value, None)
 
 
@@ -213,9 +230,13 @@ def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
     runs: list[str] = []
     try:
         for seed in range(spec.seeds):
-            outcome = train_seed(spec, parent, trial.number, params, seed)
+            outcome = train_seed(spec, parent, trial, params, seed)
             runs.append(outcome.run_id)
             trial.set_user_attr(SEED_RUNS_ATTR, runs)
+            if outcome.status == "PRUNED":
+                study.tell(trial, state=TrialState.PRUNED)
+                print(f"trial {trial.number} PRUNED {_short(params)}: {outcome.reason}", flush=True)
+                return
             if outcome.value is None:
                 trial.set_user_attr("failure", str(outcome.reason)[:1000])
                 study.tell(trial, state=TrialState.FAIL)

@@ -75,6 +75,7 @@ class SweepSpec:
     workers: int = 1
     timeout: float | None = None
     tracking_uri: str = ""
+    pruner: str = "grokking"  # one of sweep_pruner.PRUNERS
 
     @property
     def all_categorical(self) -> bool:

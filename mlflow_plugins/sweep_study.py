@@ -46,12 +46,15 @@ def make_sampler(spec: SweepSpec) -> Any:
 def open_study(spec: SweepSpec, storage: Any | None = None) -> Any:
     import optuna
 
+    from mlflow_plugins.sweep_pruner import make_pruner
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage if storage is not None else make_storage(spec.storage)
     study = optuna.create_study(
         study_name=spec.study,
         storage=storage,
         sampler=make_sampler(spec),
+        pruner=make_pruner(spec.pruner),
         direction=spec.direction,
         load_if_exists=True,
     )

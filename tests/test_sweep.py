@@ -231,6 +231,7 @@ BAD = [
     (["--space", "{good}", "--workers", "0"], "--workers"),
     (["--space", "{good}", "--metric", "eval/nope"], "metric 'eval/nope'"),
     (["--space", "{good}", "--direction", "up"], "direction 'up'"),
+    (["--space", "{good}", "--pruner", "asha"], "--pruner"),
 ]
 
 
@@ -283,3 +284,67 @@ def test_unreachable_storage_is_one_line_without_the_password(tracking_uri, tmp_
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: optuna storage")
     assert "hush" not in err
     assert _runs(mlflow.MlflowClient()) == []
+
+
+def _trial_with(study, values: dict[int, float], live_state: str | None = None):
+    trial = study.ask()
+    for step, value in values.items():
+        trial.report(value, step)
+    if live_state is not None:
+        trial.set_user_attr("live_state", live_state)
+    return trial
+
+
+def test_the_grokking_aware_pruner_spares_a_live_plateau_only():
+    """The median rule prunes a trial that trails the others at the same epoch; ours does the
+    same, unless the trial's first run is in a live plateau (or breakthrough)."""
+    from mlflow_plugins.sweep_pruner import STARTUP_TRIALS, WARMUP_EPOCHS, make_pruner
+
+    for name in ("median", "grokking"):
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(name))
+        steps = range(1, WARMUP_EPOCHS + 4)
+        for _ in range(STARTUP_TRIALS):
+            study.tell(_trial_with(study, {s: 1.0 for s in steps}), 1.0)
+        verdicts = {}
+        for state in ("plateau", "breakthrough", "none", "confirmed", None):
+            trial = _trial_with(study, {s: 0.1 for s in steps}, state)
+            verdicts[state] = trial.should_prune()
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        spared = {s for s, pruned in verdicts.items() if not pruned}
+        assert spared == (set() if name == "median" else {"plateau", "breakthrough"}), verdicts
+        early = _trial_with(study, {1: 0.1})  # within the warm-up: never pruned
+        assert not early.should_prune()
+
+
+def test_a_pruned_trial_stops_its_first_seed_and_trains_no_other(
+    tracking_uri, tmp_path, capsys, monkeypatch
+):
+    import mlflow
+
+    from mlflow_plugins import sweep_pruner
+
+    class PruneTrialZeroAtTwo(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return trial.number == 0 and trial.last_step >= 2
+
+    monkeypatch.setattr(sweep_pruner, "make_pruner", lambda name: PruneTrialZeroAtTwo())
+    space = tmp_path / "one.yaml"
+    space.write_text(
+        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
+        "fixed: {train.epochs: 4, train.threads: 1}\n"
+    )
+    storage = tmp_path / "study.log"
+    args = ["--space", str(space), "--config", SMOKE, "--trials", "2", "--seeds", "2"]
+    code, out, err = _sweep(capsys, *args, "--storage", str(storage))
+    assert code == 0, err
+    pruned, done = _study(storage, "one").trials
+    assert pruned.state.name == "PRUNED" and pruned.intermediate_values.keys() == {1, 2}
+    assert done.state.name == "COMPLETE" and done.intermediate_values.keys() == {1, 2, 3, 4}
+    assert "trial 0 PRUNED" in out and "pruned at epoch 2" in out
+    runs = [r for r in _runs(mlflow.MlflowClient()) if r.data.tags.get("sweep.trial") == "0"]
+    assert len(runs) == 1  # its seed 1 never trained
+    (run,) = runs
+    assert run.info.status == "KILLED" and run.data.tags[C.SWEEP_PRUNED] == "2"
+    assert run.data.tags["sweep.seed"] == "0"
+    steps = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/Q")
+    assert sorted(m.step for m in steps) == [1, 2]

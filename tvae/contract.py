@@ -97,6 +97,7 @@ GROKKING_LIVE_TAGS = (
 SWEEP_STUDY = "sweep.study"  # the Optuna study name (also on the parent run)
 SWEEP_TRIAL = "sweep.trial"  # the trial number in the study
 SWEEP_SEED = "sweep.seed"  # the seed of this training run (seeds 0..K-1 per trial)
+SWEEP_PRUNED = "sweep.pruned"  # the epoch at which the study pruned this run (ended KILLED)
 SWEEP_ANALYSIS_OF_TRIAL = "sweep.analysis_of_trial"  # on the analyze run of a trial's run
 SWEEP_PARENT_RUN = "sweep.parent_run"  # on an `mlflow run` run that joined an existing study
 # ... and on the parent run
