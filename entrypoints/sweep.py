@@ -26,6 +26,7 @@ from entrypoints._cli import (
     fail_launcher_run,
     run_as_program,
 )
+from tvae.analysis.tiers import TIER_ORDER
 from tvae.config import ConfigError
 
 DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
@@ -44,6 +45,9 @@ def build_spec(
     workers: int,
     timeout: float | None,
     pruner: str = "grokking",
+    register: bool = False,
+    model_name: str = "TernaryVAE",
+    min_tier: str = "Good",
 ):
     """The validated SweepSpec (SweepInputError / ConfigError, one line, when bad)."""
     import mlflow
@@ -64,6 +68,12 @@ def build_spec(
     if not name.strip():
         raise SweepInputError("study name is empty")
     uri = mlflow.get_tracking_uri()
+    if register:
+        from mlflow_plugins.registry import model_name_problem
+
+        problem = model_name_problem(mlflow.MlflowClient(), model_name)
+        if problem:
+            raise SweepInputError(f"--model-name {model_name!r}: {problem}")
     return SweepSpec(
         space_path=space,
         dims=dims,
@@ -79,6 +89,9 @@ def build_spec(
         timeout=timeout,
         tracking_uri=uri,
         pruner=pruner,
+        register=register,
+        model_name=model_name,
+        min_tier=min_tier,
     )
 
 
@@ -104,6 +117,16 @@ def build_spec(
     default=None,
     help="grokking (default): the median rule, but never in a live plateau; median; none.",
 )
+@click.option(
+    "--register",
+    type=Blank(click.BOOL),
+    default=None,
+    help="Register the best config's best-seed model as analyze does (default false).",
+)
+@click.option("--model-name", type=Blank(), default=None, help="Default TernaryVAE.")
+@click.option(
+    "--min-tier", type=Blank(click.Choice(TIER_ORDER)), default=None, help="Default Good."
+)
 def cli(
     space: str,
     config_path: str | None,
@@ -116,6 +139,9 @@ def cli(
     workers: int | None,
     timeout: float | None,
     pruner: str | None,
+    register: bool | None,
+    model_name: str | None,
+    min_tier: str | None,
 ) -> None:
     """Search hyperparameters with Optuna; every trial trains like `train` on K seeds."""
     from mlflow_plugins.sweep_space import SweepInputError
@@ -141,6 +167,9 @@ def cli(
             workers or 1,
             timeout,
             pruner or "grokking",
+            bool(register),
+            model_name or "TernaryVAE",
+            min_tier or "Good",
         )
     except (SweepInputError, ConfigError) as err:
         exit_with_error(str(err), EXIT_BAD_INPUT)

@@ -196,8 +196,11 @@ def train_seed(spec: SweepSpec, parent: str, trial: Any, params: dict, seed: int
     return SeedOutcome(run_id, status, value, None)
 
 
-def analyse(client: Any, spec: SweepSpec, parent: str, run_id: str, trial_number: int) -> None:
-    """`analyze`'s analysis of the training run, its analyze run nested under the parent too."""
+def analyse(
+    client: Any, spec: SweepSpec, parent: str, run_id: str, trial: int, register: bool = False
+) -> Any:
+    """`analyze`'s analysis of the training run, its analyze run nested under the parent too;
+    its outcome (None when it failed)."""
     from mlflow_plugins.analyze_run import analyze_run
 
     run = client.get_run(run_id)
@@ -207,18 +210,27 @@ def analyse(client: Any, spec: SweepSpec, parent: str, run_id: str, trial_number
         "mlflow.source.name": "tvae-sweep",
         "mlflow.runName": f"analyze-{run.info.run_name}",
         C.SWEEP_STUDY: spec.study,
-        C.SWEEP_ANALYSIS_OF_TRIAL: str(trial_number),
+        C.SWEEP_ANALYSIS_OF_TRIAL: str(trial),
     }
     own = client.create_run(run.info.experiment_id, tags=tags).info.run_id
     try:
-        analyze_run(client, run_id, register=False, analyze_run_id=own)
+        outcome = analyze_run(
+            client,
+            run_id,
+            register=register,
+            model_name=spec.model_name,
+            min_tier=spec.min_tier,
+            analyze_run_id=own,
+        )
         client.set_terminated(own, "FINISHED")
+        return outcome
     except Exception as err:  # noqa: BLE001 - the trial's value does not depend on it
         print(f"warning: analysis of run {run_id} failed: {err}", flush=True)
         with contextlib.suppress(Exception):
             if client.get_run(own).info.status == "RUNNING":
                 client.set_tag(own, C.FAILURE_REASON, str(err)[:5000])
                 client.set_terminated(own, "FAILED")
+        return None
 
 
 def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
@@ -352,6 +364,23 @@ def summary_csv(spec: SweepSpec, trials: list[Any]) -> str:
     return buf.getvalue()
 
 
+def register_best(client: Any, spec: SweepSpec, parent: str, best: Any) -> None:
+    """Register the best trial's best seed's model through `analyze`'s registry step (its tier
+    and re-evaluation, `candidate`, and `champion` only when strictly better), printing what the
+    registry did; the parent run's tag `sweep.registered` names the version."""
+    runs = list(best.user_attrs.get(SEED_RUNS_ATTR, []))
+    values = list(best.user_attrs.get(SEED_VALUES_ATTR, []))
+    pick = max if spec.direction == "maximize" else min
+    seed = pick(range(len(values)), key=values.__getitem__)
+    outcome = analyse(client, spec, parent, runs[seed], best.number, register=True)
+    if outcome is None:
+        return
+    reg = outcome.registry
+    print(f"registry: {reg.action} ({reg.reason}), run {runs[seed]} (seed {seed})", flush=True)
+    if reg.version is not None:
+        client.set_tag(parent, C.SWEEP_REGISTERED, f"{reg.model_name} version {reg.version}")
+
+
 def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> SweepOutcome:
     """Summary and best config onto the parent run (and into `local_dir`); the parent ends
     FINISHED once no trial of the study is still running (another worker's)."""
@@ -378,6 +407,8 @@ def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> 
         client.set_tag(parent, C.SWEEP_BEST_TRIAL, str(best.number))
         client.set_tag(parent, C.SWEEP_BEST_VALUE, repr(float(best.value)))
         client.set_tag(parent, C.SWEEP_BEST_PARAMS, _short(best.params)[:5000])
+        if spec.register:
+            register_best(client, spec, parent, best)
     if running == 0:
         client.set_terminated(parent, "FINISHED")
     return SweepOutcome(

@@ -76,6 +76,9 @@ class SweepSpec:
     timeout: float | None = None
     tracking_uri: str = ""
     pruner: str = "grokking"  # one of sweep_pruner.PRUNERS
+    register: bool = False  # register the best trial's best seed's model at the end
+    model_name: str = "TernaryVAE"
+    min_tier: str = "Good"  # the tier a registered model needs, as analyze's min_tier
 
     @property
     def all_categorical(self) -> bool:

@@ -232,6 +232,7 @@ BAD = [
     (["--space", "{good}", "--metric", "eval/nope"], "metric 'eval/nope'"),
     (["--space", "{good}", "--direction", "up"], "direction 'up'"),
     (["--space", "{good}", "--pruner", "asha"], "--pruner"),
+    (["--space", "{good}", "--register", "true", "--model-name", "a/b"], "--model-name 'a/b'"),
 ]
 
 
@@ -348,3 +349,43 @@ def test_a_pruned_trial_stops_its_first_seed_and_trains_no_other(
     assert run.data.tags["sweep.seed"] == "0"
     steps = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/Q")
     assert sorted(m.step for m in steps) == [1, 2]
+
+
+def test_register_true_registers_the_best_trials_best_seed(tracking_uri, tmp_path, capsys):
+    """With register=true the sweep ends by registering the best config's best seed's model
+    through analyze's registry step: with the default min tier (Good, out of reach in 2 smoke
+    epochs) the registry says why it skipped; with min tier None it registers that run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    space = tmp_path / "two.yaml"
+    space.write_text(
+        "loss.rank.weight: {type: categorical, choices: [0.25, 0.5]}\n"
+        "fixed: {train.epochs: 2, train.threads: 1}\n"
+    )
+    for study_name, more in (("good", []), ("none", ["--min-tier", "None"])):
+        storage = tmp_path / f"{study_name}.log"
+        args = ["--space", str(space), "--config", SMOKE, "--seeds", "2", "--study", study_name]
+        args += ["--storage", str(storage), "--register", "true", "--model-name", "SweepVAE"]
+        code, out, err = _sweep(capsys, *args, *more)
+        assert code == 0, err
+        best = _study(storage, study_name).best_trial
+        values, runs = best.user_attrs["seed_values"], best.user_attrs["seed_runs"]
+        seed = max(range(2), key=values.__getitem__)
+        assert f"run {runs[seed]} (seed {seed})" in out
+        analyses = [
+            r for r in _runs(client) if r.data.tags.get("analysis.source_run_id") == runs[seed]
+        ]
+        assert len(analyses) == 2  # the trial's analysis, then the registering one
+        parent = [r for r in _runs(client) if r.data.tags.get("sweep.study") == study_name]
+        parent = [r for r in parent if "mlflow.parentRunId" not in r.data.tags][0]
+        versions = client.search_model_versions("name = 'SweepVAE'")
+        if study_name == "good":
+            assert "registry: skipped (tier " in out and versions == []
+            assert C.SWEEP_REGISTERED not in parent.data.tags
+        else:
+            assert "registry: registered" in out
+            (version,) = versions
+            assert version.run_id == runs[seed]
+            assert parent.data.tags[C.SWEEP_REGISTERED] == "SweepVAE version 1"
+            assert str(client.get_model_version_by_alias("SweepVAE", "champion").version) == "1"

@@ -105,3 +105,4 @@ SWEEP_STORAGE = "sweep.storage"  # the Optuna storage, any password masked
 SWEEP_BEST_TRIAL = "sweep.best_trial"
 SWEEP_BEST_VALUE = "sweep.best_value"  # the best trial's mean over seeds
 SWEEP_BEST_PARAMS = "sweep.best_params"  # the best trial's sampled values, short JSON
+SWEEP_REGISTERED = "sweep.registered"  # with register=true: "<model> version <n>"
