@@ -97,7 +97,8 @@ def main() -> None:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        from mlflow_plugins.compare import compare_runs, select_runs
+        from mlflow_plugins.compare import compare_runs
+        from mlflow_plugins.compare_select import select_runs
 
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)

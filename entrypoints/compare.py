@@ -18,6 +18,7 @@ Select runs with one of:
   --runs ID,ID,...        these runs (a --filter narrows them further)
   --experiment NAME       the training runs of an experiment, e.g. Default (where `mlflow
                           run` puts runs without --experiment-name); optionally --filter
+  --sweep PARENT_RUN_ID   the training runs of a sweep (nested under its parent run)
   --filter "SEARCH"       MLflow search syntax, e.g. "tags.tier = 'Good'"; alone it searches
                           every active experiment
 An empty value ("") means "not given", as MLproject passes it. Runs found by a search that
@@ -31,7 +32,10 @@ analysis="on the fly". Run `mlflow run . -e analyze` on them to store an analysi
 \b
 Logged to the compare run under compare/: coverage.png, hierarchy_B.png, Q.png, loss.png
 (one line per run by epoch, * marks each confirmed grokking event), table.csv, table.html,
-ranking.txt; tags compare.runs and compare.count.
+ranking.txt; tags compare.runs and compare.count. When a config ran on several seeds (runs
+whose params differ only in train.seed, or one sweep trial's runs), also <metric>_by_config.png
+(the mean over seeds by epoch in a +- std band) and configs.csv / configs.html (per config:
+mean and std over seeds of each best value, seeds that grokked, tiers).
 """
 
 
@@ -45,15 +49,19 @@ def parse_run_ids(text: str | None) -> list[str]:
 @click.option("--runs", type=Blank(), help="comma-separated run ids")
 @click.option("--experiment", type=Blank(), help="experiment name")
 @click.option("--filter", "filter_string", type=Blank(), help="MLflow search filter")
-def cli(runs: str | None, experiment: str | None, filter_string: str | None) -> None:
+@click.option("--sweep", type=Blank(), help="a sweep's parent run id")
+def cli(
+    runs: str | None, experiment: str | None, filter_string: str | None, sweep: str | None
+) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mlflow_plugins.compare import CompareError, compare_runs, select_runs
+    from mlflow_plugins.compare import compare_runs
+    from mlflow_plugins.compare_select import CompareError, select_runs
 
     client = MlflowClient()
     try:
-        selection = select_runs(client, parse_run_ids(runs), experiment, filter_string)
+        selection = select_runs(client, parse_run_ids(runs), experiment, filter_string, sweep)
         if selection.skipped:
             click.echo(selection.skipped_line())
         result = compare_runs(client, selection.runs)

@@ -180,7 +180,8 @@ def sweep(spec) -> int:
     """Open the study, pick the parent run, run the workers, write the summary."""
     import mlflow
 
-    from mlflow_plugins.sweep import finish_sweep, parent_run
+    from mlflow_plugins.sweep import parent_run
+    from mlflow_plugins.sweep_finish import finish_sweep
     from mlflow_plugins.sweep_space import SweepInputError, mask_password
     from mlflow_plugins.sweep_study import open_study
 

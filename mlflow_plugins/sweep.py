@@ -6,7 +6,7 @@ finished training run exactly as `analyze` does (`analyze_run`, register=false).
     storage, study = open_study(spec)
     parent = parent_run(client, spec, study, launcher_run_id)
     run_workers(spec, parent)        # 1 process here, or N spawned ones on the same study
-    outcome = finish_sweep(client, spec, parent)
+    outcome = finish_sweep(client, spec, parent)   # `sweep_finish`
 
 The study (`sweep_study`) holds a TOTAL number of trials (any state but WAITING): a worker
 claims a trial under a lock (one per study and machine), so workers on one machine never run
@@ -18,20 +18,17 @@ FAIL at once with the user attribute `sweep.surplus` and never counted).
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow_plugins.sweep_space import SweepSpec, mask_password
-from mlflow_plugins.sweep_study import ask_trial, counted, open_study
+from mlflow_plugins.sweep_study import ask_trial, open_study
 from tvae import contract as C
-from tvae.config import config_to_yaml, load_config
+from tvae.config import load_config
 
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run of the study
 SEED_VALUES_ATTR = "seed_values"
@@ -247,13 +244,14 @@ def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
             trial.set_user_attr(SEED_RUNS_ATTR, runs)
             if outcome.status == "PRUNED":
                 study.tell(trial, state=TrialState.PRUNED)
-                print(f"trial {trial.number} PRUNED {_short(params)}: {outcome.reason}", flush=True)
+                line = f"trial {trial.number} PRUNED {params_json(params)}: {outcome.reason}"
+                print(line, flush=True)
                 return
             if outcome.value is None:
                 trial.set_user_attr("failure", str(outcome.reason)[:1000])
                 study.tell(trial, state=TrialState.FAIL)
                 print(
-                    f"trial {trial.number} FAIL {_short(params)}: seed {seed} run "
+                    f"trial {trial.number} FAIL {params_json(params)}: seed {seed} run "
                     f"{outcome.run_id} {outcome.status}: {outcome.reason}",
                     flush=True,
                 )
@@ -266,13 +264,13 @@ def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
         raise
     mean = sum(values) / len(values)
     study.tell(trial, mean)
+    seeds = f"(seeds {_fmt(values)})"
     print(
-        f"trial {trial.number} {spec.metric}={mean:.6g} (seeds {_fmt(values)}) {_short(params)}",
-        flush=True,
+        f"trial {trial.number} {spec.metric}={mean:.6g} {seeds} {params_json(params)}", flush=True
     )
 
 
-def _short(params: dict[str, Any]) -> str:
+def params_json(params: dict[str, Any]) -> str:
     return json.dumps(params, separators=(",", ":"), default=str)
 
 
@@ -326,98 +324,3 @@ def run_workers(spec: SweepSpec, parent: str) -> list[int]:
 
 
 # ------------------------------------------------------------------ summary
-
-
-@dataclass
-class SweepOutcome:
-    parent: str
-    finished: int
-    complete: int
-    best_trial: int | None
-    best_value: float | None
-    best_params: dict[str, Any] | None
-    best_config_path: Path | None
-    running: int
-
-
-def summary_csv(spec: SweepSpec, trials: list[Any]) -> str:
-    keys = [d.key for d in spec.dims]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    seeds = [f"seed_{i}" for i in range(spec.seeds)]
-    writer.writerow(["trial", "state", *keys, *seeds, "mean", "std", "runs"])
-    for t in sorted(trials, key=lambda t: t.number):
-        values = list(t.user_attrs.get(SEED_VALUES_ATTR, []))
-        mean = sum(values) / len(values) if values else None
-        std = (
-            math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-            if values and len(values) == spec.seeds
-            else None
-        )
-        if t.state.name != "COMPLETE":
-            mean = std = None
-        padded = values + [""] * (spec.seeds - len(values))
-        row = [t.number, t.state.name, *(t.params.get(k, "") for k in keys), *padded]
-        row += ["" if mean is None else mean, "" if std is None else std]
-        row.append(" ".join(t.user_attrs.get(SEED_RUNS_ATTR, [])))
-        writer.writerow(row)
-    return buf.getvalue()
-
-
-def register_best(client: Any, spec: SweepSpec, parent: str, best: Any) -> None:
-    """Register the best trial's best seed's model through `analyze`'s registry step (its tier
-    and re-evaluation, `candidate`, and `champion` only when strictly better), printing what the
-    registry did; the parent run's tag `sweep.registered` names the version."""
-    runs = list(best.user_attrs.get(SEED_RUNS_ATTR, []))
-    values = list(best.user_attrs.get(SEED_VALUES_ATTR, []))
-    pick = max if spec.direction == "maximize" else min
-    seed = pick(range(len(values)), key=values.__getitem__)
-    outcome = analyse(client, spec, parent, runs[seed], best.number, register=True)
-    if outcome is None:
-        return
-    reg = outcome.registry
-    print(f"registry: {reg.action} ({reg.reason}), run {runs[seed]} (seed {seed})", flush=True)
-    if reg.version is not None:
-        client.set_tag(parent, C.SWEEP_REGISTERED, f"{reg.model_name} version {reg.version}")
-
-
-def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> SweepOutcome:
-    """Summary and best config onto the parent run (and into `local_dir`); the parent ends
-    FINISHED once no trial of the study is still running (another worker's)."""
-    from optuna.trial import TrialState
-
-    study = open_study(spec)
-    trials = counted(study.get_trials(deepcopy=False))
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    (local_dir / "summary.csv").write_text(summary_csv(spec, trials))
-    client.log_artifact(parent, str(local_dir / "summary.csv"), "sweep")
-    best = best_path = None
-    if complete:
-        best = study.best_trial
-        config = load_config(spec.config_path, spec.overrides(best.params, 0))
-        best_path = local_dir / "best_config.yaml"
-        head = (
-            f"# best of sweep study {spec.study!r}: trial {best.number}, "
-            f"{spec.metric} = {best.value} (mean over {spec.seeds} seeds)\n"
-        )
-        best_path.write_text(head + config_to_yaml(config))
-        client.log_artifact(parent, str(best_path), "sweep")
-        client.set_tag(parent, C.SWEEP_BEST_TRIAL, str(best.number))
-        client.set_tag(parent, C.SWEEP_BEST_VALUE, repr(float(best.value)))
-        client.set_tag(parent, C.SWEEP_BEST_PARAMS, _short(best.params)[:5000])
-        if spec.register:
-            register_best(client, spec, parent, best)
-    if running == 0:
-        client.set_terminated(parent, "FINISHED")
-    return SweepOutcome(
-        parent,
-        len([t for t in trials if t.state.is_finished()]),
-        len(complete),
-        best.number if best else None,
-        float(best.value) if best else None,
-        dict(best.params) if best else None,
-        best_path,
-        running,
-    )

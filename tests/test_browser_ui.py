@@ -117,7 +117,7 @@ def test_ui_shows_tier_column_and_analysis_plots(tmp_path):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
 
-    from mlflow_plugins.compare import CompareError, select_runs
+    from mlflow_plugins.compare_select import CompareError, select_runs
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {SHOTS}")

@@ -17,7 +17,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from entrypoints.compare import main, parse_run_ids
-from mlflow_plugins.compare import CompareError, compare_runs, load_compared_runs, select_runs
+from mlflow_plugins.compare import compare_runs, load_compared_runs
+from mlflow_plugins.compare_select import CompareError, select_runs
 from tvae.compare import align_by_epoch
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -193,7 +194,8 @@ def test_experiment_and_filter_select_only_matching_training_runs(store):
         ({"experiment": "cmp", "filter_string": "tags.tier = 'Exceptional'"}, "no training runs"),
         ({"experiment": "cmp", "filter_string": "tags.tier =="}, "--filter:"),
         ({}, "nothing to compare"),
-        ({"run_ids": ["x"], "experiment": "cmp"}, "not both"),
+        ({"run_ids": ["x"], "experiment": "cmp"}, "give one of --runs, --experiment, --sweep"),
+        ({"sweep": "0" * 32}, "--sweep: unknown run id(s): " + "0" * 32),
     ],
 )
 def test_bad_selections_fail_with_one_clear_line(store, kwargs, message):
@@ -414,3 +416,45 @@ def test_mlflow_run_compare_on_the_default_experiment(tracking_uri):
     (launcher,) = [r for r in client.search_runs(["0"]) if r.data.tags.get("compare.runs") == ours]
     assert launcher.info.status == "FINISHED"
     assert launcher.data.tags["mlflow.project.entryPoint"] == "compare"
+
+
+def test_a_sweeps_runs_are_grouped_by_config_with_mean_and_spread_over_seeds(store, tmp_path):
+    """`--sweep` takes the training runs nested under the parent (not its analyze runs, not
+    other runs); each trial's seeds make one config row and one band per metric."""
+    client, exp = store
+    parent = client.create_run(exp, run_name="sweep-s").info.run_id
+    heights = {(0, 0): 0.1, (0, 1): 0.3, (1, 0): 0.25, (1, 1): 0.25}
+    ids = {}
+    for (trial, seed), height in heights.items():
+        tags = {"mlflow.parentRunId": parent, "sweep.study": "s", "sweep.trial": str(trial)}
+        tags.update({"sweep.seed": str(seed), **analysed("Good" if trial else "Minimal", 8)})
+        history = synthetic_history(list(range(1, 21)), 8, height)
+        ids[trial, seed] = log_run(client, exp, f"t{trial}-s{seed}", history, tags)
+    nested_tool = {"mlflow.parentRunId": parent, "analysis.source_run_id": ids[0, 0]}
+    log_run(client, exp, "analyze-x", synthetic_history([1, 2], 2, 0.1), nested_tool)
+    log_run(client, exp, "outside", synthetic_history([1, 2], 2, 0.1), analysed("Good", 2))
+
+    found = select_runs(client, sweep=parent)
+    assert sorted(r.info.run_id for r in found.runs) == sorted(ids.values())
+    result = compare_runs(client, found.runs, analyzer=_no_analysis)
+    listed = {f.path for f in client.list_artifacts(result.compare_run_id, "compare")}
+    for name in ("coverage", "hierarchy_B", "Q", "loss"):
+        assert f"compare/{name}_by_config.png" in listed
+    local = client.download_artifacts(result.compare_run_id, "compare", str(tmp_path / "dl"))
+    configs = pd.read_csv(f"{local}/configs.csv").set_index("config")
+    assert list(configs.index) == ["s trial 1", "s trial 0"]  # best mean Q first
+    assert list(configs["seeds"]) == [2, 2] and list(configs["grokking"]) == ["2/2", "2/2"]
+    q0 = [1.0 + 2 * heights[0, s] for s in (0, 1)]  # each seed's best eval/Q
+    assert configs.loc["s trial 0", "best_Q_mean"] == pytest.approx(sum(q0) / 2)
+    assert configs.loc["s trial 0", "best_Q_std"] == pytest.approx(abs(q0[0] - q0[1]) / 2)
+    assert configs.loc["s trial 1", "best_Q_std"] == pytest.approx(0.0)
+    assert configs.loc["s trial 0", "tiers"] == "Minimal x2"
+
+
+def test_runs_differing_only_in_seed_share_a_config():
+    from tvae.compare.groups import config_key
+
+    a = config_key("tiny-s3-lr8e-4", {"train.seed": "3", "train.lr": "0.0008"}, {})
+    b = config_key("tiny-s4-lr8e-4", {"train.seed": "4", "train.lr": "0.0008"}, {})
+    c = config_key("tiny-s3-lr1e-3", {"train.seed": "3", "train.lr": "0.001"}, {})
+    assert a == b and a[1].startswith("tiny-lr8e-4 [") and c[0] != a[0]

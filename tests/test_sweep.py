@@ -8,6 +8,7 @@ import csv
 import io
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tvae import contract as C
@@ -103,8 +104,12 @@ def test_sweep_trains_nested_runs_and_keeps_the_study_total(tracking_uri, tmp_pa
     assert float(tags["sweep.best_value"]) == pytest.approx(best.value)
     assert yaml.safe_load(tags["sweep.best_params"]) == pytest.approx(best.params)
     names = {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert names == {"sweep/summary.csv", "sweep/best_config.yaml"}
+    assert names == {"sweep/summary.csv", "sweep/best_config.yaml", "sweep/report"}
     folder = Path(client.download_artifacts(parent.info.run_id, "sweep", str(tmp_path / "dl")))
+    # the report: the sweep's 4 training runs compared, each trial's 2 seeds one config
+    configs = pd.read_csv(folder / "report" / "configs.csv")
+    assert sorted(configs["seeds"]) == [2, 2] and (folder / "report" / "Q_by_config.png").is_file()
+    assert len(pd.read_csv(folder / "report" / "table.csv")) == 4
     rows = list(csv.DictReader(io.StringIO((folder / "summary.csv").read_text())))
     assert [r["trial"] for r in rows] == ["0", "1"]
     for row, trial in zip(rows, study.trials, strict=True):

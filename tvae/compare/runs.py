@@ -46,6 +46,7 @@ class ComparedRun:
     history: pd.DataFrame
     analysis: RunAnalysis
     label: str = ""
+    config: str = ""  # readable name of the config it shares with other seeds' runs
 
 
 Analyzer = Callable[[pd.DataFrame, pd.DataFrame, str], Any]

@@ -27,7 +27,7 @@ KEY_METRICS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-def _best_and_final(history: pd.DataFrame, key: str, higher: bool) -> tuple[float, float]:
+def best_and_final(history: pd.DataFrame, key: str, higher: bool) -> tuple[float, float]:
     series = history[key].dropna() if key in history.columns else pd.Series(dtype=float)
     finite = series[np.isfinite(series.to_numpy(dtype=float))]
     best = (finite.max() if higher else finite.min()) if len(finite) else np.nan
@@ -47,7 +47,7 @@ def _row(item: ComparedRun) -> dict[str, Any]:
         "analysis": analysis.source,
     }
     for key, name, higher in KEY_METRICS:
-        row[f"best_{name}"], row[f"final_{name}"] = _best_and_final(history, key, higher)
+        row[f"best_{name}"], row[f"final_{name}"] = best_and_final(history, key, higher)
     row["epochs"] = int(history.index.nunique())
     row["wall_s"] = item.wall_s
     sps = history[C.SAMPLES_PER_SEC].dropna() if C.SAMPLES_PER_SEC in history else pd.Series([])
