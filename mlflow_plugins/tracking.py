@@ -182,7 +182,7 @@ def _live_follower(
         stop=lambda reason: trainer.request_stop(finished=reason),
         stop_after=trainer.config.train.stop_after_grokking,
         history=load_history(client, run_id)[0] if resume is not None else None,
-        echo=logger.echo_line,
+        echo=logger.echo_line if trainer.echo else logger.on_log_line,  # quiet: the log only
     )
 
 
