@@ -12,6 +12,7 @@ here or on another machine with the same storage, adds workers, not trials.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -199,8 +200,9 @@ def sweep(spec) -> int:
         f"study {spec.study!r} ({spec.sampler_name}, {spec.direction} {spec.metric}, "
         f"{spec.target} trials x {spec.seeds} seeds), parent run {parent}"
     )
-    from mlflow_plugins.sweep import run_workers
+    from mlflow_plugins.sweep import on_sigterm, run_workers
 
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         codes = run_workers(spec, parent)
     except KeyboardInterrupt:

@@ -21,6 +21,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,17 @@ from tvae.config import load_config
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run of the study
 SEED_VALUES_ATTR = "seed_values"
 SEED_RUNS_ATTR = "seed_runs"
+STOP = threading.Event()  # SIGTERM: this worker starts nothing new
+_training: list[Any] = []  # the trainer of this process's training in progress, if any
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM: a training in progress stops at its epoch boundary (KILLED, resumable), then
+    the worker ends (its trial FAIL, the parent KILLED); outside a training, at once."""
+    STOP.set()
+    if not _training:
+        raise KeyboardInterrupt
+    _training[-1].request_stop()
 
 
 # ------------------------------------------------------------------ MLflow
@@ -159,6 +172,7 @@ def train_seed(spec: SweepSpec, parent: str, trial: Any, params: dict, seed: int
     reporters: list[TrialReporter] = []
 
     def report_to_trial(trainer: Any) -> None:
+        _training.append(trainer)
         live = trainer.logger.live
         if seed == 0 and spec.pruner != "none" and live is not None:
             reporters.append(TrialReporter(trial, spec.metric, trainer))
@@ -182,8 +196,11 @@ def train_seed(spec: SweepSpec, parent: str, trial: Any, params: dict, seed: int
         with contextlib.suppress(Exception):
             client.set_tag(run_id, C.FAILURE_REASON, reason[:5000])
     finally:
+        _training.clear()
         with contextlib.suppress(Exception):
             mlflow.end_run(status=status)
+    if status == "KILLED":  # Ctrl-C or SIGTERM stopped the training: the worker stops too
+        raise KeyboardInterrupt
     if status != "FINISHED":
         return SeedOutcome(run_id, status, None, reason or status)
     value = metric_value(client, run_id, spec.metric, best_epoch)
@@ -286,8 +303,12 @@ def work(spec: SweepSpec, parent: str) -> None:
         mlflow.set_tracking_uri(spec.tracking_uri)
     os.environ.pop("MLFLOW_RUN_ID", None)  # fluent start_run would resume it
     study = open_study(spec)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
     started = time.monotonic()
     while spec.timeout is None or time.monotonic() - started < spec.timeout:
+        if STOP.is_set():
+            raise KeyboardInterrupt
         trial = ask_trial(spec, study)
         if trial is None:
             return
@@ -316,7 +337,9 @@ def run_workers(spec: SweepSpec, parent: str) -> list[int]:
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too; a SIGTERM to us alone did not
+        for p in procs:
+            p.terminate()
         for p in procs:
             p.join(timeout=60)
         raise

@@ -394,3 +394,55 @@ def test_register_true_registers_the_best_trials_best_seed(tracking_uri, tmp_pat
             assert version.run_id == runs[seed]
             assert parent.data.tags[C.SWEEP_REGISTERED] == "SweepVAE version 1"
             assert str(client.get_model_version_by_alias("SweepVAE", "champion").version) == "1"
+
+
+def test_sigterm_stops_the_training_at_an_epoch_boundary_and_the_study_goes_on(
+    tracking_uri, tmp_path
+):
+    """SIGTERM to a sweep: the training in progress ends KILLED (resumable: last.pt), its
+    trial FAIL, the parent KILLED, exit 130; the same command again goes on with the study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    space = tmp_path / "long.yaml"
+    space.write_text(
+        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
+        "fixed: {train.epochs: 60, train.threads: 1, train.checkpoint_every: 1}\n"
+    )
+    storage = tmp_path / "study.log"
+    cmd = [sys.executable, "-m", "entrypoints.sweep", "--space", str(space), "--config", SMOKE]
+    cmd += ["--trials", "2", "--storage", str(storage), "--pruner", "none"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # until the first training has logged 2 epochs
+        runs = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "eval/Q")) >= 2:
+            break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 130, out
+    (run,) = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+    assert run.info.status == "KILLED"
+    epochs = len(client.get_metric_history(run.info.run_id, "eval/Q"))
+    assert 2 <= epochs < 60
+    stored = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/last.pt" in stored
+    (parent,) = [r for r in _runs(client) if "sweep.trial" not in r.data.tags]
+    assert parent.info.status == "KILLED"
+    assert [t.state.name for t in _study(storage, "long").trials] == ["FAIL"]
+    # the study goes on: the same command trains the one trial left, not two
+    space.write_text(space.read_text().replace("train.epochs: 60", "train.epochs: 2"))
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert [t.state.name for t in _study(storage, "long").trials] == ["FAIL", "COMPLETE"]
