@@ -12,6 +12,7 @@ line before MLflow's own failure line is ours.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -93,6 +94,57 @@ def fail_launcher_run(message: str, tag: str = C.FAILURE_REASON, run_id: str | N
         fail_run(MlflowClient(), run_id, message, tag=tag)
     except Exception as err:  # noqa: BLE001 - the store itself may be what is broken
         click.echo(f"error: could not mark run {run_id} FAILED: {err}", err=True)
+
+
+# What a tracking server with auth (MLflow's basic-auth app) asks for each refused request,
+# by the REST endpoint it went to: (what the user tried, the permission that takes)
+_NEEDS = (
+    ("runs/create", "create a run in this experiment", "EDIT on the experiment"),
+    ("experiments/create", "create an experiment", "the right to create experiments"),
+    ("registered-models/alias", "move a model alias", "EDIT on the registered model"),
+    ("model-versions/create", "register a model version", "EDIT on the registered model"),
+    ("registered-models/create", "create a registered model", "the right to create models"),
+    ("delete", "delete", "MANAGE"),
+    ("mlflow-artifacts/", "upload or read artifacts", "EDIT on the experiment (READ to read)"),
+    (
+        r"runs/(log|set|update)|experiments/set|logged-models",
+        "write to a run",
+        "EDIT on its experiment",
+    ),
+)
+
+
+def permission_denied(err: BaseException) -> str | None:
+    """One line for a request the tracking server refused (HTTP 403, or 401 for credentials
+    it did not accept), naming the user, what was refused and the permission it takes; None
+    for any other error."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(err, MlflowException):
+        return None
+    if err.error_code not in ("PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED"):
+        return None
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    who = f"user '{user}'" if user else "a client without MLFLOW_TRACKING_USERNAME"
+    if err.error_code != "PERMISSION_DENIED":
+        return (
+            f"tracking server {uri} did not accept the credentials of {who} (HTTP 401): "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    found = re.search(r"endpoint (\S+)", str(err.message))
+    endpoint = found.group(1) if found else "unknown endpoint"
+    action, needs = "make this request", "READ on the experiment"
+    for pattern, what, permission in _NEEDS:
+        if re.search(pattern, endpoint):
+            action, needs = what, permission
+            break
+    return (
+        f"permission denied: {who} may not {action} on {uri} ({endpoint}); that needs "
+        f"{needs}: ask an admin of the tracking server to grant it"
+    )
 
 
 def exit_with_error(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:

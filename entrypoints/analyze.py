@@ -11,7 +11,7 @@ import os
 
 import click
 
-from entrypoints._cli import BOOL, Blank, CommandFailed, MarksRunFailed
+from entrypoints._cli import BOOL, Blank, CommandFailed, MarksRunFailed, permission_denied
 from tvae.analysis.tiers import TIER_ORDER
 
 
@@ -53,6 +53,9 @@ def main(
     except AnalyzeInputError as err:
         raise click.ClickException(str(err)) from None
     except MlflowException as err:
+        refused = permission_denied(err)
+        if refused:
+            raise CommandFailed(refused) from None
         raise CommandFailed(f"tracking store: {_first_line(err.message)}") from err
     except Exception as err:  # noqa: BLE001 - one line for the user; the run says FAILED
         raise CommandFailed(f"analysis failed: {type(err).__name__}: {_first_line(err)}") from err

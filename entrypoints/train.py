@@ -27,6 +27,7 @@ from entrypoints._cli import (
     EXIT_KILLED,
     Blank,
     exit_with_error,
+    permission_denied,
     run_as_program,
 )
 from tvae import contract as C
@@ -257,11 +258,12 @@ def _next_steps(run_id: str, status: str) -> str:
     lines.append(
         f"compare:  mlflow run . -e compare --env-manager local -P experiment='{exp.name}'"
     )
-    ui = (
-        "mlflow ui"
-        if uri.startswith("sqlite:///mlflow.db")
-        else f"mlflow ui --backend-store-uri {uri}"
-    )
+    if uri.startswith(("http://", "https://")):
+        ui = f"open {uri} in a browser"  # a tracking server already serves the UI
+    elif uri.startswith("sqlite:///mlflow.db"):
+        ui = "mlflow ui"
+    else:
+        ui = f"mlflow ui --backend-store-uri {uri}"
     lines.append(f"look:     {ui}")
     return "\n".join(lines)
 
@@ -327,7 +329,14 @@ def cli(
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         exit_with_error(str(err), EXIT_BAD_INPUT)
-    sys.exit(train(config, resume))
+    try:
+        code = train(config, resume)
+    except Exception as err:
+        refused = permission_denied(err)  # a server with auth: one line, not a traceback
+        if refused is None:
+            raise
+        exit_with_error(refused, EXIT_FAILED)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

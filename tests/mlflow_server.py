@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,28 +75,65 @@ def start_server(workdir: Path, port: int | None = None, timeout_s: float = 120.
     on the same store, as a tracking server coming back after an outage."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    server = launch_server(
+        workdir,
+        backend_store_uri=f"sqlite:///{workdir / 'server.db'}",
+        artifacts_destination=str(workdir / "artifacts"),
+        port=port,
+    )
+    wait_healthy(server, timeout_s)
+    return server
+
+
+def launch_server(
+    workdir: Path,
+    *,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    log_name: str = "mlflow-server.log",
+) -> MlflowServer:
+    """Start `mlflow server` (one worker, proxied artifacts) on any backend store and artifact
+    destination (a PostgreSQL URI and `s3://bucket`, say) in its own process group, on `port`
+    (a free one if None), without waiting for it: `wait_healthy` does. `extra_args` go on the
+    command line (`--app-name basic-auth`), `env` over this process's environment (the S3
+    endpoint and credentials that only the server has), the log to workdir/`log_name`."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log_path = workdir / "mlflow-server.log"
+    log_path = workdir / log_name
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts_destination,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--workers", "1",
+        *extra_args,
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    full_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=workdir,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    server = MlflowServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    return MlflowServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+
+
+def wait_healthy(server: MlflowServer, timeout_s: float = 120.0) -> None:
+    """Wait until the server answers /health; kill it (its process group) and raise with the
+    end of its log if it exits or does not answer within timeout_s."""
     try:
         _wait_healthy(server, timeout_s)
     except BaseException:
         kill_server(server)
         raise
-    return server
 
 
 def kill_server(server: MlflowServer) -> None:
