@@ -11,3 +11,4 @@ timeout 180 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 timeout 90 python benchmarks/throughput.py --device cuda --amp auto --epochs 3
 timeout 60 python benchmarks/throughput.py --device cuda --amp auto --epochs 3 \
     --batch-size 4096 --skip-baseline
+timeout 60 python benchmarks/checkpointing_memory.py --device cuda

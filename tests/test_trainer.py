@@ -399,3 +399,33 @@ def test_checkpoint_of_the_flat_parameter_trainer_is_a_clear_resume_error(full_r
     load_model(old)  # still a model
     with pytest.raises(ValueError, match="flat-parameter trainer"):
         Trainer(smoke(), tmp_path / "work", echo=False).fit(old)
+
+
+def test_activation_checkpointing_trains_the_same_model(tmp_path):
+    """`model.activation_checkpointing` recomputes the MLPs' activations in backward: the
+    same model, bit for bit on the CPU, keeping far fewer tensors for backward."""
+    from tvae.model import TernaryVAE
+
+    results = {}
+    for on in (False, True):
+        cfg = smoke(**{"train.epochs": 2, "model.activation_checkpointing": on})
+        results[on] = Trainer(cfg, tmp_path / str(on), Recorder(), echo=False).fit()
+    plain = read_checkpoint(tmp_path / "False/checkpoints/last.pt")
+    ckpt = read_checkpoint(tmp_path / "True/checkpoints/last.pt")
+    assert _same_state(plain["model"], ckpt["model"])
+    for k in EVAL_KEYS:
+        assert results[True].final_metrics[k] == results[False].final_metrics[k], k
+    saved = {}
+    for on in (False, True):  # what autograd keeps for backward, outside checkpointed parts
+        model = TernaryVAE.from_config(smoke(**{"model.activation_checkpointing": on}).model)
+        kept: list[torch.Tensor] = []
+
+        def keep(t: torch.Tensor, kept: list = kept) -> torch.Tensor:
+            kept.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model.forward_A(ternary_ops()[:8].float())["logits"].sum()
+        saved[on] = len(kept)
+    # the encoder's and decoder's activations go; the projection's stay
+    assert saved[True] <= 0.7 * saved[False], saved

@@ -34,6 +34,9 @@ class ModelConfig(_Section):
     projection_hidden: int = Field(32, ge=4, le=1024)
     max_radius: float = Field(0.95, gt=0.0, lt=1.0)
     activation: Literal["silu", "relu"] = "silu"
+    # recompute the encoders' and decoder's activations in backward instead of keeping them
+    # (torch.utils.checkpoint): less memory for more compute; results unchanged
+    activation_checkpointing: bool = False
 
 
 class TrainConfig(_Section):

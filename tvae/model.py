@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tvae.config import ModelConfig
 from tvae.geometry import radius_from_norm
@@ -30,9 +31,12 @@ def _mlp(sizes: list[int], out: int, act: str = "silu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def run_mlp(seq: nn.Sequential, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
     """seq(x) without Module.__call__ per layer: on a small CPU step the call machinery is a
-    measurable share, and with two branch threads it is time held under the GIL."""
+    measurable share, and with two branch threads it is time held under the GIL. With
+    `checkpointed` (and autograd recording), its activations are recomputed in backward."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(run_mlp, seq, x, use_reentrant=False)
     for layer in seq:
         x = layer.forward(x)
     return x
@@ -41,10 +45,13 @@ def run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 class Encoder(nn.Module):
     """9 trits -> hidden MLP -> (mu, logvar), one linear head producing both halves."""
 
-    def __init__(self, hidden: list[int], latent: int, act: str = "silu") -> None:
+    def __init__(
+        self, hidden: list[int], latent: int, act: str = "silu", checkpointed: bool = False
+    ) -> None:
         super().__init__()
         self.net = _mlp([N_DIGITS, *hidden], 2 * latent, act)
         self.latent = latent
+        self.checkpointed = checkpointed
         # the first weight is stored column-major: with only 9 inputs, autograd then computes
         # its gradient as x^T @ g (a wide GEMM) instead of g^T @ x with 9 output columns,
         # which CPU BLAS runs several times slower; values and results are unchanged
@@ -52,7 +59,7 @@ class Encoder(nn.Module):
         first.data = first.data.t().contiguous().t()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = run_mlp(self.net, x).chunk(2, dim=-1)
+        mu, logvar = run_mlp(self.net, x, self.checkpointed).chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 10.0)
 
 
@@ -92,11 +99,13 @@ class TernaryVAE(nn.Module):
         projection_hidden: int,
         max_radius: float,
         activation: str = "silu",
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        act = activation
-        self.encoder_A = Encoder(encoder_hidden, latent_dim, act)
-        self.encoder_B = Encoder(encoder_hidden, latent_dim, act)
+        act, ckpt = activation, activation_checkpointing
+        self.checkpointed = ckpt  # the encoders' and the decoder's MLPs
+        self.encoder_A = Encoder(encoder_hidden, latent_dim, act, ckpt)
+        self.encoder_B = Encoder(encoder_hidden, latent_dim, act, ckpt)
         self.projection_A = HyperbolicProjection(latent_dim, projection_hidden, max_radius, act)
         self.projection_B = HyperbolicProjection(latent_dim, projection_hidden, max_radius, act)
         self.decoder = _mlp([latent_dim, *decoder_hidden], N_DIGITS * N_CLASSES, act)
@@ -110,6 +119,7 @@ class TernaryVAE(nn.Module):
             projection_hidden=model_cfg.projection_hidden,
             max_radius=model_cfg.max_radius,
             activation=model_cfg.activation,
+            activation_checkpointing=model_cfg.activation_checkpointing,
         )
 
     def branch_modules(self, name: str) -> list[nn.Module]:
@@ -120,7 +130,7 @@ class TernaryVAE(nn.Module):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (N, latent) -> logits (N, 9, 3) over the trit values -1, 0, +1."""
-        return run_mlp(self.decoder, z).view(-1, N_DIGITS, N_CLASSES)
+        return run_mlp(self.decoder, z, self.checkpointed).view(-1, N_DIGITS, N_CLASSES)
 
     def forward_A(
         self, x: torch.Tensor, sample: bool = True, point: bool = True
