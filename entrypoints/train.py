@@ -137,15 +137,16 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
             client.set_tag(launcher, C.CONTINUED_IN, resume_from)
             client.set_tag(launcher, "mlflow.note.content", f"Training continued in {resume_from}")
             client.set_terminated(launcher, "FINISHED")
-        return mlflow.start_run(run_id=resume_from, log_system_metrics=True)
+        # system metrics: the train logger's own sampler, which an outage does not stop
+        return mlflow.start_run(run_id=resume_from, log_system_metrics=False)
     if launcher:
-        run = mlflow.start_run(run_id=launcher, log_system_metrics=True)
+        run = mlflow.start_run(run_id=launcher, log_system_metrics=False)
         mark_model_training(client, run.info.experiment_id)
         mlflow.set_tag("mlflow.runName", run_name(config))
         return run
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") or not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment_name(config)))
-    return mlflow.start_run(run_name=run_name(config), log_system_metrics=True)
+    return mlflow.start_run(run_name=run_name(config), log_system_metrics=False)
 
 
 def train(config: TVAEConfig, resume: Resume | None) -> int:

@@ -165,7 +165,7 @@ def train_seed(spec: SweepSpec, parent: str, trial: Any, params: dict, seed: int
         run_name=run_name(config),
         parent_run_id=parent,
         tags=tags,
-        log_system_metrics=True,
+        log_system_metrics=False,
     )
     run_id = run.info.run_id
     status, reason, best_epoch = "FAILED", None, None

@@ -44,6 +44,7 @@ from mlflow_plugins.store_writes import (
     store_write,
     sync_wait_s,
 )
+from mlflow_plugins.system_sampler import SystemSampler
 from tvae import contract as C
 from tvae.callbacks import TrainLogger
 from tvae.config import TVAEConfig
@@ -89,6 +90,7 @@ class MlflowTrainLogger(TrainLogger):
         self.last_epoch = 0
         self.summary: dict[str, Any] = {}
         self.live: TrainLogger | None = None  # the live grokking follower, fed logged epochs
+        self.sampler: SystemSampler | None = None  # system/* metrics, journaled like epochs
 
     # -- TrainLogger callbacks -------------------------------------------------------------
     def on_train_start(self, info: dict[str, Any]) -> None:
@@ -113,6 +115,16 @@ class MlflowTrainLogger(TrainLogger):
         if commit and MLFLOW_GIT_COMMIT not in self.client.get_run(self.run_id).data.tags:
             tags[MLFLOW_GIT_COMMIT] = commit  # MLflow sets it unless run as a console script
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.sampler = SystemSampler(self.client, self.run_id, self.log_system)
+        self.sampler.start()
+
+    def log_system(self, metrics: dict[str, float], step: int) -> None:
+        """One system-metrics aggregate (from the sampler's thread), journaled and sent in
+        order with the epochs' metrics, so an outage delays it instead of ending the sampling."""
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, v, ts, step) for k, v in metrics.items()]
+        seq = self.journal.append("metrics", metrics=[[k, v, ts, step] for k, v in metrics.items()])
+        self._worker.submit(self._apply, seq, partial(self._log_metrics, batch))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.last_epoch = int(epoch)
@@ -342,6 +354,8 @@ class MlflowTrainLogger(TrainLogger):
                 if isinstance(job.exception(), ArtifactStoreError):
                     self.store_error = self.store_error or str(job.exception())
         finally:
+            if self.sampler is not None:  # it samples while the end waits for the server too
+                self.sampler.stop()
             self._worker.shutdown(wait=True)
             if self._prewarm is not None:  # two torch.export calls at once corrupt its state
                 self._prewarm.join()

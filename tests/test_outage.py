@@ -89,8 +89,10 @@ def test_an_outage_mid_run_loses_nothing_and_the_run_finishes(tmp_path):
         try:
             run_id = wait_for_step(client, proc, "outage", 2)
             kill_server(server)
+            away = time.time() * 1000
             time.sleep(8)
             assert proc.poll() is None, "training must go on while the server is away"
+            back = time.time() * 1000
             server = start_server(tmp_path / "server", port)
             _, err = proc.communicate(timeout=300)
         finally:
@@ -101,6 +103,11 @@ def test_an_outage_mid_run_loses_nothing_and_the_run_finishes(tmp_path):
         assert not errors(err)
         assert_complete(client, run_id, epochs)
         assert not (tmp_path / "work" / run_id).exists()  # everything reached the store
+        # system metrics went on sampling while the server was away (1 s interval)
+        cpu = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+        during = [m for m in cpu if away < m.timestamp < back]
+        assert len(during) >= 3, [(m.step, m.timestamp) for m in cpu]
+        assert sorted(m.step for m in cpu) == list(range(len(cpu)))  # each sample once
     finally:
         kill_server(server)
 
