@@ -333,11 +333,27 @@ def cli(
     try:
         code = train(config, resume)
     except Exception as err:
-        refused = permission_denied(err)  # a server with auth: one line, not a traceback
+        refused = permission_denied(err) or _unreachable(err)  # one line, not a traceback
         if refused is None:
             raise
         exit_with_error(refused, EXIT_FAILED)
     sys.exit(code)
+
+
+def _unreachable(err: BaseException) -> str | None:
+    """A tracking server away before the run could be made (once it is, the journal keeps
+    everything and the run waits): say so in one line; None for any other error."""
+    import mlflow
+
+    from mlflow_plugins.store_writes import is_unreachable
+
+    if not is_unreachable(err):
+        return None
+    return (
+        f"tracking server {mlflow.get_tracking_uri()} unreachable before the run was created; "
+        "nothing was trained or written: start the server (or check MLFLOW_TRACKING_URI) "
+        "and run again"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

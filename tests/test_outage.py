@@ -217,3 +217,17 @@ def test_only_an_absent_server_counts_as_unreachable(tracking_uri, tmp_path, mon
     with pytest.raises(ArtifactStoreError) as refused:  # a store that refuses the write
         store_write(client, run.info.run_id, blocker, attempts=1, unreachable_raises=True)
     assert not is_unreachable(refused.value)
+
+
+def test_a_server_away_before_the_run_exists_is_one_line_and_nothing_trained(tmp_path):
+    """No run can be made without the server: one `error:` line naming it, exit 1, no
+    traceback and no work folder."""
+    url = f"http://127.0.0.1:{free_port()}"
+    env = environment(tmp_path, url, sync_wait=3)
+    proc = train(env, config(tmp_path, "never", 2))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-3000:]
+    (line,) = errors(err)
+    assert line.startswith(f"error: tracking server {url} unreachable before the run was created")
+    assert "Traceback" not in err
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
