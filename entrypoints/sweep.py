@@ -27,6 +27,7 @@ from entrypoints._cli import (
     fail_launcher_run,
     run_as_program,
 )
+from mlflow_plugins.sweep_space import PRUNERS
 from tvae.analysis.tiers import TIER_ORDER
 from tvae.config import ConfigError
 
@@ -114,7 +115,7 @@ def build_spec(
 )
 @click.option(
     "--pruner",
-    type=Blank(click.Choice(["grokking", "median", "none"])),
+    type=Blank(click.Choice(PRUNERS)),
     default=None,
     help="grokking (default): the median rule, but never in a live plateau; median; none.",
 )
@@ -167,7 +168,7 @@ def cli(
             storage,
             workers or 1,
             timeout,
-            pruner or "grokking",
+            pruner or PRUNERS[0],
             bool(register),
             model_name or "TernaryVAE",
             min_tier or "Good",

@@ -302,6 +302,17 @@ def mismatches(evaluated: Mapping[str, float], logged: Mapping[str, float]) -> l
     return out
 
 
+def _evaluate_twice(evaluate: Any, model_uri: str) -> dict[str, float]:
+    """evaluate(model_uri), tried once more after a failure: concurrent analyses of one run
+    evaluate at once, and their writes to the store (the evaluation's dataset and metrics)
+    can collide; a model that cannot be evaluated fails both times."""
+    try:
+        return evaluate(model_uri)
+    except Exception:  # noqa: BLE001
+        time.sleep(1.0)
+        return evaluate(model_uri)
+
+
 def register_if_earned(
     client: MlflowClient,
     run_id: str,
@@ -338,7 +349,7 @@ def register_if_earned(
         out.reason = "run has no eval/coverage, eval/hierarchy_B, eval/Q, eval/richness history"
         return out
     try:
-        out.evaluated = evaluate(out.model_uri)
+        out.evaluated = _evaluate_twice(evaluate, out.model_uri)
     except Exception as err:  # noqa: BLE001 - an unloadable model blocks, the analysis stands
         out.action = "blocked"
         out.reason = f"re-evaluation of {out.model_uri} failed: {type(err).__name__}: {err}"

@@ -18,7 +18,6 @@ import optuna
 from tvae.analysis.live_state import LiveState
 
 LIVE_STATE_ATTR = "live_state"
-PRUNERS = ("grokking", "median", "none")
 #: The median rule waits for this many finished trials and this many epochs of a trial.
 STARTUP_TRIALS = 4
 WARMUP_EPOCHS = 5
@@ -38,7 +37,7 @@ class GrokkingAwarePruner(optuna.pruners.BasePruner):
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """The pruner named `name` (one of `PRUNERS`)."""
+    """The pruner named `name` (one of `sweep_space.PRUNERS`)."""
     if name == "none":
         return optuna.pruners.NopPruner()
     median = optuna.pruners.MedianPruner(

@@ -31,6 +31,10 @@ class SweepInputError(ValueError):
     """Bad sweep input; the message is one line. Raised before anything is written."""
 
 
+#: The sweep's pruners (`sweep_pruner.make_pruner`), the default first.
+PRUNERS = ("grokking", "median", "none")
+
+
 @dataclass(frozen=True)
 class Dimension:
     key: str
@@ -75,7 +79,7 @@ class SweepSpec:
     workers: int = 1
     timeout: float | None = None
     tracking_uri: str = ""
-    pruner: str = "grokking"  # one of sweep_pruner.PRUNERS
+    pruner: str = "grokking"  # one of PRUNERS
     register: bool = False  # register the best trial's best seed's model at the end
     model_name: str = "TernaryVAE"
     min_tier: str = "Good"  # the tier a registered model needs, as analyze's min_tier

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from mlflow import MlflowClient
 
-SYSTEM_PREFIX = "system/"
-CPU_KEY = "system/cpu_utilization_percentage"  # always sampled: its last step is the run's
+from mlflow_plugins.history import SYSTEM_PREFIX
+
+CPU_KEY = f"{SYSTEM_PREFIX}cpu_utilization_percentage"  # always sampled: its last step is the run's
 
 
 class SystemSampler:
@@ -40,20 +41,28 @@ class SystemSampler:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop sampling (the current wait is cut short); the last partial aggregate is dropped."""
+        """Stop sampling (the current wait is cut short) after publishing what was taken."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
 
     def _run(self) -> None:
-        monitor = self.monitor
-        while not self._stop.is_set():
-            for _ in range(monitor.samples_before_logging):
-                monitor.collect_metrics()
-                if self._stop.wait(monitor.sampling_interval):
-                    return
-            metrics = {SYSTEM_PREFIX + k: float(v) for k, v in monitor.aggregate_metrics().items()}
-            for each in monitor.monitors:
-                each.clear_metrics()
-            self.log(metrics, self.step)
-            self.step += 1
+        """Sample now, then every interval; publish every `samples_before_logging` samples and
+        what was taken when stopped, so even a run shorter than one interval has a sample."""
+        monitor, taken = self.monitor, 0
+        while True:
+            monitor.collect_metrics()
+            taken += 1
+            stopping = self._stop.wait(monitor.sampling_interval)
+            if taken >= monitor.samples_before_logging or stopping:
+                self._publish()
+                taken = 0
+            if stopping:
+                return
+
+    def _publish(self) -> None:
+        metrics = self.monitor.aggregate_metrics()
+        for each in self.monitor.monitors:
+            each.clear_metrics()
+        self.log({SYSTEM_PREFIX + k: float(v) for k, v in metrics.items()}, self.step)
+        self.step += 1

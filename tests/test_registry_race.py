@@ -74,7 +74,8 @@ def test_four_concurrent_analyses_register_a_run_exactly_once(tracking_uri, tmp_
     assert [v.run_id for v in versions] == [run_id], outcomes
     (kept,) = versions
     actions = sorted(o["action"] for o in outcomes)
-    assert actions == ["already_registered"] * (ANALYSES - 1) + ["registered"], outcomes
+    said = [(o["action"], o["reason"]) for o in outcomes]
+    assert actions == ["already_registered"] * (ANALYSES - 1) + ["registered"], said
     assert {o["version"] for o in outcomes} == {kept.version}
     # the race really happened: some analysis created a version and then gave it up
     assert any("deleted" in o["reason"] for o in outcomes), outcomes
