@@ -295,6 +295,32 @@ def _fmt(values: list[float]) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
 
+def reap_dead_workers(client: Any, spec: SweepSpec, study: Any, parent: str) -> None:
+    """Training runs of this study left RUNNING by a worker that died on this host (kill -9, a
+    crash; `train.owner` names the process): each ends FAILED saying so, and its trial, if still
+    RUNNING, FAIL (it stays counted). Runs owned on another host are left: they cannot be
+    judged from here."""
+    from optuna.trial import TrialState
+
+    from mlflow_plugins.runs import describe_owner, fail_run, owner_alive
+
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return
+    exp_id = client.get_run(parent).info.experiment_id
+    query = f"tags.`{C.SWEEP_STUDY}` = '{spec.study}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([exp_id], query):
+        owner = run.data.tags.get(C.OWNER, "")
+        trial = int(run.data.tags.get(C.SWEEP_TRIAL, "-1"))
+        if trial not in running or owner_alive(owner) is not False:
+            continue
+        why = f"its sweep worker ({describe_owner(owner)}) died while training it"
+        fail_run(client, run.info.run_id, why)
+        with contextlib.suppress(Exception):  # another worker may have told it first
+            study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial} FAIL: run {run.info.run_id}: {why}", flush=True)
+
+
 def work(spec: SweepSpec, parent: str) -> None:
     """One worker: claim trials until the study holds `target` or the timeout passes."""
     import mlflow
@@ -303,6 +329,7 @@ def work(spec: SweepSpec, parent: str) -> None:
         mlflow.set_tracking_uri(spec.tracking_uri)
     os.environ.pop("MLFLOW_RUN_ID", None)  # fluent start_run would resume it
     study = open_study(spec)
+    reap_dead_workers(mlflow.MlflowClient(), spec, study, parent)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
     started = time.monotonic()

@@ -446,3 +446,47 @@ def test_sigterm_stops_the_training_at_an_epoch_boundary_and_the_study_goes_on(
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert [t.state.name for t in _study(storage, "long").trials] == ["FAIL", "COMPLETE"]
+
+
+def test_a_worker_killed_hard_is_reaped_by_the_next_command(tracking_uri, tmp_path):
+    """kill -9 of a sweep mid-training leaves its run RUNNING and its trial RUNNING; the next
+    command on the same study (this host) ends that run FAILED saying its worker died, fails
+    the trial, and goes on with the study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    space = tmp_path / "hard.yaml"
+    space.write_text(
+        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
+        "fixed: {train.epochs: 60, train.threads: 1}\n"
+    )
+    storage = tmp_path / "study.log"
+    cmd = [sys.executable, "-m", "entrypoints.sweep", "--space", str(space), "--config", SMOKE]
+    cmd += ["--trials", "2", "--storage", str(storage), "--pruner", "none"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    out = subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # until the first training has logged 2 epochs
+        runs = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "eval/Q")) >= 2:
+            break
+        assert proc.poll() is None
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    (dead,) = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+    assert dead.info.status == "RUNNING"
+    space.write_text(space.read_text().replace("train.epochs: 60", "train.epochs: 2"))
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "trial 0 FAIL" in again.stdout and "died while training it" in again.stdout
+    after = client.get_run(dead.info.run_id)
+    assert after.info.status == "FAILED" and "died" in after.data.tags[C.FAILURE_REASON]
+    assert [t.state.name for t in _study(storage, "hard").trials] == ["FAIL", "COMPLETE"]
