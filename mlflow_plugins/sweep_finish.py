@@ -71,9 +71,10 @@ def register_best(client: Any, spec: SweepSpec, parent: str, best: Any) -> None:
         client.set_tag(parent, C.SWEEP_REGISTERED, f"{reg.model_name} version {reg.version}")
 
 
-def log_report(client: Any, parent: str, folder: Path) -> None:
+def log_report(client: Any, parent: str, folder: Path, study: Any) -> None:
     """The comparison of the sweep's training runs (`compare`'s files: per config the mean and
-    std over seeds, band plots, the run table) as the parent's `sweep/report/` artifacts."""
+    std over seeds, band plots, the run table) and Optuna's parallel-coordinates plot of the
+    study (params -> objective) as the parent's `sweep/report/` artifacts."""
     from mlflow_plugins.compare import load_compared_runs
     from mlflow_plugins.compare_select import select_runs
     from tvae.compare import build_table
@@ -81,7 +82,23 @@ def log_report(client: Any, parent: str, folder: Path) -> None:
 
     compared = load_compared_runs(client, select_runs(client, sweep=parent).runs)
     write_comparison(compared, build_table(compared), folder)
+    if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        parallel_coordinates(study, folder / "parallel_coordinates.png")
     client.log_artifacts(parent, str(folder), "sweep/report")
+
+
+def parallel_coordinates(study: Any, path: Path) -> None:
+    """Optuna's own parallel-coordinates plot (matplotlib) of the study's complete trials."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = plot_parallel_coordinate(study)
+    ax.figure.savefig(path, bbox_inches="tight")
+    plt.close(ax.figure)
 
 
 def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> SweepOutcome:
@@ -113,7 +130,7 @@ def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> 
         if spec.register:
             register_best(client, spec, parent, best)
     try:
-        log_report(client, parent, local_dir / "report")
+        log_report(client, parent, local_dir / "report", study)
     except Exception as err:  # noqa: BLE001 - the study's result stands without its plots
         print(f"warning: the sweep's report was not logged: {type(err).__name__}: {err}")
     if running == 0:

@@ -109,6 +109,7 @@ def test_sweep_trains_nested_runs_and_keeps_the_study_total(tracking_uri, tmp_pa
     # the report: the sweep's 4 training runs compared, each trial's 2 seeds one config
     configs = pd.read_csv(folder / "report" / "configs.csv")
     assert sorted(configs["seeds"]) == [2, 2] and (folder / "report" / "Q_by_config.png").is_file()
+    assert (folder / "report" / "parallel_coordinates.png").read_bytes()[:4] == b"\x89PNG"
     assert len(pd.read_csv(folder / "report" / "table.csv")) == 4
     rows = list(csv.DictReader(io.StringIO((folder / "summary.csv").read_text())))
     assert [r["trial"] for r in rows] == ["0", "1"]
