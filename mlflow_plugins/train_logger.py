@@ -121,21 +121,22 @@ class MlflowTrainLogger(TrainLogger):
     def log_system(self, metrics: dict[str, float], step: int) -> None:
         """One system-metrics aggregate (from the sampler's thread), journaled and sent in
         order with the epochs' metrics, so an outage delays it instead of ending the sampling."""
+        self._send_metrics(metrics, step)
+
+    def _send_metrics(self, metrics: dict[str, float], step: int) -> Future:
+        """Journal one step's metrics (one timestamp) and queue them as one log_batch."""
         ts = int(time.time() * 1000)
-        batch = [Metric(k, v, ts, step) for k, v in metrics.items()]
-        seq = self.journal.append("metrics", metrics=[[k, v, ts, step] for k, v in metrics.items()])
-        self._worker.submit(self._apply, seq, partial(self._log_metrics, batch))
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        rows = [[m.key, m.value, m.timestamp, m.step] for m in batch]
+        seq = self.journal.append("metrics", metrics=rows)
+        return self._worker.submit(self._apply, seq, partial(self._log_metrics, batch))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.last_epoch = int(epoch)
         self._check_uploads(epoch)
         if epoch <= self.skip_through_step:  # already on the run: never log a step twice
             return
-        ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, int(epoch)) for k, v in metrics.items()]
-        rows = [[m.key, m.value, m.timestamp, m.step] for m in batch]
-        seq = self.journal.append("metrics", metrics=rows)
-        self._jobs.append(self._worker.submit(self._apply, seq, partial(self._log_metrics, batch)))
+        self._jobs.append(self._send_metrics(metrics, epoch))
         self._upload_due(epoch)
         if self.live is not None:
             self.live.on_epoch_end(epoch, metrics)

@@ -43,6 +43,20 @@ def _study(storage: Path, name: str):
     )
 
 
+def _wait_for_two_epochs(client, proc, timeout: float = 240) -> None:
+    """Until the sweep's first training run has logged 2 epochs (the sweep still running)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "eval/Q")) >= 2:
+            return
+        assert proc.poll() is None, "the sweep ended before its first training logged 2 epochs"
+        time.sleep(0.5)
+    raise AssertionError("no training logged 2 epochs in time")
+
+
 def test_sweep_trains_nested_runs_and_keeps_the_study_total(tracking_uri, tmp_path, capsys):
     import mlflow
     import yaml
@@ -406,7 +420,6 @@ def test_sigterm_stops_the_training_at_an_epoch_boundary_and_the_study_goes_on(
     import signal
     import subprocess
     import sys
-    import time
 
     import mlflow
 
@@ -423,13 +436,7 @@ def test_sigterm_stops_the_training_at_an_epoch_boundary_and_the_study_goes_on(
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # until the first training has logged 2 epochs
-        runs = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "eval/Q")) >= 2:
-            break
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.5)
+    _wait_for_two_epochs(client, proc)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 130, out
@@ -457,7 +464,6 @@ def test_a_worker_killed_hard_is_reaped_by_the_next_command(tracking_uri, tmp_pa
     import signal
     import subprocess
     import sys
-    import time
 
     import mlflow
 
@@ -473,13 +479,7 @@ def test_a_worker_killed_hard_is_reaped_by_the_next_command(tracking_uri, tmp_pa
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     out = subprocess.DEVNULL
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # until the first training has logged 2 epochs
-        runs = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "eval/Q")) >= 2:
-            break
-        assert proc.poll() is None
-        time.sleep(0.5)
+    _wait_for_two_epochs(client, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     (dead,) = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
