@@ -50,6 +50,7 @@ def build_spec(
     register: bool = False,
     model_name: str = "TernaryVAE",
     min_tier: str = "Good",
+    heartbeat: int = 60,
 ):
     """The validated SweepSpec (SweepInputError / ConfigError, one line, when bad)."""
     import mlflow
@@ -94,6 +95,7 @@ def build_spec(
         register=register,
         model_name=model_name,
         min_tier=min_tier,
+        heartbeat=heartbeat,
     )
 
 
@@ -129,6 +131,13 @@ def build_spec(
 @click.option(
     "--min-tier", type=Blank(click.Choice(TIER_ORDER)), default=None, help="Default Good."
 )
+@click.option(
+    "--heartbeat",
+    type=Blank(click.IntRange(min=0)),
+    default=None,
+    help="Seconds between a trial's heartbeats on a database storage (default 60, 0 off): a "
+    "trial silent for 3 of them, its worker dead on any machine, ends FAIL.",
+)
 def cli(
     space: str,
     config_path: str | None,
@@ -144,6 +153,7 @@ def cli(
     register: bool | None,
     model_name: str | None,
     min_tier: str | None,
+    heartbeat: int | None,
 ) -> None:
     """Search hyperparameters with Optuna; every trial trains like `train` on K seeds."""
     from mlflow_plugins.sweep_space import SweepInputError
@@ -172,6 +182,7 @@ def cli(
             bool(register),
             model_name or "TernaryVAE",
             min_tier or "Good",
+            60 if heartbeat is None else heartbeat,
         )
     except (SweepInputError, ConfigError) as err:
         exit_with_error(str(err), EXIT_BAD_INPUT)
@@ -182,6 +193,7 @@ def sweep(spec) -> int:
     """Open the study, pick the parent run, run the workers, write the summary."""
     import mlflow
 
+    from mlflow_plugins.launcher import restore_after_launcher
     from mlflow_plugins.sweep import parent_run
     from mlflow_plugins.sweep_finish import finish_sweep
     from mlflow_plugins.sweep_space import SweepInputError, mask_password
@@ -208,6 +220,8 @@ def sweep(spec) -> int:
         codes = run_workers(spec, parent)
     except KeyboardInterrupt:
         _end_parent(client, parent, "KILLED", "interrupted")
+        if parent == launcher:  # `mlflow run` would leave it FAILED (exit 130 is non-zero)
+            restore_after_launcher(parent, "KILLED")
         click.echo(f"sweep interrupted; parent run {parent} KILLED", err=True)
         return EXIT_KILLED
     except Exception as err:  # noqa: BLE001

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_plugins.sweep_space import SweepSpec, mask_password
-from mlflow_plugins.sweep_study import ask_trial, open_study
+from mlflow_plugins.sweep_study import (
+    MISSED_HEARTBEATS,
+    ask_trial,
+    fail_abandoned_trials,
+    heartbeat,
+    make_storage,
+    open_study,
+)
 from tvae import contract as C
 from tvae.config import load_config
 
@@ -249,6 +256,7 @@ def analyse(
 
 def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
     """Train the trial's config on every seed; tell the study the mean (or FAIL)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     params = dict(trial.params)
@@ -280,7 +288,11 @@ def run_trial(spec: SweepSpec, study: Any, trial: Any, parent: str) -> None:
             study.tell(trial, state=TrialState.FAIL)
         raise
     mean = sum(values) / len(values)
-    study.tell(trial, mean)
+    try:
+        study.tell(trial, mean)
+    except UpdateFinishedTrialError:  # failed meanwhile as abandoned (no heartbeat): not counted
+        print(f"trial {trial.number}: failed by another worker as abandoned; {mean} not counted")
+        return
     seeds = f"(seeds {_fmt(values)})"
     print(
         f"trial {trial.number} {spec.metric}={mean:.6g} {seeds} {params_json(params)}", flush=True
@@ -295,11 +307,46 @@ def _fmt(values: list[float]) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
 
+def _running_trial_runs(client: Any, spec: SweepSpec, parent: str, trial: int | None = None):
+    exp_id = client.get_run(parent).info.experiment_id
+    query = f"tags.`{C.SWEEP_STUDY}` = '{spec.study}' and attributes.status = 'RUNNING'"
+    if trial is not None:
+        query += f" and tags.`{C.SWEEP_TRIAL}` = '{trial}'"
+    return client.search_runs([exp_id], query)
+
+
+def end_abandoned_runs(spec: SweepSpec) -> Any:
+    """The storage's callback for a trial failed as abandoned (its worker, on any machine,
+    stopped sending heartbeats): its training runs still RUNNING end FAILED saying so."""
+
+    def on_abandoned(study: Any, trial: Any) -> None:
+        import mlflow
+
+        from mlflow_plugins.runs import describe_owner, fail_run
+
+        client = mlflow.MlflowClient()
+        parent = study.user_attrs.get(PARENT_ATTR)
+        silent = spec.heartbeat * MISSED_HEARTBEATS
+        for run in _running_trial_runs(client, spec, parent, trial.number) if parent else []:
+            owner = describe_owner(run.data.tags.get(C.OWNER, ""))
+            why = f"its sweep worker ({owner}) sent the study no heartbeat for {silent} s"
+            fail_run(client, run.info.run_id, why)
+            print(f"trial {trial.number} FAIL: run {run.info.run_id}: {why}", flush=True)
+
+    return on_abandoned
+
+
+def open_worker_study(spec: SweepSpec) -> tuple[Any, Any]:
+    """(storage, study) with heartbeats when the storage is a database (`spec.heartbeat`)."""
+    storage = make_storage(spec.storage, spec.heartbeat, end_abandoned_runs(spec))
+    return storage, open_study(spec, storage)
+
+
 def reap_dead_workers(client: Any, spec: SweepSpec, study: Any, parent: str) -> None:
     """Training runs of this study left RUNNING by a worker that died on this host (kill -9, a
     crash; `train.owner` names the process): each ends FAILED saying so, and its trial, if still
-    RUNNING, FAIL (it stays counted). Runs owned on another host are left: they cannot be
-    judged from here."""
+    RUNNING, FAIL (it stays counted). Runs owned on another host are left to the heartbeats
+    (`end_abandoned_runs`): their process cannot be seen from here."""
     from optuna.trial import TrialState
 
     from mlflow_plugins.runs import describe_owner, fail_run, owner_alive
@@ -307,9 +354,7 @@ def reap_dead_workers(client: Any, spec: SweepSpec, study: Any, parent: str) -> 
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return
-    exp_id = client.get_run(parent).info.experiment_id
-    query = f"tags.`{C.SWEEP_STUDY}` = '{spec.study}' and attributes.status = 'RUNNING'"
-    for run in client.search_runs([exp_id], query):
+    for run in _running_trial_runs(client, spec, parent):
         owner = run.data.tags.get(C.OWNER, "")
         trial = int(run.data.tags.get(C.SWEEP_TRIAL, "-1"))
         if trial not in running or owner_alive(owner) is not False:
@@ -328,7 +373,7 @@ def work(spec: SweepSpec, parent: str) -> None:
     if spec.tracking_uri:
         mlflow.set_tracking_uri(spec.tracking_uri)
     os.environ.pop("MLFLOW_RUN_ID", None)  # fluent start_run would resume it
-    study = open_study(spec)
+    storage, study = open_worker_study(spec)
     reap_dead_workers(mlflow.MlflowClient(), spec, study, parent)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -336,10 +381,12 @@ def work(spec: SweepSpec, parent: str) -> None:
     while spec.timeout is None or time.monotonic() - started < spec.timeout:
         if STOP.is_set():
             raise KeyboardInterrupt
+        fail_abandoned_trials(study)
         trial = ask_trial(spec, study)
         if trial is None:
             return
-        run_trial(spec, study, trial, parent)
+        with heartbeat(storage, study, trial):
+            run_trial(spec, study, trial, parent)
 
 
 def _spawned_worker(spec: SweepSpec, parent: str) -> None:

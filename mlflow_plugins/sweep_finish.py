@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_plugins.sweep import SEED_RUNS_ATTR, SEED_VALUES_ATTR, analyse, params_json
+from mlflow_plugins.sweep import (
+    SEED_RUNS_ATTR,
+    SEED_VALUES_ATTR,
+    analyse,
+    open_worker_study,
+    params_json,
+)
 from mlflow_plugins.sweep_space import SweepSpec
-from mlflow_plugins.sweep_study import counted, open_study
+from mlflow_plugins.sweep_study import counted, fail_abandoned_trials
 from tvae import contract as C
 from tvae.config import config_to_yaml, load_config
 
@@ -106,7 +112,8 @@ def finish_sweep(client: Any, spec: SweepSpec, parent: str, local_dir: Path) -> 
     FINISHED once no trial of the study is still running (another worker's)."""
     from optuna.trial import TrialState
 
-    study = open_study(spec)
+    _, study = open_worker_study(spec)
+    fail_abandoned_trials(study)  # a trial whose worker elsewhere died is not "still running"
     trials = counted(study.get_trials(deepcopy=False))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     running = sum(t.state == TrialState.RUNNING for t in trials)

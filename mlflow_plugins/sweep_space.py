@@ -83,6 +83,7 @@ class SweepSpec:
     register: bool = False  # register the best trial's best seed's model at the end
     model_name: str = "TernaryVAE"
     min_tier: str = "Good"  # the tier a registered model needs, as analyze's min_tier
+    heartbeat: int = 60  # seconds between a running trial's heartbeats (database storage)
 
     @property
     def all_categorical(self) -> bool:

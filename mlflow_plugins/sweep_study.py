@@ -6,20 +6,36 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow_plugins.sweep_space import SweepInputError, SweepSpec, is_url
 
 SURPLUS_ATTR = "sweep.surplus"
+MISSED_HEARTBEATS = 3  # a running trial without a heartbeat for this many intervals is abandoned
 
 
-def make_storage(storage: str) -> Any:
+def make_storage(
+    storage: str, heartbeat: int = 0, on_abandoned: Callable[[Any, Any], None] | None = None
+) -> Any:
+    """The study's storage. A database URL with `heartbeat` seconds > 0 turns on Optuna's
+    heartbeats: `fail_abandoned_trials` then fails a RUNNING trial whose worker (on any machine)
+    has been silent for MISSED_HEARTBEATS intervals and calls `on_abandoned(study, trial)`."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if is_url(storage):
-        return optuna.storages.RDBStorage(storage)
+        if heartbeat <= 0:
+            return optuna.storages.RDBStorage(storage)
+        return optuna.storages.RDBStorage(
+            storage,
+            heartbeat_interval=heartbeat,
+            grace_period=MISSED_HEARTBEATS * heartbeat,
+            failed_trial_callback=on_abandoned,
+        )
     path = storage[len("journal:") :].lstrip("/") if storage.startswith("journal:") else storage
     if storage.startswith("journal:///"):
         path = "/" + path
@@ -64,6 +80,46 @@ def open_study(spec: SweepSpec, storage: Any | None = None) -> Any:
             f"not {spec.direction}"
         )
     return study
+
+
+def fail_abandoned_trials(study: Any) -> None:
+    """FAIL the trials whose worker stopped sending heartbeats (see `make_storage`); a no-op
+    on storages without heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, study: Any, trial: Any) -> Iterator[None]:
+    """Record the trial's heartbeat now and every interval while the block runs (storages with
+    heartbeats only), from a thread, so a long training keeps its trial alive."""
+    from optuna.storages import RDBStorage
+
+    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    if not interval:
+        yield
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a database away for a moment: next beat
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="tvae-sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def counted(trials: list[Any]) -> list[Any]:

@@ -456,14 +456,17 @@ def test_sigterm_stops_the_training_at_an_epoch_boundary_and_the_study_goes_on(
     assert [t.state.name for t in _study(storage, "long").trials] == ["FAIL", "COMPLETE"]
 
 
-def test_a_worker_killed_hard_is_reaped_by_the_next_command(tracking_uri, tmp_path):
-    """kill -9 of a sweep mid-training leaves its run RUNNING and its trial RUNNING; the next
-    command on the same study (this host) ends that run FAILED saying its worker died, fails
-    the trial, and goes on with the study."""
+def test_workers_killed_hard_are_failed_by_the_next_command_on_any_host(tracking_uri, tmp_path):
+    """kill -9 of a sweep with two workers mid-training (a database storage with heartbeats
+    every second) leaves both runs and trials RUNNING. One run is made to look owned on another
+    host. The next command on the study ends the local one FAILED because its process is gone,
+    the other because its trial sent no heartbeat for 3 s; both trials FAIL; the study goes on
+    (its own trial, heartbeating while it trains, COMPLETE)."""
     import os
     import signal
     import subprocess
     import sys
+    import time
 
     import mlflow
 
@@ -473,21 +476,79 @@ def test_a_worker_killed_hard_is_reaped_by_the_next_command(tracking_uri, tmp_pa
         "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
         "fixed: {train.epochs: 60, train.threads: 1}\n"
     )
-    storage = tmp_path / "study.log"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
     cmd = [sys.executable, "-m", "entrypoints.sweep", "--space", str(space), "--config", SMOKE]
-    cmd += ["--trials", "2", "--storage", str(storage), "--pruner", "none"]
+    cmd += ["--trials", "3", "--storage", storage, "--pruner", "none", "--heartbeat", "1"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     out = subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
-    _wait_for_two_epochs(client, proc)
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+        if len(runs) == 2 and all(client.get_metric_history(r.info.run_id, "eval/Q") for r in runs):
+            break
+        assert proc.poll() is None, "the sweep ended before both trainings logged an epoch"
+        time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    (dead,) = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
-    assert dead.info.status == "RUNNING"
+    here, away = sorted(runs, key=lambda r: int(r.data.tags["sweep.trial"]))
+    assert {here.info.status, away.info.status} == {"RUNNING"}
+    _, pid, started = away.data.tags[C.OWNER].rsplit(":", 2)
+    client.set_tag(away.info.run_id, C.OWNER, f"elsewhere.example:{pid}:{started}")
     space.write_text(space.read_text().replace("train.epochs: 60", "train.epochs: 2"))
+    time.sleep(3.5)  # 3 heartbeats missed
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "trial 0 FAIL" in again.stdout and "died while training it" in again.stdout
-    after = client.get_run(dead.info.run_id)
-    assert after.info.status == "FAILED" and "died" in after.data.tags[C.FAILURE_REASON]
-    assert [t.state.name for t in _study(storage, "hard").trials] == ["FAIL", "COMPLETE"]
+    trial_here, trial_away = here.data.tags["sweep.trial"], away.data.tags["sweep.trial"]
+    assert f"trial {trial_here} FAIL" in again.stdout and "died while training it" in again.stdout
+    assert f"trial {trial_away} FAIL" in again.stdout and "no heartbeat for 3 s" in again.stdout
+    reason = client.get_run(here.info.run_id).data.tags[C.FAILURE_REASON]
+    assert "died" in reason and client.get_run(here.info.run_id).info.status == "FAILED"
+    after = client.get_run(away.info.run_id)
+    assert after.info.status == "FAILED"
+    assert "elsewhere.example" in after.data.tags[C.FAILURE_REASON]
+    study = optuna.load_study(study_name="hard", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE"]
+
+
+def test_ctrl_c_under_mlflow_run_leaves_the_parent_killed_not_failed(tracking_uri, tmp_path):
+    """MLflow's launcher marks its run FAILED when the command exits non-zero; the sweep's
+    parent (the launcher's run) must read KILLED, like its interrupted training run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    space = tmp_path / "ctrlc.yaml"
+    space.write_text(
+        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
+        "fixed: {train.epochs: 60, train.threads: 1}\n"
+    )
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager"]
+    cmd += ["local", "-P", f"space={space}", "-P", f"config={SMOKE}", "-P", "trials=1"]
+    cmd += ["-P", f"storage={tmp_path / 'study.log'}", "-P", "pruner=none"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        _wait_for_two_epochs(client, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    (training,) = [r for r in _runs(client) if "sweep.trial" in r.data.tags]
+    parent_id = training.data.tags["mlflow.parentRunId"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and client.get_run(parent_id).info.status != "KILLED":
+        time.sleep(0.5)
+    assert client.get_run(parent_id).info.status == "KILLED", out[-2000:]
+    assert client.get_run(training.info.run_id).info.status == "KILLED"
