@@ -11,13 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_plugins.sweep import (
-    SEED_RUNS_ATTR,
-    SEED_VALUES_ATTR,
-    analyse,
-    open_worker_study,
-    params_json,
-)
+from mlflow_plugins.sweep import SEED_RUNS_ATTR, SEED_VALUES_ATTR, analyse, params_json
+from mlflow_plugins.sweep_reaper import open_worker_study
 from mlflow_plugins.sweep_space import SweepSpec
 from mlflow_plugins.sweep_study import counted, fail_abandoned_trials
 from tvae import contract as C

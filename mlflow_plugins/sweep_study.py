@@ -15,6 +15,7 @@ from typing import Any
 from mlflow_plugins.sweep_space import SweepInputError, SweepSpec, is_url
 
 SURPLUS_ATTR = "sweep.surplus"
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run of the study
 MISSED_HEARTBEATS = 3  # a running trial without a heartbeat for this many intervals is abandoned
 
 
