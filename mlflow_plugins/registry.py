@@ -27,6 +27,9 @@ DEFAULT_MODEL_NAME = "TernaryVAE"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 VALUE_KEYS = ("coverage", "hierarchy_B", "Q", "richness")
+# issue 18's latent yardstick: version tags too, from the re-evaluation when it has them, else
+# as logged at the model's step (the pyfunc evaluator computes the radius metrics only)
+LATENT_VALUE_KEYS = tuple(k.removeprefix("eval/") for k in C.LATENT_EVAL_KEYS)
 AWAIT_CREATION_SECONDS = 60
 
 
@@ -279,17 +282,29 @@ MATCH_TOLERANCE = {"coverage": 1e-3, "hierarchy_B": 5e-3, "Q": 1e-2, "richness":
 
 
 def logged_values(client: MlflowClient, run_id: str, history: Any) -> dict[str, float] | None:
-    """eval/* values at the logged model's step (tag model.step, else the last epoch)."""
+    """eval/* values at the logged model's step (tag model.step, else the last epoch): the
+    VALUE_KEYS, and the LATENT_VALUE_KEYS the run logged."""
     columns = [f"eval/{k}" for k in VALUE_KEYS]
     if history is None or any(c not in history.columns for c in columns):
         return None
-    frame = history[columns].dropna(how="all")
+    latent = [f"eval/{k}" for k in LATENT_VALUE_KEYS if f"eval/{k}" in history.columns]
+    frame = history[columns + latent].dropna(how="all", subset=columns)
     if frame.empty:
         return None
     step_tag = client.get_run(run_id).data.tags.get(C.MODEL_STEP, "")
     step = int(step_tag) if step_tag.isdigit() and int(step_tag) in frame.index else None
     row = frame.loc[step] if step is not None else frame.iloc[-1]
-    return {k: float(row[f"eval/{k}"]) for k in VALUE_KEYS}
+    values = {k: float(row[f"eval/{k}"]) for k in VALUE_KEYS}
+    values.update({c.removeprefix("eval/"): float(row[c]) for c in latent if _is_number(row[c])})
+    return values
+
+
+def _is_number(x: Any) -> bool:
+    """True for a number that is not NaN (history cells are floats or NaN)."""
+    try:
+        return not math.isnan(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
 def mismatches(evaluated: Mapping[str, float], logged: Mapping[str, float]) -> list[str]:
@@ -362,6 +377,9 @@ def register_if_earned(
         out.reason = f"re-evaluation does not confirm the logged metrics: {detail}"
         return out
     tags = {k: f"{out.evaluated[k]:.6g}" for k in VALUE_KEYS}
+    for k in LATENT_VALUE_KEYS:
+        if (value := out.evaluated.get(k, logged.get(k))) is not None:
+            tags[k] = f"{value:.6g}"
     tags.update({C.TIER: confirmed, "source_run": run_id, C.GROKKING_EVENTS: str(events)})
     mine = register_version(client, model_name, run_id, out.model_uri, tags)
     version = keep_first_version(client, model_name, run_id, mine)

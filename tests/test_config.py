@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_configs_load():
     cfg = load_config(REPO / "configs/v5_12_4_extended_grokking.yaml")
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (50, 512, 8e-4)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (50, 512, 4e-3)  # issue 18
     assert cfg.train.amp == "auto" and cfg.loss.geodesic.start_epoch > 1
     smoke = load_config(REPO / "configs/smoke.yaml")
     assert smoke.train.epochs <= 5

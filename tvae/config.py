@@ -113,6 +113,14 @@ class SeparationTerm(WeightTerm):
     margin: float = Field(0.01, ge=0.0)
 
 
+class LatentTerm(WeightTerm):
+    """Ranking hinge on Euclidean distances of B's points: of two in-batch pairs, the one with
+    the larger |dv| must be at least `margin` farther apart (eval/dist_corr_latent's order)."""
+
+    pairs: int = Field(512, ge=1)
+    margin: float = Field(0.02, ge=0.0)
+
+
 class RichnessTerm(WeightTerm):
     min_spread: float = Field(0.01, ge=0.0)
 
@@ -125,6 +133,7 @@ class LossConfig(_Section):
     geodesic: GeodesicTerm = Field(default_factory=lambda: GeodesicTerm(weight=0.3))
     richness: RichnessTerm = Field(default_factory=lambda: RichnessTerm(weight=0.1))
     separation: SeparationTerm = Field(default_factory=lambda: SeparationTerm(weight=0.1))
+    latent: LatentTerm = Field(default_factory=lambda: LatentTerm(weight=0.0))
 
 
 class HomeostasisConfig(_Section):

@@ -14,6 +14,12 @@ QUALITY = "eval/Q"
 R_V0 = "eval/r_v0"
 R_V9 = "eval/r_v9"
 EVAL_KEYS = (COVERAGE, HIERARCHY_A, HIERARCHY_B, DIST_CORR, RICHNESS, QUALITY, R_V0, R_V9)
+# the research code's yardstick (issue 18): Spearman(|z_B,i - z_B,j|, |v_i - v_j|) over all pairs
+# of a fixed draw of 1,000 operations, and dist_corr_latent + 1.5 |hierarchy_B|. They need B's
+# latent points, not only radii, so they are a key set of their own (the tiers stay on eval/Q).
+DIST_CORR_LATENT = "eval/dist_corr_latent"
+Q_LATENT = "eval/Q_latent"
+LATENT_EVAL_KEYS = (DIST_CORR_LATENT, Q_LATENT)
 GRAD_NORM = "opt/grad_norm"
 LR = "opt/lr"
 FROZEN_A = "state/frozen_encoder_A"
@@ -44,6 +50,8 @@ OWNER = "train.owner"  # host:pid:process start time of the process training the
 TOOK_OVER_FROM = "resume.took_over_from"  # the dead owner a resume took a RUNNING run from
 WORKDIR = "train.workdir"  # host:path of the run's local work folder (checkpoints until uploaded)
 STOP_REASON = "train.stop_reason"  # why a run ended FINISHED before train.epochs
+DIST_WORLD_SIZE = "dist.world_size"  # param: processes of a data-parallel training (torchrun)
+DIST_BACKEND = "dist.backend"  # param: its torch.distributed backend (nccl, gloo)
 
 # tags an analysis writes onto the training run
 GROKKING_EVENTS = "grokking.events"

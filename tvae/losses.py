@@ -11,6 +11,9 @@ Terms (reported as `train/loss_<term>`, already multiplied by their weight, so t
               scale * 3^-v(i-j), v(i-j) = number of equal leading trits (0 until start_epoch)
   richness    hinge keeping each level's within-batch radius variance above min_spread
   separation  hinge ordering per-level mean radii, margin * (level gap) apart
+  latent      ranking hinge on Euclidean distances of B's points z_B: of two in-batch pairs,
+              the one with the larger |v_i - v_j| must sit at least margin farther apart (the
+              order eval/dist_corr_latent scores); 0 when weight is 0
 All geometric terms run in fp32. Pairs are formed inside the (randomly drawn) batch by pairing
 element k with element k+s for s = 1..ceil(pairs / batch): at least `pairs` random pairs per
 step with no gathers, and no extra random numbers.
@@ -27,7 +30,7 @@ from tvae.config import LossConfig
 from tvae.geometry import EPS, no_autocast
 from tvae.ops import N_LEVELS
 
-TERMS = ("recon", "kl", "radial", "rank", "geodesic", "richness", "separation")
+TERMS = ("recon", "kl", "radial", "rank", "geodesic", "richness", "separation", "latent")
 
 
 def radial_targets(cfg: LossConfig, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -90,14 +93,14 @@ class LossComputer:
         epoch: int,
         geodesic_active: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total, the 7 weighted terms) of both branches."""
+        """(total, the 8 weighted terms) of both branches."""
         a = self.branch_A(out, x, v, target_cls, epoch, geodesic_active)
         b = self.branch_B(out, x, v, target_cls, epoch, geodesic_active)
         return a.sum() + b.sum(), self.combine(a, b)
 
     @staticmethod
     def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The 7 TERMS from branch A's (recon, kl, radial) and branch B's 6 weighted parts."""
+        """The 8 TERMS from branch A's (recon, kl, radial) and branch B's 7 weighted parts."""
         return torch.cat([a[:1], a[1:] + b[:2], b[2:]])
 
     def _kl(self, mu: torch.Tensor, logvar: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -153,6 +156,16 @@ class LossComputer:
             xa, xs = pair(x, shifts, dim=1)
             k = (xa == xs).to(torch.int32).cumprod(dim=2).sum(dim=2)
             ctx["geo_target"] = self.geo_target[k]
+        shifts = self._shifts(cfg.latent.pairs, n)
+        if cfg.latent.weight > 0 and shifts:
+            # pair p = (k, k+s) against pair p-1 (the pair list rolled by one)
+            dv = pair(v, shifts, dim=1)
+            dv = (dv[0] - dv[1]).abs()
+            sign = torch.sign(dv - dv.roll(1, 1)).to(torch.float32)
+            used = sign.abs()
+            ctx["latent_sign"] = sign
+            ctx["latent_margin"] = used * cfg.latent.margin
+            ctx["latent_count"] = used.sum(1).clamp_min(1.0)
         # per-level membership of the batch (one-hot matmuls later, no host sync)
         onehot = (v.unsqueeze(2) == self.level_ids).to(torch.float32)
         count = onehot.sum(1)
@@ -190,7 +203,8 @@ class LossComputer:
         geodesic_active: bool,
         ctx: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Branch B's weighted (kl share, radial share, rank, geodesic, richness, separation).
+        """Branch B's weighted (kl share, radial share, rank, geodesic, richness, separation,
+        latent).
 
         `ctx` is this batch's `batch_contexts` entry (computed here when not given).
         """
@@ -213,6 +227,11 @@ class LossComputer:
         else:
             geodesic = r_B.new_zeros(())
 
+        if "latent_sign" in ctx:
+            latent = self._latent(out["z_B"], ctx, self._shifts(cfg.latent.pairs, x.shape[0]))
+        else:
+            latent = r_B.new_zeros(())
+
         inv_count = ctx["inv_count"]
         s12 = torch.stack([r_B, r_B * r_B]) @ ctx["onehot"]
         mean = s12[0] * inv_count
@@ -230,8 +249,19 @@ class LossComputer:
                 cfg.geodesic.weight * geodesic,
                 cfg.richness.weight * richness,
                 cfg.separation.weight * separation,
+                cfg.latent.weight * latent,
             ]
         )
+
+    @staticmethod
+    def _latent(z: torch.Tensor, ctx: dict[str, torch.Tensor], shifts: int) -> torch.Tensor:
+        """Mean ranking hinge over compared pairs of unequal |dv| (Euclidean, as the metric)."""
+        with no_autocast(z):
+            za, zs = pair(z.float(), shifts)
+            d = (za - zs).square().sum(-1).clamp_min(1e-12).sqrt()
+            # sign = sign(dv_p - dv_q): relu(margin*|sign| - sign*(d_p - d_q))
+            hinge = F.relu(torch.addcmul(ctx["latent_margin"], ctx["latent_sign"], d.roll(1) - d))
+            return hinge.sum() / ctx["latent_count"]
 
     def _geodesic(self, z: torch.Tensor, target: torch.Tensor, shifts: int) -> torch.Tensor:
         """Mean squared error of pair distances (Poincaré, as geometry.dist) to `target`

@@ -9,6 +9,8 @@ The projection reads mu (not a sample), so training and evaluation see the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -133,18 +135,25 @@ class TernaryVAE(nn.Module):
         return run_mlp(self.decoder, z, self.checkpointed).view(-1, N_DIGITS, N_CLASSES)
 
     def forward_A(
-        self, x: torch.Tensor, sample: bool = True, point: bool = True
+        self,
+        x: torch.Tensor,
+        sample: bool = True,
+        point: bool = True,
+        noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Branch A (coverage): encoder A, its projection, and the decoder fed by z_A's sample.
 
         The two branches share no parameters and no activations, so each is its own autograd
         graph; the CPU trainer runs them at once (tvae.branches). No loss reads A's point z_A,
         only its radius, so training passes point=False and skips the direction net (about a
-        tenth of branch A's step; gradients and results are unchanged).
+        tenth of branch A's step; gradients and results are unchanged). `noise(mu)` draws the
+        sample's standard normal noise (default `randn_like`; data parallelism draws the whole
+        batch's and slices, tvae.distributed).
         """
         mu_A, logvar_A = self.encoder_A.forward(x)
         if sample:
-            z = mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * logvar_A)
+            eps = noise(mu_A) if noise is not None else torch.randn_like(mu_A)
+            z = mu_A + eps * torch.exp(0.5 * logvar_A)
         else:
             z = mu_A
         out = {"logits": self.decode_logits(z), "mu_A": mu_A, "logvar_A": logvar_A}

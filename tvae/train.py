@@ -32,9 +32,10 @@ from tvae.branches import Branch, SerialRunner, ThreadBranchRunner, finite_mean,
 from tvae.callbacks import TrainLogger
 from tvae.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tvae.config import TVAEConfig
-from tvae.contract import EVAL_KEYS
+from tvae.contract import EVAL_KEYS, LATENT_EVAL_KEYS
 from tvae.data import epoch_batches, epoch_indices
 from tvae.device import gpu_mem_peak_frac, resolve_amp, resolve_device, runtime_info
+from tvae.distributed import DataParallel, shard_forwards
 from tvae.homeostasis import Homeostasis
 from tvae.interrupts import deferred_interrupt
 from tvae.losses import TERMS, LossComputer
@@ -48,12 +49,18 @@ from tvae.schedule import PHASE_NAMES, lr_scale, phase_index
 
 
 def train_branch(
-    branch: Branch, batches: list[tuple[Any, ...]], epoch: int, geodesic_active: bool
+    branch: Branch,
+    batches: list[tuple[Any, ...]],
+    epoch: int,
+    geodesic_active: bool,
+    parallel: DataParallel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of `branch` over `batches` (x, v, target classes or None, then any extra
     arguments of its loss), one optimizer step per batch.
     Returns (sum over batches of its weighted loss terms, each batch's pre-clip gradient norm)
-    without waiting for the device. The scaler is a no-op unless amp is fp16."""
+    without waiting for the device. The scaler is a no-op unless amp is fp16. With `parallel`,
+    the branch's forward covers this rank's shard only (see tvae.distributed): every rank
+    computes the whole batch's loss, so each backs 1/world of it and the gradients are summed."""
     opt, scaler = branch.optimizer, branch.scaler
     term_sum, norms = None, []
     for x, v, tgt, *extra in batches:
@@ -61,7 +68,10 @@ def train_branch(
         with torch.autocast(x.device.type, branch.amp_dtype, enabled=branch.amp_dtype is not None):
             out = branch.forward(x)
         terms = branch.loss(out, x, v, tgt, epoch, geodesic_active, *extra)
-        scaler.scale(terms.sum()).backward()
+        loss = terms.sum() if parallel is None else terms.sum() / parallel.world
+        scaler.scale(loss).backward()
+        if parallel is not None:
+            parallel.sum_gradients(branch.params)
         scaler.unscale_(opt)  # fp16: the norm is of the true gradient
         norms.append(torch.nn.utils.clip_grad_norm_(branch.params, branch.max_norm))
         scaler.step(opt)  # fp16: skipped when the gradient holds inf/NaN
@@ -79,13 +89,17 @@ class Trainer:
         workdir: Path,
         logger: TrainLogger | None = None,
         echo: bool = True,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.config = config
+        self.parallel = parallel  # data parallelism: this rank of a torchrun group
         self.workdir = Path(workdir)
         self.logger = logger or TrainLogger()
         self.echo = echo
         self._stop, self._finished = threading.Event(), None
         self.device = resolve_device(config.train.device)
+        if parallel is not None:
+            self.device = parallel.device(self.device)
         self.amp = resolve_amp(config.train.amp, self.device)
         self.checkpoint_dir = self.workdir / "checkpoints"
         self.runner: SerialRunner | None = None
@@ -118,7 +132,7 @@ class Trainer:
         self.best = BestEpoch()
         self.last_eval: dict[str, float] = {}
         self.resumed_metrics: dict[str, float] = {}
-        two_cores = dev.type == "cpu" and self.threads >= 2
+        two_cores = dev.type == "cpu" and self.threads >= 2 and self.parallel is None
         self.runner = ThreadBranchRunner(self.threads) if two_cores else SerialRunner()
 
     def close(self) -> None:
@@ -165,7 +179,7 @@ class Trainer:
                     if self.echo:
                         print(line, flush=True)
                     self.logger.on_log_line(line)
-                if self._stop.is_set() and epoch < total:
+                if self._stop_requested() and epoch < total:
                     status = "FINISHED" if self._finished else "KILLED"
                     reason = self._finished or "stop requested"
                     break
@@ -196,6 +210,13 @@ class Trainer:
         self.logger.on_train_end(status, result.summary())
         return result
 
+    def _stop_requested(self) -> bool:
+        """Stop after this epoch? With data parallelism, if any rank was asked: every rank
+        asks here once per epoch, so all stop at the same boundary."""
+        if self.parallel is None:
+            return self._stop.is_set()
+        return self.parallel.any(self._stop.is_set(), self.device)
+
     def _epoch(self, epoch: int, total: int) -> dict[str, float]:
         """Schedule, train, evaluate and judge one epoch; returns its contract metrics."""
         cfg = self.config
@@ -225,7 +246,7 @@ class Trainer:
         if evaluated:
             with self.runner.all_threads():  # branch B's worker is idle now
                 self.last_eval = evaluate_model(self.model, self.ops, self.vals)
-            evals = {k: self.last_eval[k] for k in EVAL_KEYS}
+            evals = {k: self.last_eval[k] for k in EVAL_KEYS + LATENT_EVAL_KEYS}
             _check_finite(evals, f"eval metric at epoch {epoch}")
         metrics.update(self.last_eval)
         metrics[C.GRAD_NORM], metrics[C.LR] = float(values[-1]), float(lr)
@@ -246,19 +267,23 @@ class Trainer:
         tc = self.config.train
         idx = epoch_indices(self.config.data, tc.batch_size, self.high_idx, self.device)
         branch_A, branch_B = self.branches
-        # z_B feeds only the geodesic term: without it, B's forward skips the direction net
-        branch_B.forward = functools.partial(self.model.forward_B, point=geodesic_active)
+        # z_B feeds only the geodesic and latent terms: without them, B's forward skips the
+        # direction net
+        point_B = geodesic_active or self.config.loss.latent.weight > 0
+        branch_B.forward = functools.partial(self.model.forward_B, point=point_B)
+        if self.parallel is not None:  # each rank forwards its shard of every batch
+            branch_A.forward, branch_B.forward = shard_forwards(self.model, self.parallel, point_B)
         self.model.train()
 
         def job_A() -> tuple[torch.Tensor, torch.Tensor]:
             batches = epoch_batches(idx, tc.batch_size, self.ops, self.vals, self.target_cls)
-            return train_branch(branch_A, batches, epoch, geodesic_active)
+            return train_branch(branch_A, batches, epoch, geodesic_active, self.parallel)
 
         def job_B() -> tuple[torch.Tensor, torch.Tensor]:
             batches = epoch_batches(idx, tc.batch_size, self.ops, self.vals)
             contexts = self.losses.epoch_contexts(batches)  # B's model-free inputs, once
             batches = [(x, v, None, ctx) for (x, v), ctx in zip(batches, contexts, strict=True)]
-            return train_branch(branch_B, batches, epoch, geodesic_active)
+            return train_branch(branch_B, batches, epoch, geodesic_active, self.parallel)
 
         (terms_A, norms_A), (terms_B, norms_B) = self.runner.run(job_A, job_B)
         norms = (norms_A.square() + norms_B.square()).sqrt()  # whole model, per batch

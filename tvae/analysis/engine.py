@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tvae import contract as C
 from tvae.analysis.checks import run_checks
 from tvae.analysis.confounds import control_changes, nonfinite_stretches
 from tvae.analysis.grokking import detect_grokking
@@ -30,6 +31,26 @@ def _clean(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df.drop(columns=sys_cols), df[sys_cols]
 
 
+#: reported with the tier when the run logs them (never judged: the tiers stay on eval/Q)
+REPORTED_WITH_TIER = {C.DIST_CORR_LATENT: "dist_corr_latent", C.Q_LATENT: "quality_latent"}
+
+
+def _finite(hist: pd.DataFrame, key: str) -> pd.Series:
+    return hist[key].replace([np.inf, -np.inf], np.nan).dropna()
+
+
+def _reported(hist: pd.DataFrame, present: set[str], epochs: dict[str, float]):
+    """The REPORTED_WITH_TIER values at the epoch the tier's quality was taken from (else
+    their last finite value)."""
+    out = {}
+    for key, name in REPORTED_WITH_TIER.items():
+        if key in present:
+            s = _finite(hist, key)
+            at = epochs.get("quality")
+            out[name] = float(s.loc[at]) if at in s.index else float(s.iloc[-1])
+    return out
+
+
 def _tier(hist: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
     keys = [roles.accuracy, roles.hierarchy, roles.quality]
     if not all(k and k in present for k in keys):
@@ -40,15 +61,15 @@ def _tier(hist: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
         ("hierarchy", keys[1], "min"),
         ("quality", keys[2], "max"),
     ):
-        s = hist[k].replace([np.inf, -np.inf], np.nan).dropna()
+        s = _finite(hist, k)
         final.append(float(s.iloc[-1]))
         fe[name] = float(s.index[-1])
         idx = s.idxmax() if pick == "max" else s.idxmin()
         best.append(float(s.loc[idx]))
         be[name] = float(idx)
     return (
-        judge_tier(*final, t, basis="final", epochs=fe),
-        judge_tier(*best, t, basis="best", epochs=be),
+        judge_tier(*final, t, basis="final", epochs=fe, reported=_reported(hist, present, fe)),
+        judge_tier(*best, t, basis="best", epochs=be, reported=_reported(hist, present, be)),
     )
 
 

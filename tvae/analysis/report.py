@@ -117,6 +117,9 @@ class AnalysisReport:
         if self.tier:
             extra = f" (next blocked by {self.tier.blocking})" if self.tier.blocking else ""
             lines.append(f"tier {self.tier.name} on final values{extra}")
+            if self.tier.reported:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in self.tier.reported.items())
+                lines.append(f"beside the tier (not judged): {shown}")
             if self.tier_best and self.tier_best.name != self.tier.name:
                 lines.append(f"tier {self.tier_best.name} on best values")
         else:

@@ -1,4 +1,7 @@
-"""Training success tiers from the seed's table (coverage, hierarchy_B, Q)."""
+"""Training success tiers from the seed's table (coverage, hierarchy_B, Q).
+
+Values that are reported beside a tier but never judged (issue 18's eval/dist_corr_latent and
+eval/Q_latent) ride along in `TierResult.reported`, so the report shows them with the tier."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class TierResult:
     blocking: str | None
     basis: str = "final"
     epochs: dict[str, float] = field(default_factory=dict)
+    reported: dict[str, float] = field(default_factory=dict)  # shown, not judged
 
     def at_least(self, name: str) -> bool:
         """True when this tier is ``name`` or better."""
@@ -34,6 +38,7 @@ class TierResult:
             "values": self.values,
             "epochs": self.epochs,
             "blocking": self.blocking,
+            "reported": self.reported,
         }
 
 
@@ -61,8 +66,10 @@ def judge_tier(
     *,
     basis: str = "final",
     epochs: dict[str, float] | None = None,
+    reported: dict[str, float] | None = None,
 ) -> TierResult:
-    """Highest tier whose three criteria all hold (tiers are cumulative)."""
+    """Highest tier whose three criteria all hold (tiers are cumulative); `reported` values
+    are kept with the result, not judged."""
     t = thresholds or Thresholds()
     values = {"coverage": float(coverage), "hierarchy": float(hierarchy), "quality": float(quality)}
     reached = "None"
@@ -73,4 +80,4 @@ def judge_tier(
             blocking = f"{tier}: " + "; ".join(fails)
             break
         reached = tier
-    return TierResult(reached, values, blocking, basis, dict(epochs or {}))
+    return TierResult(reached, values, blocking, basis, dict(epochs or {}), dict(reported or {}))
