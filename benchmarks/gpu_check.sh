@@ -12,3 +12,9 @@ timeout 90 python benchmarks/throughput.py --device cuda --amp auto --epochs 3
 timeout 60 python benchmarks/throughput.py --device cuda --amp auto --epochs 3 \
     --batch-size 4096 --skip-baseline
 timeout 60 python benchmarks/checkpointing_memory.py --device cuda
+# data parallelism on every GPU here (NCCL), end to end into a throwaway SQLite store
+GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
+STORE=$(mktemp -d)
+timeout 120 env MLFLOW_TRACKING_URI="sqlite:///$STORE/mlflow.db" TVAE_WORK_DIR="$STORE/work" \
+    python -m entrypoints.train --config configs/smoke.yaml --device cuda --epochs 5 \
+    --nproc "$GPUS" | tail -4

@@ -30,6 +30,7 @@ from entrypoints._cli import (
     permission_denied,
     run_as_program,
 )
+from entrypoints._ranks import join_group, launch_ranks, train_other_rank
 from tvae import contract as C
 from tvae.config import ConfigError, TVAEConfig, config_from_dict, load_config
 
@@ -92,10 +93,10 @@ def _fetch_log(client: Any, run_id: str, workdir: Path) -> None:
         pass
 
 
-def _check_runtime(config: TVAEConfig) -> None:
-    """Device and AMP mode must exist on this machine (ValueError with one line otherwise):
-    a tensor is placed on the device, so one this torch build or machine lacks fails here,
-    before anything is logged."""
+def _check_runtime(config: TVAEConfig, nproc: int = 1) -> None:
+    """Device and AMP mode must exist on this machine, and a GPU for each of `nproc` CUDA
+    processes (ValueError with one line otherwise): a tensor is placed on the device, so one
+    this torch build or machine lacks fails here, before anything is logged."""
     import torch
 
     from tvae.device import resolve_amp, resolve_device
@@ -114,6 +115,9 @@ def _check_runtime(config: TVAEConfig) -> None:
             f"{', '.join(have)})"
         ) from None
     resolve_amp(config.train.amp, device)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else nproc
+    if nproc > gpus:
+        raise ValueError(f"--nproc {nproc}: one GPU per process, and this machine has {gpus}")
 
 
 def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
@@ -149,8 +153,9 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     return mlflow.start_run(run_name=run_name(config), log_system_metrics=False)
 
 
-def train(config: TVAEConfig, resume: Resume | None) -> int:
-    """Train inside the chosen run and end it with the trainer's status; returns exit code."""
+def train(config: TVAEConfig, resume: Resume | None, parallel: Any = None) -> int:
+    """Train inside the chosen run and end it with the trainer's status; returns exit code.
+    With `parallel` this is rank 0 of a torchrun group: the only rank that logs."""
     import mlflow
 
     from mlflow_plugins.launcher import restore_after_launcher
@@ -168,6 +173,8 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
         trainer.request_stop()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if parallel is not None:  # a Ctrl-C stops every rank at the same epoch boundary too
+        signal.signal(signal.SIGINT, on_sigterm)
     launched = os.environ.get("MLFLOW_RUN_ID")  # end_run clears it
     run = _start_run(config, resume.run_id if resume else None)
     run_id = run.info.run_id
@@ -184,6 +191,7 @@ def train(config: TVAEConfig, resume: Resume | None) -> int:
             resume_checkpoint=resume.checkpoint if resume else None,
             on_trainer=lambda t: holder.__setitem__("trainer", t),
             remove_workdir=True,
+            parallel=parallel,
         )
         status = result.status
     except KeyboardInterrupt:
@@ -292,6 +300,13 @@ def _next_steps(run_id: str, status: str) -> str:
     help="Follow the run with the live grokking detector (grokking.live.* tags); default true.",
 )
 @click.option(
+    "--nproc",
+    type=Blank(click.IntRange(min=1, max=1024)),
+    default=None,
+    help="Processes for data-parallel training (one per GPU, or CPU processes with gloo), "
+    "launched with torchrun; default 1.",
+)
+@click.option(
     "--resume-from",
     type=Blank(click.STRING),
     default=None,
@@ -307,9 +322,13 @@ def cli(
     amp: str | None,
     device: str | None,
     live: bool | None,
+    nproc: int | None,
     resume_from: str | None,
 ) -> None:
     """Train TernaryVAE and log everything to MLflow."""
+    parallel = join_group()
+    if parallel is not None and not parallel.is_main:
+        sys.exit(train_other_rank(parallel))
     overrides = _overrides(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp, device=device, live=live
     )
@@ -325,18 +344,25 @@ def cli(
             config = resume.config
         else:
             config = load_config(config_path or DEFAULT_CONFIG, overrides)
-        _check_runtime(config)
+        _check_runtime(config, nproc or 1)
     except (ConfigError, ValueError) as err:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         exit_with_error(str(err), EXIT_BAD_INPUT)
+    if (nproc or 1) > 1 and parallel is None:
+        sys.exit(launch_ranks(nproc))
+    if parallel is not None:  # the other ranks train exactly this config and checkpoint
+        checkpoint = resume.checkpoint.read_bytes() if resume else None
+        parallel.broadcast((config.model_dump(mode="json"), checkpoint))
     try:
-        code = train(config, resume)
+        code = train(config, resume, parallel)
     except Exception as err:
         refused = permission_denied(err) or _unreachable(err)  # one line, not a traceback
         if refused is None:
             raise
         exit_with_error(refused, EXIT_FAILED)
+    if parallel is not None:
+        parallel.close()
     sys.exit(code)
 
 

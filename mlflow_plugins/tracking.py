@@ -27,10 +27,17 @@ _log = logging.getLogger(__name__)
 CONFIG_ARTIFACT = "config.yaml"
 
 
-def log_config(client: MlflowClient, run_id: str, config: TVAEConfig, workdir: Path) -> None:
-    """Dotted params + config YAML; keys already on the run (resume, `mlflow run`) are kept."""
+def log_config(
+    client: MlflowClient,
+    run_id: str,
+    config: TVAEConfig,
+    workdir: Path,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Dotted params (plus `extra`) + config YAML; keys already on the run (resume, `mlflow
+    run`) are kept."""
     existing = client.get_run(run_id).data.params
-    flat = flatten_config(config)
+    flat = {**flatten_config(config), **(extra or {})}
     new = [Param(k, v) for k, v in flat.items() if k not in existing]
     changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
     for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
@@ -68,6 +75,7 @@ def train_in_run(
     log_model: bool = True,
     echo: bool = True,
     remove_workdir: bool = False,
+    parallel: Any = None,
 ) -> Any:
     """Train `config` inside the existing run `run_id`; return the TrainResult.
 
@@ -79,6 +87,7 @@ def train_in_run(
     the folder is removed once everything reached the store. A tracking server still away
     after the end-of-training wait raises `TrackingUnreachable` (one line) after the run's end
     is journaled, the run left RUNNING for `sync`; a resume first replays such a journal.
+    `parallel` (tvae.distributed.DataParallel): this is rank 0 of a data-parallel training.
     """
     import socket
 
@@ -90,7 +99,10 @@ def train_in_run(
     workdir.mkdir(parents=True, exist_ok=True)
     owner = {C.OWNER: owner_value(), C.WORKDIR: f"{socket.gethostname()}:{workdir.resolve()}"}
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner.items()])
-    log_config(client, run_id, config, workdir)
+    dist_params = {}
+    if parallel is not None:
+        dist_params = {C.DIST_WORLD_SIZE: str(parallel.world), C.DIST_BACKEND: parallel.backend}
+    log_config(client, run_id, config, workdir, dist_params)
     if Journal(workdir).pending():  # an earlier attempt gave up on the server, or was killed
         from mlflow_plugins.sync import replay
 
@@ -115,7 +127,7 @@ def train_in_run(
             for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
                 client.log_batch(run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
     logger = MlflowTrainLogger(run_id, workdir, client, skip_through_step=skip)
-    trainer = Trainer(config, workdir, logger, echo=echo)
+    trainer = Trainer(config, workdir, logger, echo=echo, parallel=parallel)
     if config.train.live:
         logger.live = _live_follower(client, run_id, resume_checkpoint, logger, trainer)
     logger.on_store_failure = lambda _: trainer.request_stop()

@@ -68,3 +68,21 @@ def _forget_fluent_state() -> None:
     for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         os.environ.pop(leaked, None)  # mlflow.set_experiment exports the first
     mlflow.clear_active_model()
+
+
+@pytest.fixture
+def store(tmp_path, _migrated_db):
+    """A fresh SQLite store, its artifacts and the runs' work folders under tmp_path, and the
+    environment a subprocess needs to use them."""
+    from mlflow import MlflowClient
+
+    shutil.copy(_migrated_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TVAE_"))}
+    env.update(
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_DISABLE_TELEMETRY="true",
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
+        TVAE_WORK_DIR=str(tmp_path / "work"),
+    )
+    return tmp_path, env, MlflowClient(uri)

@@ -9,7 +9,6 @@ Cost: ~1 min on 2 cores (three short multi-process trainings, two in-process ref
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -39,21 +38,6 @@ class Recorder(TrainLogger):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.epochs[epoch] = dict(metrics)
-
-
-@pytest.fixture
-def store(tmp_path, _migrated_db):
-    import shutil
-
-    shutil.copy(_migrated_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TVAE_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=uri,
-        MLFLOW_DISABLE_TELEMETRY="true",
-        TVAE_WORK_DIR=str(tmp_path / "work"),
-    )
-    return tmp_path, env, MlflowClient(uri)
 
 
 def tiny(tmp_path: Path, epochs: int) -> Path:

@@ -12,7 +12,6 @@ Cost: ~2 min on 2 shared cores (short trainings and refusals as subprocesses).
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -28,24 +27,6 @@ from tvae import contract as C
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "-m", "entrypoints.train"]
-
-
-@pytest.fixture
-def store(tmp_path, _migrated_db):
-    """A fresh SQLite store, its artifacts and the runs' work folders under tmp_path, and the
-    environment a subprocess needs to use them."""
-    import shutil
-
-    shutil.copy(_migrated_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TVAE_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=uri,
-        MLFLOW_DISABLE_TELEMETRY="true",
-        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
-        TVAE_WORK_DIR=str(tmp_path / "work"),
-    )
-    return tmp_path, env, MlflowClient(uri)
 
 
 def config(tmp_path: Path, name: str, epochs: int) -> Path:
