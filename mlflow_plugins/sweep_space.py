@@ -21,6 +21,7 @@ DEFAULT_STORAGE_FILE = "optuna-journal.log"
 #: metrics a sweep may optimise (the training run's per-epoch contract keys)
 METRICS = (
     C.EVAL_KEYS
+    + C.LATENT_EVAL_KEYS
     + (C.TRAIN_LOSS,)
     + tuple(C.loss_term(t) for t in TERMS)
     + (C.SAMPLES_PER_SEC, C.EPOCH_SECONDS)

@@ -285,6 +285,7 @@ def test_direction_storage_and_password_masking(tmp_path):
     assert direction_for("eval/Q", None) == "maximize"
     assert direction_for("train/loss", None) == "minimize"
     assert direction_for("eval/hierarchy_B", None) == "minimize"
+    assert direction_for("eval/Q_latent", None) == "maximize"  # the latent keys too
     assert direction_for("eval/Q", "min") == "minimize"
     assert mask_password("postgresql://u:s3:cr@t@db.example:5432/optuna") == (
         "postgresql://u:***@db.example:5432/optuna"
