@@ -99,3 +99,35 @@ def load_model(
     model.to(map_location)
     model.eval()
     return model, config
+
+
+def trainer_state(trainer: Any, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """What a checkpoint of a tvae.train.Trainer after `epoch` holds: enough to resume it bit
+    for bit (model, both branches' optimizers and scalers, homeostasis, RNG, best epoch)."""
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": {b.name: b.optimizer.state_dict() for b in trainer.branches},
+        "scaler": {b.name: b.scaler.state_dict() for b in trainer.branches},
+        "homeostasis": trainer.homeostasis.state_dict(),
+        "rng": rng_state(trainer.device),
+        "epoch": epoch,
+        **trainer.best.state_dict(),
+        "last_eval": dict(trainer.last_eval),
+        "config": trainer.config.model_dump(mode="json"),
+        "metrics": dict(metrics),
+    }
+
+
+def restore_trainer(trainer: Any, path: Path) -> int:
+    """Load a resumable checkpoint into a set-up Trainer; returns its epoch."""
+    state = read_checkpoint(path, map_location=trainer.device, resumable=True)
+    trainer.model.load_state_dict(state["model"])
+    for b in trainer.branches:
+        b.optimizer.load_state_dict(state["optimizer"][b.name])
+        b.scaler.load_state_dict(state["scaler"][b.name])
+    trainer.homeostasis.load_state_dict(state["homeostasis"])
+    set_rng_state(state["rng"], trainer.device)
+    trainer.best.load_state_dict(state)
+    trainer.last_eval = dict(state.get("last_eval", {}))
+    trainer.resumed_metrics = dict(state.get("metrics", {}))
+    return int(state["epoch"])

@@ -30,7 +30,7 @@ import torch
 from tvae import contract as C
 from tvae.branches import Branch, SerialRunner, ThreadBranchRunner, finite_mean, make_branch
 from tvae.callbacks import TrainLogger
-from tvae.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tvae.checkpoint import restore_trainer, save_checkpoint, trainer_state
 from tvae.config import TVAEConfig
 from tvae.contract import EVAL_KEYS, LATENT_EVAL_KEYS
 from tvae.data import epoch_batches, epoch_indices
@@ -146,7 +146,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.setup()
         with contextlib.closing(self):  # branch B's worker thread ends with fit
-            start_epoch = self._restore(Path(resume_checkpoint)) if resume_checkpoint else 0
+            start_epoch = restore_trainer(self, Path(resume_checkpoint)) if resume_checkpoint else 0
             return self._loop(start_epoch, t0)
 
     def _loop(self, start_epoch: int, t0: float) -> TrainResult:
@@ -155,7 +155,8 @@ class Trainer:
         best_ckpt = self.checkpoint_dir / "best.pt" if self.best.epoch else None
         info = {**runtime_info(self.device, self.amp), "start_epoch": start_epoch}
         self.logger.on_train_start({**info, "config": self.config})
-        good = copy.deepcopy(self._state(start_epoch, self.resumed_metrics))  # last finite state
+        # the last finite state
+        good = copy.deepcopy(trainer_state(self, start_epoch, self.resumed_metrics))
         last_written, status, reason, epoch_done = -1, "FINISHED", None, start_epoch
         metrics, sps = {}, []  # the last epoch's metrics; samples/s of each epoch
         try:
@@ -166,7 +167,7 @@ class Trainer:
                 with deferred_interrupt():
                     sps.append(metrics[C.SAMPLES_PER_SEC])
                     epoch_done = epoch
-                    good = copy.deepcopy(self._state(epoch, metrics))
+                    good = copy.deepcopy(trainer_state(self, epoch, metrics))
                     if self.best.epoch == epoch:
                         best_ckpt = save_checkpoint(good, self.checkpoint_dir / "best.pt")
                         self.logger.on_checkpoint(best_ckpt, epoch, "best")
@@ -289,33 +290,6 @@ class Trainer:
         norms = (norms_A.square() + norms_B.square()).sqrt()  # whole model, per batch
         mean_norm = finite_mean(norms) if self.amp == "fp16" else norms.mean()
         return self.losses.combine(terms_A, terms_B) / math.ceil(N_OPS / tc.batch_size), mean_norm
-
-    def _state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": {b.name: b.optimizer.state_dict() for b in self.branches},
-            "scaler": {b.name: b.scaler.state_dict() for b in self.branches},
-            "homeostasis": self.homeostasis.state_dict(),
-            "rng": rng_state(self.device),
-            "epoch": epoch,
-            **self.best.state_dict(),
-            "last_eval": dict(self.last_eval),
-            "config": self.config.model_dump(mode="json"),
-            "metrics": dict(metrics),
-        }
-
-    def _restore(self, path: Path) -> int:
-        state = read_checkpoint(path, map_location=self.device, resumable=True)
-        self.model.load_state_dict(state["model"])
-        for b in self.branches:
-            b.optimizer.load_state_dict(state["optimizer"][b.name])
-            b.scaler.load_state_dict(state["scaler"][b.name])
-        self.homeostasis.load_state_dict(state["homeostasis"])
-        set_rng_state(state["rng"], self.device)
-        self.best.load_state_dict(state)
-        self.last_eval = dict(state.get("last_eval", {}))
-        self.resumed_metrics = dict(state.get("metrics", {}))
-        return int(state["epoch"])
 
 
 def _check_finite(values: dict[str, float], what: str) -> None:
