@@ -135,7 +135,11 @@ class DataParallel:
         return box[0]
 
     def close(self) -> None:
+        """Leave the group together: each rank waits for the others (rank 0 may still be
+        logging its run) before the group is torn down; a rank tearing it down alone can abort
+        its peer."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
