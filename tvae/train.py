@@ -113,6 +113,8 @@ class Trainer:
         """Model, branches, data and the runner; fit() calls it, close() undoes the runner."""
         cfg, dev = self.config, self.device
         self.threads = cfg.train.threads or torch.get_num_threads()
+        if self.parallel is not None and dev.type == "cpu":  # the ranks share this CPU
+            self.threads = max(1, self.threads // self.parallel.world)
         if dev.type == "cpu":
             torch.set_num_threads(self.threads)
         torch.manual_seed(cfg.train.seed)
@@ -155,7 +157,6 @@ class Trainer:
         best_ckpt = self.checkpoint_dir / "best.pt" if self.best.epoch else None
         info = {**runtime_info(self.device, self.amp), "start_epoch": start_epoch}
         self.logger.on_train_start({**info, "config": self.config})
-        # the last finite state
         good = copy.deepcopy(trainer_state(self, start_epoch, self.resumed_metrics))
         last_written, status, reason, epoch_done = -1, "FINISHED", None, start_epoch
         metrics, sps = {}, []  # the last epoch's metrics; samples/s of each epoch
