@@ -43,6 +43,17 @@ def _study(storage: Path, name: str):
     )
 
 
+def _long_space(tmp_path: Path, name: str, fixed: str = "") -> Path:
+    """A one-key space whose trials train 60 epochs (time to interrupt them); `fixed` adds
+    overrides. The tests shorten it to 2 epochs by replacing `train.epochs: 60`."""
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(
+        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
+        f"fixed: {{train.epochs: 60, train.threads: 1{fixed}}}\n"
+    )
+    return space
+
+
 def _wait_for_two_epochs(client, proc, timeout: float = 240) -> None:
     """Until the sweep's first training run has logged 2 epochs (the sweep still running)."""
     import time
@@ -425,11 +436,7 @@ def test_sigterm_stops_the_training_at_an_epoch_boundary_and_the_study_goes_on(
     import mlflow
 
     client = mlflow.MlflowClient()
-    space = tmp_path / "long.yaml"
-    space.write_text(
-        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
-        "fixed: {train.epochs: 60, train.threads: 1, train.checkpoint_every: 1}\n"
-    )
+    space = _long_space(tmp_path, "long", ", train.checkpoint_every: 1")
     storage = tmp_path / "study.log"
     cmd = [sys.executable, "-m", "entrypoints.sweep", "--space", str(space), "--config", SMOKE]
     cmd += ["--trials", "2", "--storage", str(storage), "--pruner", "none"]
@@ -472,11 +479,7 @@ def test_workers_killed_hard_are_failed_by_the_next_command_on_any_host(tracking
     import mlflow
 
     client = mlflow.MlflowClient()
-    space = tmp_path / "hard.yaml"
-    space.write_text(
-        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
-        "fixed: {train.epochs: 60, train.threads: 1}\n"
-    )
+    space = _long_space(tmp_path, "hard")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cmd = [sys.executable, "-m", "entrypoints.sweep", "--space", str(space), "--config", SMOKE]
     cmd += ["--trials", "3", "--storage", storage, "--pruner", "none", "--heartbeat", "1"]
@@ -526,11 +529,7 @@ def test_ctrl_c_under_mlflow_run_leaves_the_parent_killed_not_failed(tracking_ur
     import mlflow
 
     client = mlflow.MlflowClient()
-    space = tmp_path / "ctrlc.yaml"
-    space.write_text(
-        "train.lr: {type: float, low: 0.0005, high: 0.002}\n"
-        "fixed: {train.epochs: 60, train.threads: 1}\n"
-    )
+    space = _long_space(tmp_path, "ctrlc")
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager"]
     cmd += ["local", "-P", f"space={space}", "-P", f"config={SMOKE}", "-P", "trials=1"]
     cmd += ["-P", f"storage={tmp_path / 'study.log'}", "-P", "pruner=none"]
