@@ -1,9 +1,10 @@
 """The MLflow TrainLogger: one run's metrics, checkpoints, console log, events and summary.
 
-Metrics go out as one `log_batch` per epoch (step = epoch) and checkpoints as artifact uploads,
-all on one background thread of this logger, in order, so the training loop never waits on the
-store. Not MLflow's own async logging: its worker polls its queue once a second, so `end_run`
-waited up to 1 s for it (0.5 s on average), and it spent about 2 ms more per batch.
+Metrics go out as `log_batch` calls (step = epoch) and checkpoints as artifact uploads, all on
+one background thread of this logger, in order, so the training loop never waits on the store.
+Epochs shorter than `METRICS_HOLD_S` share one call: a SQL store spends most of a 32-metric call
+on fixed per-call work, on a core the two training threads use. Not MLflow's own async logging:
+its worker polls its queue on a timer, which `end_run` waits out.
 
 Checkpoints stay in the run's local work folder (the trainer writes them there); an upload that
 still fails after retries stops the training at the next epoch boundary (see `ArtifactStoreError`).
@@ -33,6 +34,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from mlflow_plugins.context import TAG_CONFIG_NAME, git_commit, runtime_tags
 from mlflow_plugins.journal import Journal
@@ -54,6 +56,7 @@ SUMMARY_ARTIFACT = "training_summary.json"
 EVENTS_ARTIFACT = "events.json"
 OUTAGE_BACKOFF_S = 0.5  # first wait between probes of an absent server, doubled up to the max
 OUTAGE_BACKOFF_MAX_S = 5.0
+METRICS_HOLD_S = 1.0  # an epoch's metrics wait for the next epoch's while sent sooner than this
 
 
 class MlflowTrainLogger(TrainLogger):
@@ -78,6 +81,10 @@ class MlflowTrainLogger(TrainLogger):
         self._upload_at: int | None = None  # last.pt of this epoch waits for its metrics
         self._prewarm: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._order = threading.Lock()  # journal order = worker order, across threads
+        self._held: list[Metric] = []  # journaled metrics not yet queued (short epochs)
+        self._held_seq = 0  # the journal operation of the newest of them
+        self._sent_at = 0.0  # monotonic time metrics were last queued
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvae-mlflow")
         self.journal = Journal(self.workdir)
         self._offline_since: float | None = None  # when the server was first found away
@@ -123,20 +130,43 @@ class MlflowTrainLogger(TrainLogger):
         order with the epochs' metrics, so an outage delays it instead of ending the sampling."""
         self._send_metrics(metrics, step)
 
-    def _send_metrics(self, metrics: dict[str, float], step: int) -> Future:
-        """Journal one step's metrics (one timestamp) and queue them as one log_batch."""
+    def _send_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Journal one step's metrics (one timestamp); queue them with those held before, unless
+        metrics were queued less than METRICS_HOLD_S ago (then they wait for the next step's
+        or for any other operation, which queues them first)."""
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
         rows = [[m.key, m.value, m.timestamp, m.step] for m in batch]
-        seq = self.journal.append("metrics", metrics=rows)
-        return self._worker.submit(self._apply, seq, partial(self._log_metrics, batch))
+        with self._order:
+            self._held_seq = self.journal.append("metrics", metrics=rows)
+            self._held += batch
+            if time.monotonic() - self._sent_at >= METRICS_HOLD_S:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        """Queue the held metrics as one job (the caller holds `_order`)."""
+        if not self._held:
+            return
+        batch, self._held = self._held, []
+        self._sent_at = time.monotonic()
+        write = partial(self._log_metrics, batch)
+        self._jobs.append(self._worker.submit(self._apply, self._held_seq, write))
+
+    def _queue(self, op: str, write: Callable[[], None], **fields: Any) -> Future:
+        """Journal operation `op` and queue `write` on the worker, after the held metrics."""
+        with self._order:
+            self._release_held()
+            seq = self.journal.append(op, **fields)
+            job = self._worker.submit(self._apply, seq, write)
+            self._jobs.append(job)
+            return job
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.last_epoch = int(epoch)
         self._check_uploads(epoch)
         if epoch <= self.skip_through_step:  # already on the run: never log a step twice
             return
-        self._jobs.append(self._send_metrics(metrics, epoch))
+        self._send_metrics(metrics, epoch)
         self._upload_due(epoch)
         if self.live is not None:
             self.live.on_epoch_end(epoch, metrics)
@@ -144,9 +174,8 @@ class MlflowTrainLogger(TrainLogger):
     def write_tags(self, tags: dict[str, str], delete: list[str]) -> None:
         """Set and delete run tags on the worker, after the metrics queued before them (kept in
         the journal like them while the server is away)."""
-        seq = self.journal.append("tags", tags=tags, delete=list(delete))
         write = partial(set_tags, self.client, self.run_id, tags, list(delete))
-        self._jobs.append(self._worker.submit(self._apply, seq, write))
+        self._queue("tags", write, tags=tags, delete=list(delete))
 
     def echo_line(self, line: str) -> None:
         """A line for the console and training.log."""
@@ -181,9 +210,8 @@ class MlflowTrainLogger(TrainLogger):
         if self.store_error is not None:  # they would fail too; the work folder keeps them
             return
         for file in files:
-            seq = self.journal.append("artifact", path=str(file), artifact_path="checkpoints")
-            job = self._worker.submit(self._apply, seq, partial(self._upload, file))
-            self._jobs.append(job)
+            upload = partial(self._upload, file)
+            job = self._queue("artifact", upload, path=str(file), artifact_path="checkpoints")
             self._uploads[job] = self.last_epoch
 
     def _check_uploads(self, epoch: int, training: bool = True) -> None:
@@ -228,7 +256,9 @@ class MlflowTrainLogger(TrainLogger):
 
     # -- finishing ------------------------------------------------------------------------
     def _log_metrics(self, batch: list[Metric]) -> None:
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            chunk = batch[i : i + MAX_METRICS_PER_BATCH]
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
 
     def _upload(self, file: Path, artifact_path: str | None = "checkpoints") -> None:
         store_write(self.client, self.run_id, file, artifact_path, unreachable_raises=True)
@@ -308,7 +338,9 @@ class MlflowTrainLogger(TrainLogger):
         """Wait for every pending metric batch and checkpoint upload; re-raise the first
         metric error (a checkpoint that failed for good is `store_error`, not raised; an
         operation given up on with the server away is left in the journal, `unreachable`)."""
-        jobs, self._jobs = self._jobs, []
+        with self._order:
+            self._release_held()
+            jobs, self._jobs = self._jobs, []
         self._wait(jobs)
         errors = [f.exception() for f in jobs]
         self._check_uploads(self.last_epoch, training=False)
@@ -347,9 +379,8 @@ class MlflowTrainLogger(TrainLogger):
                     except ArtifactStoreError as err:
                         self.store_error = self.store_error or str(err)
                     continue
-                seq = self.journal.append("artifact", path=str(path), artifact_path=None)
                 upload = partial(self._upload, path, None)
-                jobs.append(self._worker.submit(self._apply, seq, upload))
+                jobs.append(self._queue("artifact", upload, path=str(path), artifact_path=None))
             self._wait(jobs)
             for job in jobs:
                 if isinstance(job.exception(), ArtifactStoreError):

@@ -324,3 +324,45 @@ def test_a_resume_without_a_new_best_epoch_still_logs_the_model(store, tmp_path)
     tags = client.get_run(rid).data.tags
     assert tags["model.step"] == str(first.best_epoch)
     assert client.get_logged_model(tags["model.id"]).source_run_id == rid
+
+
+class _CountingClient(MlflowClient):
+    """A real client that notes each log_batch: its metric steps, and the highest step already
+    in the store when a tag batch arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metric_calls: list[list[int]] = []
+        self.tags_after_step: list[int] = []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+        if metrics:
+            self.metric_calls.append(sorted({m.step for m in metrics}))
+        if tags:
+            steps = [m.step for m in self.get_metric_history(run_id, "train/loss")]
+            self.tags_after_step.append(max(steps, default=0))
+        return super().log_batch(run_id, metrics, params, tags, synchronous=synchronous)
+
+
+def test_short_epochs_share_store_calls_in_journal_order(store, tmp_path):
+    """Epochs shorter than the hold time go out several per call; a tag written after epoch 30
+    reaches the store after epoch 30's metrics; every step arrives once and the journal ends
+    fully done."""
+    from mlflow_plugins.train_logger import MlflowTrainLogger
+
+    client = _CountingClient()
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    logger = MlflowTrainLogger(run.info.run_id, tmp_path, client)
+    for epoch in range(1, 61):
+        logger.on_epoch_end(epoch, {"train/loss": 1.0 / epoch, "eval/coverage": epoch / 60})
+        if epoch == 30:
+            logger.write_tags({"grokking.live.state": "plateau"}, [])
+    logger.close()
+    assert len(client.metric_calls) < 10, client.metric_calls
+    assert [s for call in client.metric_calls for s in call] == list(range(1, 61))
+    assert client.tags_after_step == [30]
+    for key in ("train/loss", "eval/coverage"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, 61))
+    assert logger.pending() == 0
+    assert client.get_run(run.info.run_id).data.tags["grokking.live.state"] == "plateau"
