@@ -51,6 +51,19 @@ def _config(args):
     return load_config(args.config, overrides)
 
 
+def counted(method, clock, into: dict, key: str):
+    """`method`, adding the `clock` time each call takes to `into[key]`."""
+
+    def wrapper(*a, **k):
+        t = clock()
+        try:
+            return method(*a, **k)
+        finally:
+            into[key] += clock() - t
+
+    return wrapper
+
+
 def child(args) -> dict:
     """One timed variant in this (fresh) process."""
     config = _config(args)
@@ -79,19 +92,9 @@ def child(args) -> dict:
     from mlflow_plugins.train_logger import MlflowTrainLogger
 
     tracking = {"cpu": 0.0}  # thread CPU seconds inside the logger's work, any thread
-
-    def cpu_counted(method):
-        def counted(*a, **k):
-            t = time.thread_time()
-            try:
-                return method(*a, **k)
-            finally:
-                tracking["cpu"] += time.thread_time() - t
-
-        return counted
-
     for name in ("on_epoch_end", "on_checkpoint", "on_log_line", "_apply"):  # tags: in epoch end
-        setattr(MlflowTrainLogger, name, cpu_counted(getattr(MlflowTrainLogger, name)))
+        method = getattr(MlflowTrainLogger, name)
+        setattr(MlflowTrainLogger, name, counted(method, time.thread_time, tracking, "cpu"))
     logged = MlflowTrainLogger.on_epoch_end
     drain = MlflowTrainLogger.drain
 
@@ -108,16 +111,9 @@ def child(args) -> dict:
     mlflow.set_tracking_uri(args.uri)
     mlflow.set_experiment("tracking-overhead")
     spent = {"model": 0.0}
-    real = model_logging.log_best_model
-
-    def timed(*a, **k):
-        t = time.perf_counter()
-        try:
-            return real(*a, **k)
-        finally:
-            spent["model"] += time.perf_counter() - t
-
-    model_logging.log_best_model = timed
+    model_logging.log_best_model = counted(
+        model_logging.log_best_model, time.perf_counter, spent, "model"
+    )
     # as under `mlflow run`: the launcher has created the run before the entry point starts
     experiment = mlflow.get_experiment_by_name("tracking-overhead").experiment_id
     run_id = mlflow.MlflowClient().create_run(experiment).info.run_id

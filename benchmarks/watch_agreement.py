@@ -9,7 +9,8 @@ each batch: a fixed pace, no sleeping). At the end the run is ended FINISHED and
 its whole history back from the store. Per view it prints:
 
 - agreement: events the final analysis confirms that were raised live (a live `confirmed`
-  whose event lies in the final event's transition, plateau start to end of rise), and live
+  that is the final event's transition: its epoch from the plateau start to the end of rise, or
+  its rise overlapping the final one, as `live_state.same_transition` matches them), and live
   `confirmed` events the final analysis rejects (runs, by label; withdrawn live or not);
 - latency: polls between the first poll holding the data that confirms an event (its end of
   rise plus the sustain period it needs, as the final analysis places them) and the poll that
@@ -41,6 +42,7 @@ from corpus import NEGATIVE, VIEWS, index, load_run, metric_map  # noqa: E402
 
 from tvae import contract as C  # noqa: E402
 from tvae.analysis import Roles, Thresholds, analyze  # noqa: E402
+from tvae.analysis.live_state import same_transition  # noqa: E402
 
 
 def store() -> str:
@@ -73,6 +75,7 @@ def replay(client, frame: pd.DataFrame, roles: Roles, pace: int, name: str) -> d
     run_id = client.create_run("0", run_name=name).info.run_id
     watch = Watch(client, run_id=run_id, roles=roles, echo=lambda line: None)
     first_seen: dict[float, int] = {}  # live event epoch -> poll index it was first raised at
+    rises: dict[float, tuple[float, float]] = {}  # live event epoch -> its rise then
     steps = []  # last logged step at each poll
     plain = []  # CPU of each poll that did not run the detector
     for poll, i in enumerate(range(0, len(frame), pace)):
@@ -83,8 +86,9 @@ def replay(client, frame: pd.DataFrame, roles: Roles, pace: int, name: str) -> d
             plain.append((poll, watch.cpu_seconds - cpu))
         steps.append(int(frame.index[min(i + pace, len(frame)) - 1]))
         state = watch.runs[run_id].detector.state
-        for epoch in state.event_epochs:
+        for epoch, rise in zip(state.event_epochs, state.event_rises, strict=True):
             first_seen.setdefault(epoch, poll)
+            rises.setdefault(epoch, rise)
     client.set_terminated(run_id, "FINISHED")
     watch.poll()
     from mlflow_plugins.history import load_history
@@ -96,6 +100,7 @@ def replay(client, frame: pd.DataFrame, roles: Roles, pace: int, name: str) -> d
         "watch": watch,
         "final": final,
         "first_seen": first_seen,
+        "rises": rises,
         "steps": np.array(steps),
         "state_tag": client.get_run(run_id).data.tags.get(C.GROKKING_LIVE_STATE),
         "last_live": last_live,
@@ -109,7 +114,7 @@ def score(out: dict, t: Thresholds) -> dict:
     raised, late_polls, late_epochs, matched = [], [], [], set()
     for c in final.confirmed:
         need = max(t.sustain.epochs, t.sustain.rise_frac * float(c.details["rise_epochs"]))
-        live = [e for e in first_seen if c.plateau_start <= e <= c.rise_end + t.sustain.epochs]
+        live = [e for e in first_seen if same_transition(c, e, out["rises"][e], t.sustain.epochs)]
         matched.update(live)
         raised.append(bool(live))
         if live:

@@ -15,7 +15,7 @@ from tvae import contract as C
 from tvae.analysis import Roles, Thresholds, analyze
 from tvae.analysis.engine import _clean
 from tvae.analysis.live import LiveDetector
-from tvae.analysis.live_state import _detect
+from tvae.analysis.live_state import _detect, same_transition
 
 ROLES = Roles.from_metric_map(METRIC_MAP)
 
@@ -95,6 +95,32 @@ def test_a_breakthrough_that_falls_back_is_withdrawn():
     assert "withdrawn" in after.line()
     end = det.update(ended=True)
     assert end.state == "none" and not analyze(frame, ROLES).confirmed
+
+
+def test_a_slow_rise_whose_onset_moves_stays_one_event_to_the_end():
+    """A validation loss that falls for ~1,800 epochs: each longer history places the onset
+    and the end of the rise later, then the whole run earlier again. It is one transition
+    throughout, never withdrawn, and the run's end confirms it where analyze does; a
+    transition the whole run rejects (an LR restart that it turns out to belong to) is still
+    withdrawn."""
+    roles = Roles.from_metric_map(metric_map("loss-only"))
+    frame = load_run("sub53_f90_wd01_lr1e3")
+    det, changes = follow(frame, roles, per_update=25)
+    confirmed = [s for s in changes if s.state == "confirmed"]
+    assert confirmed and all(s.events == 1 for s in changes if s.state == "confirmed")
+    end = det.update(ended=True)
+    (event,) = analyze(frame, roles).confirmed
+    assert end.state == "confirmed" and end.event_epochs == (event.breakthrough_epoch,)
+    assert not end.withdrawn, end.withdrawn_reason
+    first = confirmed[0]
+    assert first.event_epochs[0] != event.breakthrough_epoch  # the onset did move
+    assert same_transition(event, first.event_epochs[0], first.event_rises[0], 0.0)
+
+    frame = load_run("mul53_f50_cos600_s41")
+    det, changes = follow(frame, roles, per_update=25)
+    assert "confirmed" in [s.state for s in changes] and not analyze(frame, roles).confirmed
+    end = det.update(ended=True)
+    assert end.state == "none" and end.withdrawn and "withdrawn" in end.withdrawn_reason
 
 
 def test_ended_run_is_confirmed_exactly_when_analyze_confirms():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from itertools import zip_longest
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,7 @@ class LiveState:
     detail: str = ""  # the state in one human line
     metric: str | None = None  # the metric the state is about
     event_epochs: tuple[float, ...] = ()  # every confirmed event's breakthrough epoch
+    event_rises: tuple[tuple[float, float], ...] = ()  # and its rise: (plateau end, rise end)
     due: float | None = None  # breakthrough: the step by which it is confirmed if it holds
 
     def change_key(self) -> tuple:
@@ -147,6 +149,24 @@ def _covers(c: Candidate, epoch: float, pad: float) -> bool:
     the end of its rise (a prefix places the onset of a slow rise earlier than the whole run
     does; different transitions of one metric do not overlap so)."""
     return c.plateau_start <= epoch <= c.rise_end + pad
+
+
+def same_transition(
+    c: Candidate, epoch: float, rise: tuple[float, float] | None, pad: float
+) -> bool:
+    """Whether an event seen before (its breakthrough ``epoch`` and ``rise``) is candidate
+    ``c``'s transition: the epoch lies in it, or the two rises overlap. A slow rise judged on a
+    longer history moves its onset and end, often past each other's windows; two transitions
+    of one metric never share rise epochs."""
+    if _covers(c, epoch, pad):
+        return True
+    return rise is not None and rise[0] < c.rise_end and c.plateau_end < rise[1]
+
+
+def _seen(state: LiveState) -> list[tuple[float, tuple[float, float] | None]]:
+    """The events of ``state``: (breakthrough epoch, rise or None)."""
+    pairs = zip_longest(state.event_epochs, state.event_rises[: len(state.event_epochs)])
+    return list(pairs)
 
 
 def _holding(
@@ -260,13 +280,15 @@ def assess(
     pad = t.sustain.epochs
     events = list(report.confirmed)
     pending: list[tuple[Candidate, float]] = []
-    unsure = [e for e in prev.event_epochs if not any(_covers(c, e, pad) for c in events)]
+    unsure = [
+        (e, r) for e, r in _seen(prev) if not any(same_transition(c, e, r, pad) for c in events)
+    ]
     held_back = any(c.criterion == "sustained" for c in report.rejected)
     if len(hist) and not ended and (unsure or held_back):
         for c, due in _holding(hist, roles, t, report, ctx):
             if any(_covers(f, c.breakthrough_epoch, 0.0) for f in events):
                 continue
-            if any(_covers(c, e, pad) for e in unsure):
+            if any(same_transition(c, e, r, pad) for e, r in unsure):
                 events.append(c)  # confirmed before, still rising or holding: stays confirmed
             else:
                 pending.append((c, due))
@@ -281,6 +303,7 @@ def assess(
         "severity": SEVERITIES[max(severities)] if severities else "none",
         "first_epoch": events[0].breakthrough_epoch if events else None,
         "event_epochs": tuple(c.breakthrough_epoch for c in events),
+        "event_rises": tuple((c.plateau_end, c.rise_end) for c in events),
     }
     if pending:
         c, due = pending[-1]
@@ -335,13 +358,13 @@ def _withdrawals(
     candidates it rests on now (``live``: its events and breakthroughs)."""
     pad = t.sustain.epochs
 
-    def kept(epoch: float) -> bool:
-        return any(_covers(c, epoch, pad) for c in live)
+    def kept(epoch: float, rise: tuple[float, float] | None = None) -> bool:
+        return any(same_transition(c, epoch, rise, pad) for c in live)
 
     gone = None
     if prev.state == "breakthrough" and prev.since is not None and not kept(prev.since):
         gone = ("breakthrough", prev.since)
-    lost = [e for e in prev.event_epochs if not kept(e)]
+    lost = [e for e, r in _seen(prev) if not kept(e, r)]
     if gone is None and lost:
         gone = ("confirmed event", lost[0])
     if gone is not None:
