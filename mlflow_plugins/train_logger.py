@@ -2,7 +2,7 @@
 
 Metrics go out as `log_batch` calls (step = epoch) and checkpoints as artifact uploads, all on
 one background thread of this logger, in order, so the training loop never waits on the store.
-Epochs shorter than `METRICS_HOLD_S` share one call: a SQL store spends most of a 32-metric call
+Epochs shorter than `METRICS_HOLD_S` share one call: a SQL store spends much of a 32-metric call
 on fixed per-call work, on a core the two training threads use. Not MLflow's own async logging:
 its worker polls its queue on a timer, which `end_run` waits out.
 
