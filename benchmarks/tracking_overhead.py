@@ -126,6 +126,23 @@ def child(args) -> dict:
     return {"wall": wall, "model": spent["model"], "tracking": tracking["per_epoch"], **steady()}
 
 
+def paired(what: str, figures: dict, args) -> dict[str, float]:
+    """Print `figures` (variant, length -> per-run values) as the long runs' medians and each
+    MLflow run against the no-op run of the same repeat and length; the medians in ms."""
+    ratios = [
+        m / o - 1
+        for n in (args.short, args.long)
+        for o, m in zip(figures["noop", n], figures["mlflow", n], strict=True)
+    ]
+    ms = {v: 1000 * statistics.median(figures[v, args.long]) for v in ("noop", "mlflow")}
+    print(
+        f"{what} after epoch {STEADY_AFTER}, {args.long}-epoch runs: noop {ms['noop']:.1f} ms, "
+        f"mlflow {ms['mlflow']:.1f} ms; per pair {100 * statistics.median(ratios):+.1f} % median "
+        f"({100 * min(ratios):+.1f} to {100 * max(ratios):+.1f} %)"
+    )
+    return ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "configs/v5_12_4_extended_grokking.yaml"))
@@ -188,27 +205,8 @@ def main() -> None:
             f"{1000 * slope[v]:6.1f} ms per epoch"
         )
     print(f"per-epoch logging cost {share:+.1f} % of an epoch (target <= 2 %)")
-    pairs = [  # each MLflow run against the no-op run of the same repeat and length
-        m / o - 1
-        for n in lengths
-        for o, m in zip(epochs["noop", n], epochs["mlflow", n], strict=True)
-    ]
-    steady_ms = {v: 1000 * statistics.median(epochs[v, args.long]) for v in ("noop", "mlflow")}
-    print(
-        f"steady-state epoch (median gap between epoch ends after epoch {STEADY_AFTER}, "
-        f"{args.long}-epoch runs): noop {steady_ms['noop']:.1f} ms, mlflow "
-        f"{steady_ms['mlflow']:.1f} ms; per pair {100 * statistics.median(pairs):+.1f} % median "
-        f"({100 * min(pairs):+.1f} to {100 * max(pairs):+.1f} %)"
-    )
-    cpu_pairs = [
-        m / o - 1 for n in lengths for o, m in zip(cpus["noop", n], cpus["mlflow", n], strict=True)
-    ]
-    cpu_ms = {v: 1000 * statistics.median(cpus[v, args.long]) for v in ("noop", "mlflow")}
-    print(
-        f"steady-state CPU per epoch (all threads): noop {cpu_ms['noop']:.1f} ms, mlflow "
-        f"{cpu_ms['mlflow']:.1f} ms; per pair {100 * statistics.median(cpu_pairs):+.1f} % median "
-        f"({100 * min(cpu_pairs):+.1f} to {100 * max(cpu_pairs):+.1f} %)"
-    )
+    paired("steady-state epoch (median gap between epoch ends)", epochs, args)
+    cpu_ms = paired("steady-state CPU per epoch (all threads)", cpus, args)
     spent_ms = 1000 * statistics.median(tracking)
     print(
         f"CPU of the tracking itself: {spent_ms:.1f} ms per epoch median "

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 
 from entrypoints.train import main as train_main
 from mlflow_plugins.model_logging import predictions_to_frame, warm_export
+from tvae import contract as C
 from tvae.ops import ternary_ops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,7 +340,7 @@ class _CountingClient(MlflowClient):
         if metrics:
             self.metric_calls.append(sorted({m.step for m in metrics}))
         if tags:
-            steps = [m.step for m in self.get_metric_history(run_id, "train/loss")]
+            steps = [m.step for m in self.get_metric_history(run_id, C.TRAIN_LOSS)]
             self.tags_after_step.append(max(steps, default=0))
         return super().log_batch(run_id, metrics, params, tags, synchronous=synchronous)
 
@@ -354,15 +355,15 @@ def test_short_epochs_share_store_calls_in_journal_order(store, tmp_path):
     run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
     logger = MlflowTrainLogger(run.info.run_id, tmp_path, client)
     for epoch in range(1, 61):
-        logger.on_epoch_end(epoch, {"train/loss": 1.0 / epoch, "eval/coverage": epoch / 60})
+        logger.on_epoch_end(epoch, {C.TRAIN_LOSS: 1.0 / epoch, C.COVERAGE: epoch / 60})
         if epoch == 30:
-            logger.write_tags({"grokking.live.state": "plateau"}, [])
+            logger.write_tags({C.GROKKING_LIVE_STATE: "plateau"}, [])
     logger.close()
     assert len(client.metric_calls) < 10, client.metric_calls
     assert [s for call in client.metric_calls for s in call] == list(range(1, 61))
     assert client.tags_after_step == [30]
-    for key in ("train/loss", "eval/coverage"):
+    for key in (C.TRAIN_LOSS, C.COVERAGE):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(1, 61))
     assert logger.pending() == 0
-    assert client.get_run(run.info.run_id).data.tags["grokking.live.state"] == "plateau"
+    assert client.get_run(run.info.run_id).data.tags[C.GROKKING_LIVE_STATE] == "plateau"

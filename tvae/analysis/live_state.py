@@ -165,8 +165,7 @@ def same_transition(
 
 def _seen(state: LiveState) -> list[tuple[float, tuple[float, float] | None]]:
     """The events of ``state``: (breakthrough epoch, rise or None)."""
-    pairs = zip_longest(state.event_epochs, state.event_rises[: len(state.event_epochs)])
-    return list(pairs)
+    return list(zip_longest(state.event_epochs, state.event_rises))
 
 
 def _holding(
