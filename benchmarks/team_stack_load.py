@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 from contract import CPU_CONTRACT_KEYS  # noqa: E402
 from live_curves import METRIC_MAP, textbook  # noqa: E402
-from team_stack import TeamStack, missing_parts, postgres_driver_problem, team_stack  # noqa: E402
+from stack_services import postgres_driver_problem  # noqa: E402
+from team_stack import TeamStack, missing_parts, team_stack  # noqa: E402
 
 from tvae import contract as C  # noqa: E402
 

@@ -22,12 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from team_stack import (
-    CLIENT_SECRETS_ENV,
-    missing_parts,
-    postgres_driver_problem,
-    team_stack,
-)
+from stack_services import postgres_driver_problem
+from team_stack import CLIENT_SECRETS_ENV, missing_parts, team_stack
 
 REASON = missing_parts() or postgres_driver_problem()
 if REASON:
