@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 
 import mlflow
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from mlflow_plugins.model_logging import log_head
 from tvae.config import ModelConfig
-from tvae.embedding_head import EmbeddingHead, predict_columns
+from tvae.embedding_head import EmbeddingHead, export_head, predict_columns
 from tvae.model import TernaryVAE
 from tvae.ops import ternary_ops
 
@@ -91,3 +92,21 @@ def test_the_run_points_at_its_model_and_the_model_documents_its_columns(logged)
     assert model.metadata.get_output_schema().input_names() == predict_columns(LATENT)
     assert model.metadata.get_input_schema() is None  # the model checks its input itself
     assert "python_function" in model.metadata.flavors
+
+
+def test_the_trainers_column_major_weights_are_saved_without_a_warning(tmp_path):
+    """The encoders keep their first weight column-major for training speed; the saved
+    program gets plain contiguous weights (no torch.export.save warning), same outputs."""
+    torch.manual_seed(0)
+    config = ModelConfig(encoder_hidden=[32], decoder_hidden=[16], latent_dim=LATENT)
+    head = EmbeddingHead(TernaryVAE.from_config(config).eval()).eval()
+    assert not head.vae.encoder_A.net[0].weight.is_contiguous()
+    ops = ternary_ops()
+    with torch.no_grad():
+        expected = head(ops)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.export.save(export_head(head, ops[:8]), tmp_path / "head.pt2")
+    loaded = torch.export.load(tmp_path / "head.pt2").module()
+    with torch.no_grad():
+        assert torch.equal(loaded(ops.to(torch.float32)), expected)

@@ -51,7 +51,11 @@ def export_head(head: EmbeddingHead, example: torch.Tensor) -> torch.export.Expo
     """The head as a `torch.export` program over float32 [N, 9] input, N free.
 
     `example` needs more than one row: export fixes a dimension of size 1 to a constant.
+    The head's weights are made contiguous first: the trainer keeps the encoders' first weight
+    column-major (`tvae.model`), which `torch.export.save` can only store with a warning.
     """
+    for param in head.parameters():
+        param.data = param.data.contiguous()
     example = example.to(torch.float32)
     batch = torch.export.Dim.AUTO
     with torch.no_grad():
