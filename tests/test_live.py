@@ -123,6 +123,23 @@ def test_a_slow_rise_whose_onset_moves_stays_one_event_to_the_end():
     assert end.state == "none" and end.withdrawn and "withdrawn" in end.withdrawn_reason
 
 
+def test_a_slow_climb_out_of_a_plateau_is_confirmed_once_the_data_confirm_it():
+    """Validation accuracy climbs for ~300 epochs out of a 445-epoch plateau. Each poll's run
+    during the climb changes nothing yet; they must not push the next run back (the backoff
+    for noise), or the confirmation waits for a late run: it comes at the first poll that
+    holds the end of the rise plus its sustain period, as the whole run places them."""
+    roles = Roles.from_metric_map(metric_map("acc+loss"))
+    frame = load_run("add53_f50_step200")
+    (event,) = analyze(frame, roles).confirmed
+    t = Thresholds()
+    sustain = max(t.sustain.epochs, t.sustain.rise_frac * event.details["rise_epochs"])
+    due = event.rise_end + sustain
+    det, changes = follow(frame.loc[: due + 200], roles, per_update=25)
+    first = next(s for s in changes if s.state == "confirmed")
+    assert same_transition(event, first.event_epochs[0], first.event_rises[0], 0.0)
+    assert first.seen_at_step <= due + 25, (first.seen_at_step, due)
+
+
 def test_ended_run_is_confirmed_exactly_when_analyze_confirms():
     """A run that stops mid-jump: live said breakthrough, the end says what analyze says."""
     frame = textbook(n=153)

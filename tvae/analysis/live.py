@@ -81,7 +81,9 @@ class LiveDetector:
     - a generalisation metric moved: the median of its last `TAIL_ROWS` finite values left the
       flat tolerance around its level at the last run (checked on the new rows only). An
       unproductive move (no change of state, no breakthrough) doubles how many rows the next
-      one waits for, so a noisy metric cannot make every poll pay for a run;
+      one waits for, so a noisy metric cannot make every poll pay for a run; except a move
+      the generalising way out of a plateau: a slow climb's end can come at any row, and its
+      confirmation is due a sustain period later, so the wait does not grow;
     - a breakthrough's sustain period is over (its `due` step was reached): the confirmation is
       decided at the first update after the data that confirms it;
     - in state ``none``, the metric has been still for ``plateau.min_epochs`` x 1, 2, 4, ...
@@ -108,6 +110,7 @@ class LiveDetector:
         self._tails: dict[str, deque] = {}
         self._refs: dict[str, tuple[float, float]] = {}  # key -> (level at last run, band)
         self._moved = False
+        self._rose = False  # a move since the last run went the generalising way
         self._move_wait = 1  # rows a move waits for since the last run (doubles when idle)
         self._quiet_since: int | None = None
         self._quiet_mark = float(self.t.plateau.min_epochs)
@@ -164,8 +167,10 @@ class LiveDetector:
         ref = self._refs.get(key)
         if ref is None or not tail:
             return
-        if abs(float(np.median(tail)) - ref[0]) >= ref[1]:
+        shift = float(np.median(tail)) - ref[0]
+        if abs(shift) >= ref[1]:
             self._moved = True
+            self._rose = self._rose or shift > 0
             self._quiet_since = step
             self._quiet_mark = float(self.t.plateau.min_epochs)
 
@@ -233,13 +238,17 @@ class LiveDetector:
             for k, band in a.bands.items()
             if self._tails.get(k)
         }
-        self._moved = False
         if why == "moved":
             productive = a.state.change_key() != before.change_key() or a.state.due is not None
+            climbing = self._rose and a.state.state == "plateau"
             cap = max(PERIODIC_MIN_ROWS, int(PERIODIC_FRAC * self._rows))
-            self._move_wait = 1 if productive else min(2 * self._move_wait, cap)
+            if productive:
+                self._move_wait = 1
+            elif not climbing:
+                self._move_wait = min(2 * self._move_wait, cap)
         elif why == "quiet":
             self._quiet_mark *= 2
+        self._moved = self._rose = False
         self.analyses += 1
         self.reasons.append(why)
         self.cpu_seconds += time.thread_time() - started
