@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from itertools import zip_longest
 
 import numpy as np
 import pandas as pd
@@ -163,9 +162,9 @@ def same_transition(
     return rise is not None and rise[0] < c.rise_end and c.plateau_end < rise[1]
 
 
-def _seen(state: LiveState) -> list[tuple[float, tuple[float, float] | None]]:
-    """The events of ``state``: (breakthrough epoch, rise or None)."""
-    return list(zip_longest(state.event_epochs, state.event_rises))
+def _seen(state: LiveState) -> list[tuple[float, tuple[float, float]]]:
+    """The events of ``state``: (breakthrough epoch, rise)."""
+    return list(zip(state.event_epochs, state.event_rises, strict=True))
 
 
 def _holding(
