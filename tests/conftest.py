@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from mlflow_server import migrated_sqlite_db
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -23,13 +24,22 @@ sys.path.insert(0, str(REPO / "tests" / "corpus"))
 
 
 @pytest.fixture(scope="session")
-def _migrated_db(tmp_path_factory) -> Path:
-    """An empty, fully migrated MLflow SQLite DB, built once (migrations take ~6 s per DB)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+def _migrated_db() -> Path:
+    """An empty, fully migrated MLflow SQLite DB, built once (migrations take seconds per DB)."""
+    return migrated_sqlite_db()
 
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "artifacts"))
-    return path
+
+def fresh_store(folder: Path, template: Path) -> str:
+    """Copy the migrated template to folder/mlflow.db with experiment 0's artifacts under
+    folder/mlruns/0 (where a new local store puts them); its URI."""
+    shutil.copy(template, folder / "mlflow.db")
+    with sqlite3.connect(folder / "mlflow.db") as db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(folder / "mlruns" / "0"),),
+        )
+    db.close()
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 @pytest.fixture
@@ -37,14 +47,7 @@ def tracking_uri(tmp_path, monkeypatch, _migrated_db) -> str:
     """A fresh SQLite tracking store + artifact root in tmp_path, set as the process default."""
     import mlflow
 
-    shutil.copy(_migrated_db, tmp_path / "mlflow.db")
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # artifacts under tmp_path, as before
-        db.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-            (str(tmp_path / "mlruns" / "0"),),
-        )
-    db.close()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_store(tmp_path, _migrated_db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -76,8 +79,7 @@ def store(tmp_path, _migrated_db):
     environment a subprocess needs to use them."""
     from mlflow import MlflowClient
 
-    shutil.copy(_migrated_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_store(tmp_path, _migrated_db)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TVAE_"))}
     env.update(
         MLFLOW_TRACKING_URI=uri,

@@ -6,17 +6,34 @@ upload/download (`mlflow-artifacts:/`), and the React UI that a browser renders.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@functools.cache
+def migrated_sqlite_db() -> Path:
+    """An empty MLflow SQLite DB with every migration applied, built once per process: a fresh
+    store spends seconds migrating. Experiment 0 keeps its artifacts where a server with proxied
+    artifacts puts them (`mlflow-artifacts:/0`)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-template-"))
+    atexit.register(shutil.rmtree, folder, True)
+    SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", "mlflow-artifacts:/")
+    return folder / "mlflow.db"
 
 
 def free_port() -> int:
@@ -75,6 +92,8 @@ def start_server(workdir: Path, port: int | None = None, timeout_s: float = 120.
     on the same store, as a tracking server coming back after an outage."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "server.db").exists():
+        shutil.copy(migrated_sqlite_db(), workdir / "server.db")
     server = launch_server(
         workdir,
         backend_store_uri=f"sqlite:///{workdir / 'server.db'}",
@@ -113,7 +132,14 @@ def launch_server(
         "--workers", "1",
         *extra_args,
     ]  # fmt: skip
-    full_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
+    full_env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # no job runner (MLflow's huey consumer for GenAI jobs): its processes would start
+        # beside the server's and slow its start on a busy box; no test uses server-side jobs
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **(env or {}),
+    }
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             cmd,

@@ -7,7 +7,6 @@ One tiny model is logged per module (torch.export takes seconds). Cost: ~10 s on
 from __future__ import annotations
 
 import re
-import shutil
 import warnings
 
 import mlflow
@@ -28,11 +27,10 @@ LATENT = 4
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, _migrated_db):
     """(loaded pyfunc model, the head it was exported from, the run it was logged to)."""
-    from conftest import _forget_fluent_state
+    from conftest import _forget_fluent_state, fresh_store
 
     root = tmp_path_factory.mktemp("predict")
-    shutil.copy(_migrated_db, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = fresh_store(root, _migrated_db)
     mlflow.set_tracking_uri(uri)
     _forget_fluent_state()
     exp = mlflow.MlflowClient().create_experiment("predict", str(root / "artifacts"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import fresh_store
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +24,14 @@ MLFLOW = [sys.executable, "-m", "mlflow"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, _migrated_db):
     root = tmp_path_factory.mktemp("e2e")
+    uri = fresh_store(root, _migrated_db)
     env = dict(os.environ)
     env.pop("MLFLOW_RUN_ID", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        MLFLOW_TRACKING_URI=uri,
         MLFLOW_DISABLE_TELEMETRY="true",
         MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
         TVAE_WORK_DIR=str(root / "work"),  # runs' local work folders

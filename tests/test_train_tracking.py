@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import fresh_store
 from contract import CPU_CONTRACT_KEYS
 from mlflow import MlflowClient
 
@@ -61,10 +62,10 @@ def run_cli(*args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, _migrated_db):
     """One SQLite store for the module (creating a store costs seconds)."""
     root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = fresh_store(root, _migrated_db)
     keys = (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_RUN_ID",
