@@ -23,16 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "corpus"))
 
 
-@pytest.fixture(scope="session")
-def _migrated_db() -> Path:
-    """An empty, fully migrated MLflow SQLite DB, built once (migrations take seconds per DB)."""
-    return migrated_sqlite_db()
-
-
-def fresh_store(folder: Path, template: Path) -> str:
-    """Copy the migrated template to folder/mlflow.db with experiment 0's artifacts under
-    folder/mlruns/0 (where a new local store puts them); its URI."""
-    shutil.copy(template, folder / "mlflow.db")
+def fresh_store(folder: Path) -> str:
+    """An empty store at folder/mlflow.db, copied from one migrated template (migrations take
+    seconds per DB), with experiment 0's artifacts under folder/mlruns/0 (where a new local
+    store puts them); its URI."""
+    shutil.copy(migrated_sqlite_db(), folder / "mlflow.db")
     with sqlite3.connect(folder / "mlflow.db") as db:
         db.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
@@ -43,11 +38,11 @@ def fresh_store(folder: Path, template: Path) -> str:
 
 
 @pytest.fixture
-def tracking_uri(tmp_path, monkeypatch, _migrated_db) -> str:
+def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite tracking store + artifact root in tmp_path, set as the process default."""
     import mlflow
 
-    uri = fresh_store(tmp_path, _migrated_db)
+    uri = fresh_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -74,12 +69,12 @@ def _forget_fluent_state() -> None:
 
 
 @pytest.fixture
-def store(tmp_path, _migrated_db):
+def store(tmp_path):
     """A fresh SQLite store, its artifacts and the runs' work folders under tmp_path, and the
     environment a subprocess needs to use them."""
     from mlflow import MlflowClient
 
-    uri = fresh_store(tmp_path, _migrated_db)
+    uri = fresh_store(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TVAE_"))}
     env.update(
         MLFLOW_TRACKING_URI=uri,

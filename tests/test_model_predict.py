@@ -25,12 +25,12 @@ LATENT = 4
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory, _migrated_db):
+def logged(tmp_path_factory):
     """(loaded pyfunc model, the head it was exported from, the run it was logged to)."""
     from conftest import _forget_fluent_state, fresh_store
 
     root = tmp_path_factory.mktemp("predict")
-    uri = fresh_store(root, _migrated_db)
+    uri = fresh_store(root)
     mlflow.set_tracking_uri(uri)
     _forget_fluent_state()
     exp = mlflow.MlflowClient().create_experiment("predict", str(root / "artifacts"))

@@ -24,9 +24,9 @@ MLFLOW = [sys.executable, "-m", "mlflow"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, _migrated_db):
+def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    uri = fresh_store(root, _migrated_db)
+    uri = fresh_store(root)
     env = dict(os.environ)
     env.pop("MLFLOW_RUN_ID", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -62,10 +62,10 @@ def run_cli(*args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, _migrated_db):
+def store(tmp_path_factory):
     """One SQLite store for the module (creating a store costs seconds)."""
     root = tmp_path_factory.mktemp("store")
-    uri = fresh_store(root, _migrated_db)
+    uri = fresh_store(root)
     keys = (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_RUN_ID",
