@@ -1,4 +1,4 @@
-"""CPU training throughput of the TernaryVAE trainer, all loss terms on, vs a textbook loop.
+"""Training throughput of the TernaryVAE trainer, all loss terms on, vs a textbook loop.
 
 Both loops train the same model with the same loss terms in this process:
   textbook  the loop from the PyTorch tutorials, made fair: per batch, index the in-memory data,
@@ -15,7 +15,12 @@ comparable within one run on a shared machine. Samples per CPU-second (all threa
 process) is the work each loop does per sample, which other processes' load moves far less:
 two free cores can give the trainer at most twice its own figure.
 
-    python benchmarks/throughput.py [--rounds 7] [--batch-size 512]
+On CUDA (`--device cuda --amp auto`) both loops keep the data on the GPU and run under the same
+autocast (fp16 with a GradScaler); the trainer runs its branches one after the other there, and
+each timed epoch ends with a device synchronisation.
+
+    python benchmarks/throughput.py [--rounds 7] [--batch-size 512] [--device cpu|cuda]
+        [--amp auto|bf16|fp16|off] [--skip-baseline]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tvae does; must preced
 import torch  # noqa: E402
 
 from tvae.config import TVAEConfig, load_config  # noqa: E402
+from tvae.device import AMP_DTYPES, resolve_amp, resolve_device  # noqa: E402
 from tvae.losses import LossComputer  # noqa: E402
 from tvae.model import TernaryVAE  # noqa: E402
 from tvae.ops import N_OPS, ternary_ops, valuations  # noqa: E402
@@ -45,26 +51,33 @@ EPOCH = 10  # past the KL warm-up; the geodesic term is forced on
 
 
 def textbook_epoch(cfg: TVAEConfig, optimizer: str) -> Callable[[], None]:
-    """One epoch of the textbook loop, with its own model and AdamW (`fused` or `foreach`)."""
+    """One epoch of the textbook loop, with its own model and AdamW (`fused` or `foreach`), on
+    the config's device and under its autocast."""
     torch.manual_seed(0)
-    model = TernaryVAE.from_config(cfg.model)
+    device = resolve_device(cfg.train.device)
+    amp = resolve_amp(cfg.train.amp, device)
+    model = TernaryVAE.from_config(cfg.model).to(device)
     tc = cfg.train
     opt = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **{optimizer: True}
     )
-    losses = LossComputer(cfg.loss, torch.device("cpu"))
-    ops, vals, bs = ternary_ops(), valuations(), cfg.train.batch_size
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    losses = LossComputer(cfg.loss, device)
+    ops, vals, bs = ternary_ops().to(device), valuations().to(device), cfg.train.batch_size
 
     def epoch() -> None:
-        perm = torch.randperm(N_OPS)
+        perm = torch.randperm(N_OPS, device=device)
         for start in range(0, N_OPS, bs):
             idx = perm[start : start + bs]
             x, v = ops[idx], vals[idx]
-            total, _ = losses(model(x), x, (x + 1).long(), v, EPOCH, True)
+            with torch.autocast(device.type, AMP_DTYPES.get(amp), enabled=amp != "off"):
+                total, _ = losses(model(x), x, (x + 1).long(), v, EPOCH, True)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            scaler.scale(total).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
 
     return epoch
 
@@ -86,11 +99,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="timed epochs per setting")
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--skip-baseline", action="store_true", help="time the trainer only")
     args = ap.parse_args()
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
 
     def config(threads: int) -> TVAEConfig:
         overrides = {
-            "train.device": "cpu",
+            "train.device": str(device),
+            "train.amp": args.amp,
             "train.threads": threads,
             "train.batch_size": args.batch_size,
             "loss.geodesic.start_epoch": 0,
@@ -100,14 +119,20 @@ def main() -> None:
 
     cfg, trainers = config(1), []
     # (label, intra-op threads of the calling thread, one epoch)
-    settings = [
-        ("trainer, threads 2 (branch B on a thread)", 1, trainer_epoch(config(2), trainers)),
-        ("trainer, threads 1", 1, trainer_epoch(cfg, trainers)),
-    ]
-    for threads in (1, 2):
+    if cuda:  # one stream: the branches run one after the other whatever train.threads says
+        settings = [("trainer", 1, trainer_epoch(cfg, trainers))]
+    else:
+        settings = [
+            ("trainer, threads 2 (branch B on a thread)", 1, trainer_epoch(config(2), trainers)),
+            ("trainer, threads 1", 1, trainer_epoch(cfg, trainers)),
+        ]
+    for threads in () if args.skip_baseline else (1,) if cuda else (1, 2):
         for opt in ("fused", "foreach"):
             label = f"textbook, {threads} thread{'s' * (threads > 1)}, AdamW {opt}"
             settings.append((label, threads, textbook_epoch(cfg, opt)))
+    amp = resolve_amp(args.amp, device)
+    if cuda:
+        print(f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, amp {amp}")
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {args.batch_size},"
         f" OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, {args.rounds} rounds"
@@ -120,6 +145,8 @@ def main() -> None:
             torch.set_num_threads(threads)  # per calling thread; the trainer's worker has its own
             t0, cpu0 = time.perf_counter(), time.process_time()
             epoch()
+            if cuda:
+                torch.cuda.synchronize(device)
             if round_:
                 rates[label].append(N_OPS / (time.perf_counter() - t0))
                 work[label].append(N_OPS / (time.process_time() - cpu0))
@@ -134,6 +161,9 @@ def main() -> None:
             f" {statistics.median(work[label]):>7,.0f} samples per CPU-second"
         )
     ours = statistics.median(rates[settings[0][0]])
+    if args.skip_baseline:
+        print(f"throughput: {ours:,.0f} samples/s")
+        return
     textbook = [label for label in rates if label.startswith("textbook")]
     best = max(textbook, key=lambda label: statistics.median(rates[label]))
     base = statistics.median(rates[best])

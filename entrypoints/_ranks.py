@@ -23,9 +23,10 @@ def join_group() -> Any:
     return DataParallel.from_env()
 
 
-def launch_ranks(nproc: int) -> int:
+def launch_ranks(nproc: int, device: str) -> int:
     """Run this command as `nproc` ranks on this machine (torch's elastic launcher, what
-    torchrun runs, here in-process so that its exit is ours) and return rank 0's exit code:
+    torchrun runs, here in-process so that its exit is ours), with NCCL when `device` (the
+    config's `train.device`) is a GPU and gloo otherwise, and return rank 0's exit code:
     ranks stop together at an epoch boundary on SIGTERM or Ctrl-C."""
     import logging
     import uuid
@@ -34,6 +35,9 @@ def launch_ranks(nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from tvae.device import resolve_device
+    from tvae.distributed import BACKEND_ENV
+
     own, skip = [], False  # the same args without --nproc
     for arg in sys.argv[1:]:
         if not skip and not arg.startswith("--nproc"):
@@ -41,6 +45,7 @@ def launch_ranks(nproc: int) -> int:
         skip = arg == "--nproc"
     cores = max(1, (os.cpu_count() or 1) // nproc)
     os.environ.setdefault("OMP_NUM_THREADS", str(cores))  # ranks share this machine's cores
+    os.environ[BACKEND_ENV] = "nccl" if resolve_device(device).type == "cuda" else "gloo"
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     config = LaunchConfig(
         min_nodes=1,

@@ -350,7 +350,7 @@ def cli(
             shutil.rmtree(made, ignore_errors=True)
         exit_with_error(str(err), EXIT_BAD_INPUT)
     if (nproc or 1) > 1 and parallel is None:
-        sys.exit(launch_ranks(nproc))
+        sys.exit(launch_ranks(nproc, config.train.device))
     if parallel is not None:  # the other ranks train exactly this config and checkpoint
         checkpoint = resume.checkpoint.read_bytes() if resume else None
         parallel.broadcast((config.model_dump(mode="json"), checkpoint))

@@ -113,7 +113,7 @@ def train_in_run(
 
         from mlflow_plugins.runs import last_logged_step
 
-        state = torch.load(resume_checkpoint, weights_only=True)
+        state = torch.load(resume_checkpoint, map_location="cpu", weights_only=True)
         ckpt_epoch = int(state["epoch"])
         logged = last_logged_step(client, run_id)
         if logged > ckpt_epoch:  # killed hard after the last checkpoint

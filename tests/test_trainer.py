@@ -17,7 +17,7 @@ from contract import CPU_CONTRACT_KEYS
 
 from tvae.branches import SerialRunner, ThreadBranchRunner
 from tvae.callbacks import TrainLogger
-from tvae.checkpoint import load_model, read_checkpoint
+from tvae.checkpoint import load_model, read_checkpoint, restore_trainer
 from tvae.config import load_config
 from tvae.data import epoch_indices
 from tvae.metrics import EVAL_KEYS, evaluate_model
@@ -125,6 +125,22 @@ def test_load_model_reproduces_final_metrics(full_run):
     again = evaluate_model(model, ternary_ops(), valuations())
     for k in EVAL_KEYS:
         assert again[k] == pytest.approx(result.final_metrics[k], abs=1e-9)
+
+
+def test_a_checkpoint_saved_without_fp16_resumes_under_a_gradscaler(full_run, tmp_path):
+    """A CPU or bf16 run's checkpoint holds empty scaler states: resumed where amp resolves to
+    fp16 (auto on an older GPU), each branch starts a new GradScaler instead of failing."""
+    epoch2 = full_run[3]
+    assert read_checkpoint(epoch2)["scaler"] == {"A": {}, "B": {}}
+    trainer = Trainer(smoke(), tmp_path / "fp16", echo=False)
+    trainer.setup()
+    try:
+        for b in trainer.branches:  # what fp16 gives each branch (on CUDA)
+            b.scaler = torch.amp.GradScaler("cpu", enabled=True)
+        assert restore_trainer(trainer, epoch2) == 2
+        assert [b.scaler.get_scale() for b in trainer.branches] == [2.0**16, 2.0**16]
+    finally:
+        trainer.close()
 
 
 def test_stop_is_deterministic_and_resume_is_bit_for_bit(full_run, tmp_path):

@@ -124,7 +124,8 @@ def restore_trainer(trainer: Any, path: Path) -> int:
     trainer.model.load_state_dict(state["model"])
     for b in trainer.branches:
         b.optimizer.load_state_dict(state["optimizer"][b.name])
-        b.scaler.load_state_dict(state["scaler"][b.name])
+        if state["scaler"][b.name]:  # empty when saved without fp16: a new scaler starts
+            b.scaler.load_state_dict(state["scaler"][b.name])
     trainer.homeostasis.load_state_dict(state["homeostasis"])
     set_rng_state(state["rng"], trainer.device)
     trainer.best.load_state_dict(state)

@@ -25,7 +25,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp == "auto":
         if device.type != "cuda":
             return "off"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # native bf16 from compute capability 8 (Ampere); older GPUs would only emulate it
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("train.amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
     return amp

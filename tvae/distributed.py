@@ -26,6 +26,9 @@ import torch.distributed as dist
 # torch >= 2.13 names them *_single; older releases only have the *_tensor spelling
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# the backend our launcher chose from the training's device, for ranks that join the group
+# before they know the config (gloo for a CPU training on a GPU machine); unset: NCCL with CUDA
+BACKEND_ENV = "TVAE_DIST_BACKEND"
 
 
 class _AllGather(torch.autograd.Function):
@@ -63,7 +66,9 @@ class DataParallel:
         if world <= 1:
             return None
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        backend = os.environ.get(BACKEND_ENV) or (
+            "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        )
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
