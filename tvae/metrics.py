@@ -64,17 +64,17 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=4)
-def _pair_sample(n: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_sample(n: int, count: int, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drawn on the CPU (the same pairs on every device), kept on `device`: no upload per eval."""
     gen = torch.Generator().manual_seed(seed)
     i = torch.randint(0, n, (count,), generator=gen)
     j = torch.randint(0, n, (count,), generator=gen)
-    return i, j
+    return i.to(device), j.to(device)
 
 
 def dist_corr(radius: torch.Tensor, valuations: torch.Tensor) -> torch.Tensor:
     """Spearman(|r_i - r_j|, |v_i - v_j|) over a fixed-seed sample of uniform (i, j) pairs."""
-    i, j = _pair_sample(radius.numel(), DIST_CORR_PAIRS, DIST_CORR_SEED)
-    i, j = i.to(radius.device), j.to(radius.device)
+    i, j = _pair_sample(radius.numel(), DIST_CORR_PAIRS, DIST_CORR_SEED, str(radius.device))
     dr = (radius[i] - radius[j]).abs()
     dv = (valuations[i] - valuations[j]).abs()
     return spearman(dr, dv)
@@ -133,6 +133,13 @@ def richness(radius: torch.Tensor, valuations: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 1, var, torch.zeros_like(var)).sum() / N_LEVELS
 
 
+def level_mean(values: torch.Tensor, levels: torch.Tensor, level: int) -> torch.Tensor:
+    """Mean of `values` at one valuation level, as a masked sum: a boolean index would make the
+    host wait for the device to learn the selection's size."""
+    mask = (levels == level).to(values.dtype)
+    return (values * mask).sum() / mask.sum()
+
+
 def compute_eval_metrics(
     ops: torch.Tensor,
     valuations: torch.Tensor,
@@ -157,8 +164,8 @@ def compute_eval_metrics(
             dc,
             richness(radius_B, v),
             dc + 1.5 * h_B.abs(),
-            rb[v == 0].mean(),
-            rb[v == N_LEVELS - 1].mean(),
+            level_mean(rb, v, 0),
+            level_mean(rb, v, N_LEVELS - 1),
         ]
     )
     keys = EVAL_KEYS
