@@ -15,9 +15,10 @@ comparable within one run on a shared machine. Samples per CPU-second (all threa
 process) is the work each loop does per sample, which other processes' load moves far less:
 two free cores can give the trainer at most twice its own figure.
 
-On CUDA (`--device cuda --amp auto`) both loops keep the data on the GPU and run under the same
-autocast (fp16 with a GradScaler); the trainer runs its branches one after the other there, and
-each timed epoch ends with a device synchronisation.
+On CUDA (`--device cuda --amp auto`) both loops keep the data on the GPU and use the same AMP
+mode (with a GradScaler for fp16); the textbook loop runs its forward and loss under autocast, as
+PyTorch's AMP recipe does. The trainer runs its branches one after the other there, and each
+timed epoch ends with a device synchronisation.
 
     python benchmarks/throughput.py [--rounds 7] [--batch-size 512] [--device cpu|cuda]
         [--amp auto|bf16|fp16|off] [--skip-baseline]

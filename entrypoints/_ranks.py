@@ -36,7 +36,7 @@ def launch_ranks(nproc: int, device: str) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from tvae.device import resolve_device
-    from tvae.distributed import BACKEND_ENV
+    from tvae.distributed import BACKEND_ENV, backend_for
 
     own, skip = [], False  # the same args without --nproc
     for arg in sys.argv[1:]:
@@ -45,7 +45,7 @@ def launch_ranks(nproc: int, device: str) -> int:
         skip = arg == "--nproc"
     cores = max(1, (os.cpu_count() or 1) // nproc)
     os.environ.setdefault("OMP_NUM_THREADS", str(cores))  # ranks share this machine's cores
-    os.environ[BACKEND_ENV] = "nccl" if resolve_device(device).type == "cuda" else "gloo"
+    os.environ[BACKEND_ENV] = backend_for(resolve_device(device))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     config = LaunchConfig(
         min_nodes=1,

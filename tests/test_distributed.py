@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 from contract import CPU_CONTRACT_KEYS
 from mlflow import MlflowClient
@@ -24,6 +25,7 @@ from mlflow import MlflowClient
 from tvae import contract as C
 from tvae.callbacks import TrainLogger
 from tvae.config import TVAEConfig, load_config
+from tvae.distributed import backend_for
 from tvae.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,3 +160,10 @@ def test_sigterm_stops_every_rank_at_one_epoch_and_the_ranks_resume(store):
     config = load_config(str(cfg), {"train.epochs": last + 2})
     after = one_process(config, root / "after", resume=ckpt)
     assert_same_numbers(client, run_id, {**before, **after})
+
+
+def test_the_backend_follows_the_trainings_device_not_the_machine():
+    """A CPU training uses gloo even on a GPU machine; a GPU training NCCL where torch has it."""
+    assert backend_for(torch.device("cpu")) == "gloo"
+    cuda = backend_for(torch.device("cuda", 0))
+    assert cuda == ("nccl" if dist.is_nccl_available() else "gloo")

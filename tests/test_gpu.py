@@ -108,4 +108,4 @@ def test_a_training_epoch_has_no_host_sync_per_step(tmp_path):
             counts[batch] = host_syncs(lambda t=trainer: t.train_epoch(5, True))
         finally:
             trainer.close()
-    assert len(counts[512]) == len(counts[4096]) <= 2, counts
+    assert len(counts[512]) == len(counts[4096]), counts  # the same with 39 steps as with 5

@@ -21,7 +21,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs that support it, fp16 (with GradScaler) on older GPUs, off on CPU."""
+    """auto: bf16 on GPUs that have it natively, fp16 (with GradScaler) on older GPUs, off on
+    CPU."""
     if amp == "auto":
         if device.type != "cuda":
             return "off"

@@ -31,6 +31,11 @@ _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sc
 BACKEND_ENV = "TVAE_DIST_BACKEND"
 
 
+def backend_for(device: torch.device) -> str:
+    """NCCL for a training on GPUs (where torch has it), gloo for one on the CPU."""
+    return "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
+
+
 class _AllGather(torch.autograd.Function):
     """Every rank's equal-shaped tensor stacked along dim 0; the backward hands each rank the
     sum over ranks of the gradient of its own rows."""
@@ -66,9 +71,8 @@ class DataParallel:
         if world <= 1:
             return None
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = os.environ.get(BACKEND_ENV) or (
-            "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-        )
+        here = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        backend = os.environ.get(BACKEND_ENV) or backend_for(here)
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
