@@ -131,8 +131,8 @@ def main() -> None:
         for opt in ("fused", "foreach"):
             label = f"textbook, {threads} thread{'s' * (threads > 1)}, AdamW {opt}"
             settings.append((label, threads, textbook_epoch(cfg, opt)))
-    amp = resolve_amp(args.amp, device)
     if cuda:
+        amp = resolve_amp(args.amp, device)
         print(f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, amp {amp}")
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {args.batch_size},"
