@@ -77,24 +77,22 @@ def by_class(rows: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def split_names(runs: dict[str, dict]) -> list[str]:
+    """The corpus's splits in the order they were made: train, test, test2, test3, ..."""
+    made = {entry["split"] for entry in runs.values()}
+    return ["train", "test"] + sorted(made - {"train", "test"}, key=lambda s: int(s[4:]))
+
+
 def main() -> None:
+    runs = index()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--split",
-        choices=("train", "test", "test2", "test3", "test4", "test5", "all"),
-        default="all",
-    )
+    parser.add_argument("--split", choices=(*split_names(runs), "all"), default="all")
     parser.add_argument("--view", choices=tuple(VIEWS), action="append")
     parser.add_argument("--thresholds", help="a thresholds YAML (default: the built-in ones)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="one line per run")
     args = parser.parse_args()
     thresholds = load_thresholds(args.thresholds)
-    runs = index()
-    splits = (
-        ("train", "test", "test2", "test3", "test4", "test5")
-        if args.split == "all"
-        else (args.split,)
-    )
+    splits = split_names(runs) if args.split == "all" else [args.split]
     histories = {name: load_run(name) for name in runs}
     started, analysed = time.perf_counter(), 0
     for split in splits:

@@ -11,7 +11,7 @@ import pandas as pd
 FIT_ACC = 0.99  # the training set is fitted once train accuracy reaches this
 GEN_FRAC = 0.95  # generalised: val accuracy covers this share of the way from chance to its top
 NEAR_FRAC = 0.10  # near chance: val accuracy below this share of the way from chance to its top
-MIN_GAIN = 0.5  # a generalising run's top val accuracy is at least this far above chance
+MIN_GAIN = 0.5  # a generalising run's top val accuracy covers this share of chance-to-1
 DELAY = 3.0  # grokking: generalised at >= DELAY x the fit epoch ...
 QUIET = 2.0  # ... with val accuracy near chance until >= QUIET x the fit epoch
 
@@ -36,7 +36,7 @@ def label(history: pd.DataFrame, classes: int, lr_steps: list[int]) -> dict:
     top = float(smooth.max())
     fit = _first(e, train >= FIT_ACC)
     out: dict = {"chance": chance, "top": round(top, 6), "fit": fit}
-    if fit is None or top - chance < MIN_GAIN:
+    if fit is None or top - chance < MIN_GAIN * (1 - chance):
         out.update(cls="none", generalised=None, window=None)
         return out
     gen = _first(e, val >= chance + GEN_FRAC * (top - chance))

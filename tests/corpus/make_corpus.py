@@ -1,6 +1,6 @@
 """Regenerate the detection corpus: train every run, label it, assign the split.
 
-    python tests/corpus/make_corpus.py                 # all runs (about an hour on 2 cores)
+    python tests/corpus/make_corpus.py                 # all runs (over an hour on 2 cores)
     python tests/corpus/make_corpus.py --only NAME...  # some runs
     python tests/corpus/make_corpus.py --relabel       # labels and split from the CSVs only
 
@@ -33,7 +33,7 @@ TEST_SHARE = 0.25
 
 def load_specs() -> dict[str, list[Spec]]:
     """The runs in specs.yaml, by section: `train` (split into train and test when first
-    labelled) and each held-out set (its own split)."""
+    labelled), later additions to the training split (`train6`, ...) and each held-out set."""
     sections = yaml.safe_load(SPECS.read_text())
     return {split: [Spec(**fields) for fields in runs] for split, runs in sections.items()}
 
@@ -75,7 +75,13 @@ def main() -> None:
     index = json.loads(INDEX.read_text()) if INDEX.exists() else {}
     specs = load_specs()
     runs = [spec for section in specs.values() for spec in section]
-    held_out = {s.name: split for split, sec in specs.items() if split != "train" for s in sec}
+    # a later `trainN` section joins the training split; any other section is its own split
+    held_out = {
+        s.name: "train" if split.startswith("train") else split
+        for split, sec in specs.items()
+        if split != "train"
+        for s in sec
+    }
     if not args.relabel:
         todo = [s for s in runs if not args.only or s.name in args.only]
         todo.sort(key=lambda s: -s.epochs * (20 if s.model == "transformer" else 1))

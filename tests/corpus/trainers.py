@@ -1,13 +1,16 @@
 """Small real trainings whose metric histories make up the detection corpus.
 
-Tasks: modular arithmetic (a op b mod p, the grokking benchmark of Power et al., 2022) and
-scikit-learn's bundled digits (an Omnigrok-style task: few samples, large initialisation, MSE).
-Models: an embedding MLP and a one-layer transformer. Each run logs what a user's script
+Tasks: modular arithmetic (a op b mod p, the grokking benchmark of Power et al., 2022),
+composition in a symmetric group (S_p, p! classes), sparse parity (the parity of k of n random
++-1 bits from a fixed training sample; Barak et al., 2022), scikit-learn's bundled digits (an
+Omnigrok-style task: few samples, large initialisation, MSE) and Gaussian blobs.
+Models: an embedding MLP, a one-layer transformer and plain MLPs. Each run logs what a user's script
 would: train/val loss and accuracy and the learning rate, every ``log_every`` epochs.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,10 +33,12 @@ class Spec:
     """One corpus run: task, model, optimiser, schedule and logging, as plain data."""
 
     name: str
-    task: str = "modular"  # modular | digits | blobs
+    task: str = "modular"  # modular | perm | parity | digits | blobs
     op: str = "add"
-    p: int = 53
-    frac: float = 0.4  # training fraction (modular) or training samples (digits, if > 1)
+    p: int = 53  # modulus (modular) or degree of the symmetric group (perm)
+    frac: float = 0.4  # training fraction, or training samples if > 1 (digits, parity)
+    bits: int = 40  # parity: input bits ...
+    k: int = 3  # ... of which the label is the parity of the first k
     model: str = "mlp"  # mlp | transformer
     width: int = 64
     hidden: int = 256
@@ -85,6 +90,33 @@ def _modular(spec: Spec) -> tuple[torch.Tensor, ...]:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed))
     n = int(spec.frac * len(x))
     return x[perm[:n]], y[perm[:n]], x[perm[n:]], y[perm[n:]]
+
+
+def _perm(spec: Spec) -> tuple[torch.Tensor, ...]:
+    """All pairs (a, b) of S_p, labelled with the index of the composition a o b."""
+    perms = list(itertools.permutations(range(spec.p)))
+    index = {perm: i for i, perm in enumerate(perms)}
+    table = torch.tensor([[index[tuple(a[j] for j in b)] for b in perms] for a in perms])
+    a, b = torch.meshgrid(torch.arange(len(perms)), torch.arange(len(perms)), indexing="ij")
+    x = torch.stack([a.flatten(), b.flatten()], dim=1)
+    y = table.flatten()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed))
+    n = int(spec.frac * len(x))
+    return x[order[:n]], y[order[:n]], x[order[n:]], y[order[n:]]
+
+
+def _parity(spec: Spec) -> tuple[torch.Tensor, ...]:
+    """`frac` training samples and 5,000 validation samples of n random +-1 bits."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    n = int(spec.frac)
+    x = torch.randint(0, 2, (n + 5000, spec.bits), generator=gen).float() * 2 - 1
+    y = ((x[:, : spec.k] < 0).sum(1) % 2).long()
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def classes_of(spec: Spec) -> int:
+    """How many classes the task has (chance accuracy is one over it)."""
+    return {"modular": spec.p, "perm": math.factorial(spec.p), "parity": 2}.get(spec.task, 10)
 
 
 def _digits(spec: Spec) -> tuple[torch.Tensor, ...]:
@@ -149,10 +181,13 @@ def _model(spec: Spec) -> nn.Module:
             nn.ReLU(),
             nn.Linear(spec.hidden, 10),
         )
+    elif spec.task == "parity":
+        hidden = spec.hidden
+        model = nn.Sequential(nn.Linear(spec.bits, hidden), nn.ReLU(), nn.Linear(hidden, 2))
     elif spec.model == "transformer":
-        model = OneLayerTransformer(spec.p, spec.width)
+        model = OneLayerTransformer(classes_of(spec), spec.width)
     else:
-        model = EmbedMLP(spec.p, spec.width, spec.hidden)
+        model = EmbedMLP(classes_of(spec), spec.width, spec.hidden)
     if spec.init_scale != 1.0:
         with torch.no_grad():
             for prm in model.parameters():
@@ -179,8 +214,9 @@ def _loss_fn(spec: Spec, classes: int):
 def train(spec: Spec) -> tuple[pd.DataFrame, dict]:
     """Train one run; its logged history (index = epoch, 1-based) and facts about it."""
     torch.manual_seed(spec.seed)
-    xtr, ytr, xva, yva = {"digits": _digits, "blobs": _blobs}.get(spec.task, _modular)(spec)
-    classes = spec.p if spec.task == "modular" else 10
+    tasks = {"digits": _digits, "blobs": _blobs, "perm": _perm, "parity": _parity}
+    xtr, ytr, xva, yva = tasks.get(spec.task, _modular)(spec)
+    classes = classes_of(spec)
     model = _model(spec)
     opt = _optimizer(spec, model)
     lossf = _loss_fn(spec, classes)
