@@ -202,3 +202,18 @@ def test_missing_training_steps_fail_the_steps_check():
     lost = {c.name: c for c in analyze(gap).checks}["steps_complete"]
     assert lost.status == "fail" and lost.value == 3
     assert lost.note == ", ".join(f"{e:g}" for e in df.index[[10, 11, 30]])
+
+
+def test_an_accuracy_that_rises_part_of_the_way_scores_below_one_that_rises_all_the_way():
+    """Same plateau, delay and speed of rise; one stops at 20 %, the other reaches 98 %."""
+    e = np.arange(1, 601)
+    rng = np.random.default_rng(3)
+    loss = np.maximum(2.0 * np.exp(-e / 8), 1e-3)
+    up = np.clip((e - 300) / 20, 0, 1)
+    scores = {}
+    for top in (0.20, 0.98):
+        acc = 0.02 + (top - 0.02) * up + rng.normal(0, 0.002, len(e))
+        (event,) = analyze(frame(e, acc=acc, loss=loss), ACC).confirmed
+        assert 295 <= event.breakthrough_epoch <= 320
+        scores[top] = event.confidence
+    assert 0.5 < scores[0.20] < scores[0.98] - 0.1
