@@ -80,7 +80,7 @@ def by_class(rows: list[dict]) -> str:
 def split_names(runs: dict[str, dict]) -> list[str]:
     """The corpus's splits in the order they were made: train, test, test2, test3, ..."""
     made = {entry["split"] for entry in runs.values()}
-    return ["train", "test"] + sorted(made - {"train", "test"}, key=lambda s: int(s[4:]))
+    return ["train", "test"] + sorted(made - {"train", "test"}, key=lambda s: (len(s), s))
 
 
 def main() -> None:

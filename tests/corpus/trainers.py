@@ -182,8 +182,9 @@ def _model(spec: Spec) -> nn.Module:
             nn.Linear(spec.hidden, 10),
         )
     elif spec.task == "parity":
-        hidden = spec.hidden
-        model = nn.Sequential(nn.Linear(spec.bits, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        model = nn.Sequential(
+            nn.Linear(spec.bits, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, 2)
+        )
     elif spec.model == "transformer":
         model = OneLayerTransformer(classes_of(spec), spec.width)
     else:

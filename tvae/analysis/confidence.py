@@ -1,8 +1,8 @@
 """The run-level grokking score in [0, 1] (tag `grokking.confidence`, `confidence` in report.json).
 
 Above 0.5 only with a confirmed event: more with a longer delay after the fit, a larger rise
-(for an accuracy, a larger share of the way from its plateau to 1: a rise that stops at 17 %
-is weaker evidence than one to 99 %) and more metrics moving with it. Below 0.5 it ranks the
+(for an accuracy, a larger share of the way from its plateau to 1: a rise that stops well short
+of it is weaker evidence) and more metrics moving with it. Below 0.5 it ranks the
 evidence short of an event: a transition after the fit that missed only on its shape (too
 small, too short a plateau, not sudden, not held) is weak evidence for grokking; one explained
 by a schedule, NaNs, a spike, a recovery, or one without a delay after the fit, is evidence
@@ -34,7 +34,7 @@ def of_event(ctx: RunContext, tr: Transition, moved: list[str]) -> float:
         ratio = ctx.elapsed(tr.epoch(tr.end)) / ctx.elapsed(fit)
         delay = min(1.0, max(0.0, math.log(ratio / t.delay.factor) / math.log(10)))
     size = min(1.0, tr.size / (4 * tr.m.min_size(t)))
-    if tr.m.unit == "points" and tr.level < 1:  # a fraction: how much of the room it rose
+    if tr.m.unit == "points" and tr.m.raw.max() <= 1.0 and tr.level < 1:  # share of the room
         size = min(size, tr.size / (1 - tr.level))
     metrics = 1.0 - 0.5 ** len(moved)  # each other metric that moved with it halves the doubt
     return round(0.5 + 0.5 * (delay + size + metrics) / 3, 4)
