@@ -2,6 +2,7 @@
 
     python benchmarks/detection_accuracy.py                  # every split, every view
     python benchmarks/detection_accuracy.py --split train -v # per-run lines (tune on train only)
+    python benchmarks/detection_accuracy.py --steps-per-epoch 50  # runs logged by optimizer step
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -90,10 +91,22 @@ def main() -> None:
     parser.add_argument("--view", choices=tuple(VIEWS), action="append")
     parser.add_argument("--thresholds", help="a thresholds YAML (default: the built-in ones)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="one line per run")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=1,
+        help="log each run against optimizer steps (epoch x this), as e.g. HF Trainer does",
+    )
     args = parser.parse_args()
+    k = args.steps_per_epoch
+    for entry in runs.values():  # the onset windows move with the step axis
+        window = entry["label"].get("window")
+        entry["label"]["window"] = [k * w for w in window] if window else window
     thresholds = load_thresholds(args.thresholds)
     splits = split_names(runs) if args.split == "all" else [args.split]
     histories = {name: load_run(name) for name in runs}
+    for df in histories.values():
+        df.index = df.index * k
     started, analysed = time.perf_counter(), 0
     for split in splits:
         names = [n for n in sorted(runs) if runs[n]["split"] == split]
