@@ -82,14 +82,22 @@ def lr_steps(spec: Spec) -> list[int]:
     return []
 
 
-def _modular(spec: Spec) -> tuple[torch.Tensor, ...]:
-    p = spec.p
-    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    x = torch.stack([a.flatten(), b.flatten()], dim=1)
-    y = OPS[spec.op](x[:, 0], x[:, 1], p)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed))
+def _all_pairs(size: int) -> torch.Tensor:
+    """Every (a, b) with a, b in range(size), one row each."""
+    a, b = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.stack([a.flatten(), b.flatten()], dim=1)
+
+
+def _split(spec: Spec, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A seeded `frac` of the rows for training, the rest for validation."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed))
     n = int(spec.frac * len(x))
-    return x[perm[:n]], y[perm[:n]], x[perm[n:]], y[perm[n:]]
+    return x[order[:n]], y[order[:n]], x[order[n:]], y[order[n:]]
+
+
+def _modular(spec: Spec) -> tuple[torch.Tensor, ...]:
+    x = _all_pairs(spec.p)
+    return _split(spec, x, OPS[spec.op](x[:, 0], x[:, 1], spec.p))
 
 
 def _perm(spec: Spec) -> tuple[torch.Tensor, ...]:
@@ -97,12 +105,8 @@ def _perm(spec: Spec) -> tuple[torch.Tensor, ...]:
     perms = list(itertools.permutations(range(spec.p)))
     index = {perm: i for i, perm in enumerate(perms)}
     table = torch.tensor([[index[tuple(a[j] for j in b)] for b in perms] for a in perms])
-    a, b = torch.meshgrid(torch.arange(len(perms)), torch.arange(len(perms)), indexing="ij")
-    x = torch.stack([a.flatten(), b.flatten()], dim=1)
-    y = table.flatten()
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed))
-    n = int(spec.frac * len(x))
-    return x[order[:n]], y[order[:n]], x[order[n:]], y[order[n:]]
+    x = _all_pairs(len(perms))
+    return _split(spec, x, table[x[:, 0], x[:, 1]])
 
 
 def _parity(spec: Spec) -> tuple[torch.Tensor, ...]:
