@@ -13,6 +13,7 @@ from tvae.analysis.phases import detect_phases
 from tvae.analysis.questions import answer_questions
 from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import Roles
+from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.tiers import judge_tier
 
@@ -91,6 +92,9 @@ def analyze(
         )
     present = {c for c in hist.columns if np.isfinite(hist[c].to_numpy(dtype=float)).any()}
     report = AnalysisReport(run_status=run_status, n_epochs=int(len(hist)))
+    t, axis_note = on_axis(hist, roles, t)
+    if axis_note:
+        report.notes.append(axis_note)
     for role, key in roles.mapping().items():
         if key not in hist.columns:
             report.skipped_roles[role] = f"{key} not logged"

@@ -35,6 +35,7 @@ from tvae.analysis.engine import _clean
 from tvae.analysis.grokking import SEVERITIES, Candidate, detect_grokking, source_roles
 from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import Roles
+from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
 
 #: Points of a generalisation metric whose median is compared with its level at the last run
@@ -266,6 +267,7 @@ def assess(
     t = thresholds or Thresholds()
     prev = previous or LiveState()
     hist, _ = _clean(history)
+    t, _ = on_axis(hist, roles, t)
     report = _detect(hist, roles, t)
     present = frozenset(c for c in hist.columns if np.isfinite(hist[c].to_numpy(float)).any())
     ctx = RunContext(hist, roles, present, t, (), {})

@@ -30,6 +30,7 @@ class Roles:
     grad_norm: str | None = C.GRAD_NORM
     lr: str | None = C.LR
     controls: tuple[str, ...] = (C.STATE_PREFIX + "*",)
+    epoch: str | None = "epoch"  # the epoch at each step, as HF Trainer and Lightning log it
 
     @classmethod
     def from_metric_map(cls, text: str | None, base: Roles | None = None) -> Roles:

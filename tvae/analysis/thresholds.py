@@ -124,6 +124,28 @@ class Thresholds(_Section):
     checks: Checks = Checks()
     phases: Phases = Phases()
 
+    def per_step(self, steps_per_epoch: float) -> Thresholds:
+        """These thresholds for a run whose x-axis is optimizer steps: every length counted in
+        epochs (`EPOCH_COUNTED`) becomes that many epochs' worth of steps."""
+        update = {}
+        for section, name in EPOCH_COUNTED:
+            part = update.get(section) or getattr(self, section)
+            scaled = steps_per_epoch * getattr(part, name)
+            update[section] = part.model_copy(update={name: scaled})
+        return self.model_copy(update=update)
+
+
+#: The thresholds that count epochs (every other one is a ratio, a level or a fraction).
+EPOCH_COUNTED = (
+    ("plateau", "min_epochs"),
+    ("plateau", "candidate_min_epochs"),
+    ("breakthrough", "epochs"),
+    ("sustain", "epochs"),
+    ("confounds", "window_epochs"),
+    ("severity", "standard_plateau"),
+    ("severity", "major_plateau"),
+)
+
 
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)

@@ -1,0 +1,113 @@
+"""Runs logged against optimizer steps with the epoch beside them (HF Trainer and Lightning log
+an `epoch` metric): the detector's lengths, counted in epochs, count that many steps, so such a
+run gets the verdicts it gets when logged by epoch."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from corpus import index, load_run, metric_map
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from test_live import follow
+
+from mlflow_plugins.analyze_run import analyze_run
+from tvae import contract as C
+from tvae.analysis import Roles, analyze
+from tvae.analysis.steps import steps_per_epoch
+
+K = 50  # optimizer steps per epoch
+FAST = "digits_a3_step"  # training split, `fast`: its validation accuracy climbs from epoch 1
+GROKS = "add53_f40_wd1"  # training split, `grokking`
+VAL_ACC = Roles.from_metric_map(metric_map("val_acc"))  # accuracy and the training loss only
+
+
+def by_steps(name: str, epoch_key: str | None = "epoch") -> pd.DataFrame:
+    """Corpus run ``name`` with x = epoch x K, and its epoch logged as ``epoch_key``."""
+    frame = load_run(name)
+    if epoch_key:
+        frame[epoch_key] = frame.index.to_numpy(dtype=float)
+    frame.index = frame.index * K
+    return frame
+
+
+def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
+    runs = index()
+    for name, cls in ((FAST, "fast"), (GROKS, "grokking")):
+        assert runs[name]["split"] == "train" and runs[name]["label"]["cls"] == cls
+
+
+def test_a_fast_run_logged_by_step_gets_its_by_epoch_verdict_when_it_logs_its_epoch():
+    assert analyze(load_run(FAST), VAL_ACC).confirmed == []
+    # without the epoch, a 100-epoch length is 2 epochs of steps: the climb passes as sudden
+    assert analyze(by_steps(FAST, epoch_key=None), VAL_ACC).confirmed
+    report = analyze(by_steps(FAST), VAL_ACC)
+    assert report.confirmed == []
+    assert any("50 steps per epoch by epoch" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("view", ["acc+loss", "val_acc", "loss-only"])
+def test_a_grokking_run_logged_by_step_has_its_by_epoch_events_in_steps(view):
+    roles = Roles.from_metric_map(metric_map(view))
+    epochs = analyze(load_run(GROKS), roles).confirmed
+    steps = analyze(by_steps(GROKS), roles).confirmed
+    assert len(epochs) == 1
+    assert [(c.breakthrough_epoch, c.severity, c.primary) for c in steps] == [
+        (K * c.breakthrough_epoch, c.severity, c.primary) for c in epochs
+    ]
+
+
+def test_the_live_state_on_steps_is_the_by_epoch_state():
+    det, changes = follow(by_steps(GROKS), roles=VAL_ACC, per_update=25)
+    final = det.update(ended=True)
+    event = analyze(load_run(GROKS), VAL_ACC).confirmed[0]
+    assert final.state == "confirmed"
+    assert final.event_epochs == (K * event.breakthrough_epoch,)
+    assert [s.state for s in changes][-1] == "confirmed"
+
+
+def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri):
+    """As HF Trainer's MLflow callback logs it: every key against the global step, `epoch` too."""
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    frame, ts = by_steps(GROKS), int(time.time() * 1000)
+    rows = [
+        Metric(key, float(v), ts, int(step))
+        for key in frame.columns
+        for step, v in frame[key].dropna().items()
+    ]
+    for i in range(0, len(rows), 1000):
+        client.log_batch(run_id, metrics=rows[i : i + 1000])
+    client.set_terminated(run_id, "FINISHED")
+    outcome = analyze_run(client, run_id, metric_map=metric_map("val_acc"), register=False)
+    event = analyze(load_run(GROKS), VAL_ACC).confirmed[0]
+    tags = client.get_run(run_id).data.tags
+    assert tags[C.GROKKING_EVENTS] == "1"
+    assert float(tags[C.GROKKING_FIRST_EPOCH]) == K * event.breakthrough_epoch
+    assert any("steps per epoch" in note for note in outcome.report.notes)
+
+
+def test_steps_per_epoch_from_hf_fractions_lightning_integers_or_a_mapped_key():
+    steps = np.arange(10, 10_001, 10)
+    hf = pd.DataFrame({"epoch": steps / 250.0}, index=steps)  # fraction of epochs done
+    assert steps_per_epoch(hf, "epoch") == pytest.approx(250.0)
+    lightning = pd.DataFrame({"trainer/epoch": (steps - 1) // 250}, index=steps)
+    assert steps_per_epoch(lightning, "trainer/epoch") == pytest.approx(250.0, rel=0.01)
+    roles = Roles.from_metric_map("accuracy=val_acc,epoch=trainer/epoch")
+    assert roles.epoch == "trainer/epoch"
+    assert Roles.from_metric_map("epoch=").epoch is None
+
+
+def test_no_scaling_when_the_axis_is_epochs_or_the_epoch_metric_is_not_one():
+    steps = np.arange(1, 501)
+    assert steps_per_epoch(pd.DataFrame({"epoch": steps}, index=steps), "epoch") is None
+    backwards = pd.DataFrame({"epoch": np.r_[steps[:250], steps[:250]]}, index=steps * 4)
+    assert steps_per_epoch(backwards, "epoch") is None
+    still = pd.DataFrame({"epoch": np.zeros(500)}, index=steps)
+    assert steps_per_epoch(still, "epoch") is None
+    assert steps_per_epoch(pd.DataFrame({"loss": steps}, index=steps), "epoch") is None
+    report = analyze(load_run(FAST), VAL_ACC)
+    assert not any("steps per epoch" in note for note in report.notes)

@@ -1,0 +1,41 @@
+"""Runs logged against optimizer steps (HF Trainer, Lightning): how many steps an epoch is.
+
+Both log an ``epoch`` metric beside each step's metrics. The detector's lengths are counted in
+epochs (DESIGN.md's seed), so on such a run they count that many epochs' worth of steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tvae.analysis.roles import Roles
+from tvae.analysis.thresholds import Thresholds
+
+#: Below this departure from one step per epoch the x-axis is read as epochs.
+SAME_AXIS = 0.05
+
+
+def steps_per_epoch(history: pd.DataFrame, key: str | None) -> float | None:
+    """Steps per epoch from the ``key`` metric (the epoch at each step), or None when the run
+    does not log it, it never advances, it goes backwards, or the x-axis already is epochs."""
+    if not key or key not in history.columns:
+        return None
+    s = history[key].replace([np.inf, -np.inf], np.nan).dropna()
+    e = s.to_numpy(dtype=float)
+    if len(e) < 2 or e[-1] <= e[0] or (np.diff(e) < 0).any():
+        return None
+    k = float(np.polyfit(e, s.index.to_numpy(dtype=float), 1)[0])  # integer epochs too
+    return k if abs(k - 1) > SAME_AXIS else None
+
+
+def on_axis(history: pd.DataFrame, roles: Roles, t: Thresholds) -> tuple[Thresholds, str | None]:
+    """``t`` on the run's x-axis, and a note saying so when that is not epochs."""
+    k = steps_per_epoch(history, roles.epoch)
+    if k is None:
+        return t, None
+    note = (
+        f"x-axis is steps: {k:.4g} steps per epoch by {roles.epoch}; lengths counted in epochs "
+        "are counted in that many steps"
+    )
+    return t.per_step(k), note
