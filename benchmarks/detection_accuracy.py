@@ -3,6 +3,8 @@
     python benchmarks/detection_accuracy.py                  # every split, every view
     python benchmarks/detection_accuracy.py --split train -v # per-run lines (tune on train only)
     python benchmarks/detection_accuracy.py --steps-per-epoch 50  # runs logged by optimizer step
+    python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch  # ... with `epoch`
+    python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch --loss-rows 5
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "corpus"))
@@ -84,6 +87,27 @@ def split_names(runs: dict[str, dict]) -> list[str]:
     return ["train", "test"] + sorted(made - {"train", "test"}, key=lambda s: (len(s), s))
 
 
+def by_steps(df: pd.DataFrame, k: int, log_epoch: bool, loss_rows: int) -> pd.DataFrame:
+    """``df`` logged against optimizer steps (x = epoch x k), the epoch beside them as `epoch`
+    if ``log_epoch``, and the training loss ``loss_rows`` times an epoch."""
+    e = df.index.to_numpy(dtype=float)
+    if log_epoch:
+        df["epoch"] = e
+    df.index = np.round(e * k).astype(np.int64)
+    if loss_rows > 1:
+        loss = df["train_loss"].to_numpy(dtype=float)
+        steps = np.arange(round((e[0] - 1) * k), round(e[-1] * k) + 1, k / loss_rows)[1:]
+        steps = np.round(steps).astype(np.int64)
+        tiny = np.nanmin(loss[loss > 0])
+        at = steps / k
+        extra = {"train_loss": np.exp(np.interp(at, e, np.log(np.maximum(loss, tiny))))}
+        if log_epoch:
+            extra["epoch"] = at
+        rows = pd.DataFrame(extra, index=steps)
+        df = pd.concat([rows, df.drop(columns="train_loss")]).groupby(level=0).last()
+    return df
+
+
 def main() -> None:
     runs = index()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,6 +121,19 @@ def main() -> None:
         default=1,
         help="log each run against optimizer steps (epoch x this), as e.g. HF Trainer does",
     )
+    parser.add_argument(
+        "--log-epoch",
+        action="store_true",
+        help="with --steps-per-epoch: log the epoch at each step as `epoch`, as HF Trainer and "
+        "Lightning do",
+    )
+    parser.add_argument(
+        "--loss-rows",
+        type=int,
+        default=1,
+        help="log the training loss this many times an epoch (between epochs: interpolated "
+        "in log), the other keys once, as a trainer logging every few steps does",
+    )
     args = parser.parse_args()
     k = args.steps_per_epoch
     for entry in runs.values():  # the onset windows move with the step axis
@@ -104,9 +141,7 @@ def main() -> None:
         entry["label"]["window"] = [k * w for w in window] if window else window
     thresholds = load_thresholds(args.thresholds)
     splits = split_names(runs) if args.split == "all" else [args.split]
-    histories = {name: load_run(name) for name in runs}
-    for df in histories.values():
-        df.index = df.index * k
+    histories = {name: by_steps(load_run(name), k, args.log_epoch, args.loss_rows) for name in runs}
     started, analysed = time.perf_counter(), 0
     for split in splits:
         names = [n for n in sorted(runs) if runs[n]["split"] == split]
