@@ -5,6 +5,7 @@
     python benchmarks/detection_accuracy.py --steps-per-epoch 50  # runs logged by optimizer step
     python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch  # ... with `epoch`
     python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch --loss-rows 5
+    python benchmarks/detection_accuracy.py --log-spaced 300  # rows at log-spaced epochs only
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -87,6 +88,15 @@ def split_names(runs: dict[str, dict]) -> list[str]:
     return ["train", "test"] + sorted(made - {"train", "test"}, key=lambda s: (len(s), s))
 
 
+def log_spaced(df: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """The rows of ``df`` nearest ``rows`` log-spaced epochs over its span (all if 0)."""
+    if not rows:
+        return df
+    e = df.index.to_numpy(dtype=float)
+    want = np.geomspace(max(e[0], 1.0), e[-1], rows)
+    return df.iloc[np.unique(np.searchsorted(e, want).clip(0, len(e) - 1))].copy()
+
+
 def by_steps(df: pd.DataFrame, k: int, log_epoch: bool, loss_rows: int) -> pd.DataFrame:
     """``df`` logged against optimizer steps (x = epoch x k), the epoch beside them as `epoch`
     if ``log_epoch``, and the training loss ``loss_rows`` times an epoch."""
@@ -134,6 +144,13 @@ def main() -> None:
         help="log the training loss this many times an epoch (between epochs: interpolated "
         "in log), the other keys once, as a trainer logging every few steps does",
     )
+    parser.add_argument(
+        "--log-spaced",
+        type=int,
+        default=0,
+        help="keep only the rows nearest this many log-spaced epochs (runs logged for log-x "
+        "plots); onsets count as in the window when they fall between the logged rows around it",
+    )
     args = parser.parse_args()
     k = args.steps_per_epoch
     for entry in runs.values():  # the onset windows move with the step axis
@@ -141,7 +158,19 @@ def main() -> None:
         entry["label"]["window"] = [k * w for w in window] if window else window
     thresholds = load_thresholds(args.thresholds)
     splits = split_names(runs) if args.split == "all" else [args.split]
-    histories = {name: by_steps(load_run(name), k, args.log_epoch, args.loss_rows) for name in runs}
+    histories = {
+        name: by_steps(
+            log_spaced(load_run(name), args.log_spaced), k, args.log_epoch, args.loss_rows
+        )
+        for name in runs
+    }
+    if args.log_spaced:  # the window widens to the logged rows around it
+        for name, entry in runs.items():
+            window, x = entry["label"].get("window"), histories[name].index.to_numpy()
+            if window:
+                lo = x[max(np.searchsorted(x, window[0], side="right") - 1, 0)]
+                hi = x[min(np.searchsorted(x, window[1]), len(x) - 1)]
+                entry["label"]["window"] = [float(lo), float(hi)]
     started, analysed = time.perf_counter(), 0
     for split in splits:
         names = [n for n in sorted(runs) if runs[n]["split"] == split]

@@ -22,6 +22,27 @@ def noise_sigma(values: np.ndarray) -> float:
     return float(1.4826 * mad / np.sqrt(2.0))
 
 
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The median of ``values`` each counted ``weights`` times (equal weights: `np.median`)."""
+    if (weights == weights[0]).all():
+        return float(np.median(values))
+    order = np.argsort(values, kind="stable")
+    v, c = values[order], np.cumsum(weights[order])
+    half = c[-1] / 2
+    i = min(int(np.searchsorted(c, half * (1 - 1e-12))), len(v) - 1)
+    if i + 1 < len(v) and np.isclose(c[i], half):
+        return float((v[i] + v[i + 1]) / 2)
+    return float(v[i])
+
+
+def spans(epochs: np.ndarray) -> np.ndarray:
+    """Epochs each logged row stands for: since the row before (the first: the typical gap)."""
+    if len(epochs) < 2:
+        return np.ones(len(epochs))
+    gaps = np.diff(epochs)
+    return np.concatenate([[np.median(gaps)], gaps])
+
+
 def rolling_median(values: np.ndarray, width: int) -> np.ndarray:
     """Centred ``width``-point median (odd width; edges repeated): removes excursions of up to
     width // 2 points, keeps steps."""

@@ -22,7 +22,9 @@ from tvae.analysis.series import (
     noise_sigma,
     quantum,
     rolling_median,
+    spans,
     split_at_flats,
+    weighted_median,
     zigzag_up_swings,
 )
 from tvae.analysis.thresholds import Thresholds
@@ -61,6 +63,16 @@ class Metric:
         """7-point rolling median: where plateaus are placed, so a dip of up to three logged
         epochs (a slingshot) does not cut a plateau in two."""
         return rolling_median(self.s, 7)
+
+    @cached_property
+    def spans(self) -> np.ndarray:
+        """Epochs each row stands for: a plateau's level is its median over epochs, so rows
+        logged densely early (log-spaced logging) do not outweigh the rest of it."""
+        return spans(self.e)
+
+    def level(self, a: int, b: int) -> float:
+        """The median over epochs of rows ``a``..``b``."""
+        return weighted_median(self.s[a : b + 1], self.spans[a : b + 1])
 
     @cached_property
     def sigma(self) -> float:
@@ -148,9 +160,9 @@ def _transition(m: Metric, lo: int, hi: int, top: float, t: Thresholds) -> Trans
     s, med, wide = m.s, m.med, m.wide_med
     tol = max(t.plateau.band_frac * m.scale(top - s[lo], t), 3 * m.sigma)
     ps, pe = _plateau_bounds(wide, lo, hi, float(wide[lo]), tol)
-    level = float(np.median(s[ps : pe + 1]))
+    level = m.level(ps, pe)
     ps, pe = _plateau_bounds(wide, lo, hi, level, tol)  # re-centred on the plateau's level
-    level = float(np.median(s[ps : pe + 1]))
+    level = m.level(ps, pe)
     if top <= level:
         return None
     height = m.scale(top - level, t)

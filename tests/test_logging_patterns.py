@@ -1,6 +1,10 @@
-"""Runs logged against optimizer steps with the epoch beside them (HF Trainer and Lightning log
-an `epoch` metric): the detector's lengths, counted in epochs, count that many steps, so such a
-run gets the verdicts it gets when logged by epoch."""
+"""Runs logged other than once an epoch get the verdicts they get when logged by epoch.
+
+- Against optimizer steps with the epoch beside them (HF Trainer and Lightning log an `epoch`
+  metric): the detector's lengths, counted in epochs, count that many steps.
+- At log-spaced epochs (for log-x plots): a plateau's level is its median over epochs, not over
+  rows, so the dense early rows do not outweigh the rest of it.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from tvae.analysis.steps import steps_per_epoch
 K = 50  # optimizer steps per epoch
 FAST = "digits_a3_step"  # training split, `fast`: its validation accuracy climbs from epoch 1
 GROKS = "add53_f40_wd1"  # training split, `grokking`
+STEPPED = "add53_f50_step200"  # training split, `grokking` with the LR halved every 200 epochs
 VAL_ACC = Roles.from_metric_map(metric_map("val_acc"))  # accuracy and the training loss only
 
 
@@ -36,7 +41,7 @@ def by_steps(name: str, epoch_key: str | None = "epoch") -> pd.DataFrame:
 
 def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
     runs = index()
-    for name, cls in ((FAST, "fast"), (GROKS, "grokking")):
+    for name, cls in ((FAST, "fast"), (GROKS, "grokking"), (STEPPED, "grokking")):
         assert runs[name]["split"] == "train" and runs[name]["label"]["cls"] == cls
 
 
@@ -111,3 +116,33 @@ def test_no_scaling_when_the_axis_is_epochs_or_the_epoch_metric_is_not_one():
     assert steps_per_epoch(pd.DataFrame({"loss": steps}, index=steps), "epoch") is None
     report = analyze(load_run(FAST), VAL_ACC)
     assert not any("steps per epoch" in note for note in report.notes)
+
+
+def log_spaced(name: str, rows: int = 300) -> pd.DataFrame:
+    frame = load_run(name)
+    e = frame.index.to_numpy(dtype=float)
+    at = np.searchsorted(e, np.geomspace(e[0], e[-1], rows)).clip(0, len(e) - 1)
+    return frame.iloc[np.unique(at)]
+
+
+def test_a_run_logged_at_log_spaced_epochs_keeps_its_event_clear_of_an_earlier_lr_step():
+    """Half the rows lie before the LR step at epoch 201; weighed by rows, the plateau's
+    level sat below its later part, the rise seemed to leave it at epoch 206, and the step
+    just before was taken for its cause."""
+    roles = Roles.from_metric_map(metric_map("acc+loss"))
+    frame = log_spaced(STEPPED)
+    assert (frame.index <= 201).mean() >= 0.5
+    lo, hi = index()[STEPPED]["label"]["window"]
+    events = analyze(frame, roles).confirmed
+    assert len(events) == 1 and lo <= events[0].breakthrough_epoch <= hi
+
+
+def test_a_plateau_level_is_its_median_over_epochs():
+    from tvae.analysis.series import spans, weighted_median
+
+    e = np.array([1.0, 2, 3, 4, 5, 6, 10, 100, 200])
+    v = np.array([0.0, 0, 0, 0, 0, 0, 1, 1, 1])
+    assert np.median(v) == 0.0  # six of the nine rows
+    assert weighted_median(v, spans(e)) == 1.0  # 195 of the 200 epochs
+    even = np.arange(1.0, 11)
+    assert weighted_median(even[::-1], spans(even)) == np.median(even)
