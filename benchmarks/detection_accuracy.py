@@ -6,6 +6,7 @@
     python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch  # ... with `epoch`
     python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch --loss-rows 5
     python benchmarks/detection_accuracy.py --log-spaced 300  # rows at log-spaced epochs only
+    python benchmarks/detection_accuracy.py --eval-every 10   # val_* keys every 10th row only
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -97,6 +98,15 @@ def log_spaced(df: pd.DataFrame, rows: int) -> pd.DataFrame:
     return df.iloc[np.unique(np.searchsorted(e, want).clip(0, len(e) - 1))].copy()
 
 
+def eval_every(df: pd.DataFrame, every: int) -> pd.DataFrame:
+    """``df`` with its val_* keys on every ``every``-th row only."""
+    if every > 1:
+        drop = np.arange(len(df)) % every != every - 1
+        for key in [c for c in df.columns if c.startswith("val_")]:
+            df.loc[drop, key] = np.nan
+    return df
+
+
 def by_steps(df: pd.DataFrame, k: int, log_epoch: bool, loss_rows: int) -> pd.DataFrame:
     """``df`` logged against optimizer steps (x = epoch x k), the epoch beside them as `epoch`
     if ``log_epoch``, and the training loss ``loss_rows`` times an epoch."""
@@ -151,6 +161,13 @@ def main() -> None:
         help="keep only the rows nearest this many log-spaced epochs (runs logged for log-x "
         "plots); onsets count as in the window when they fall between the logged rows around it",
     )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        help="keep the val_* keys on every this-many-th row only (evaluation every few epochs, "
+        "the training keys every epoch); a window widens by that many rows",
+    )
     args = parser.parse_args()
     k = args.steps_per_epoch
     for entry in runs.values():  # the onset windows move with the step axis
@@ -160,10 +177,19 @@ def main() -> None:
     splits = split_names(runs) if args.split == "all" else [args.split]
     histories = {
         name: by_steps(
-            log_spaced(load_run(name), args.log_spaced), k, args.log_epoch, args.loss_rows
+            eval_every(log_spaced(load_run(name), args.log_spaced), args.eval_every),
+            k,
+            args.log_epoch,
+            args.loss_rows,
         )
         for name in runs
     }
+    for name, entry in runs.items():  # a window widens to the evaluated rows around it
+        window = entry["label"].get("window")
+        if window and args.eval_every > 1:
+            x = histories[name].index.to_numpy()
+            pad = args.eval_every * float(np.median(np.diff(x)))
+            entry["label"]["window"] = [window[0] - pad, window[1] + pad]
     if args.log_spaced:  # the window widens to the logged rows around it
         for name, entry in runs.items():
             window, x = entry["label"].get("window"), histories[name].index.to_numpy()

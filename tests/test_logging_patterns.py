@@ -146,3 +146,29 @@ def test_a_plateau_level_is_its_median_over_epochs():
     assert weighted_median(v, spans(e)) == 1.0  # 195 of the 200 epochs
     even = np.arange(1.0, 11)
     assert weighted_median(even[::-1], spans(even)) == np.median(even)
+
+
+def eval_every(name: str, every: int = 10) -> pd.DataFrame:
+    """Corpus run ``name`` with its validation keys evaluated every ``every`` epochs only."""
+    frame = load_run(name)
+    drop = np.arange(len(frame)) % every != every - 1
+    frame.loc[drop, ["val_acc", "val_loss"]] = np.nan
+    return frame
+
+
+def test_a_partial_rise_that_a_warm_restart_completes_is_the_restart_s():
+    """Evaluated every 10 epochs, this run's slow rise to 14 % during the first cosine cycle
+    stands apart from the jump to 100 % after the restart at epoch 601 (by epoch the two read
+    as one transition, which the restart confounds): it is that jump's start, not an event."""
+    name = "mul53_f50_cos600_s108"
+    assert index()[name]["split"] == "train" and index()[name]["label"]["cls"] == "lr_confound"
+    roles = Roles.from_metric_map(metric_map("acc+loss"))
+    report = analyze(eval_every(name), roles)
+    assert report.confirmed == []
+    early = [c for c in report.candidates if c.breakthrough_epoch < 601 and c.primary == "val_acc"]
+    assert early and early[0].criterion == "control" and early[0].reason.startswith("partial:")
+    assert early[0].size < 20
+    # a rise that went the whole way in its cycle stays an event after a later restart
+    lo, hi = index()["sub47_f60_cos1000"]["label"]["window"]
+    events = analyze(eval_every("sub47_f60_cos1000"), roles).confirmed
+    assert len(events) == 1 and lo - 10 <= events[0].breakthrough_epoch <= hi + 10

@@ -201,6 +201,31 @@ def _groups(ctx: RunContext, judged: list[_Judged]) -> list[list[_Judged]]:
     return groups
 
 
+def _finished_by_a_confound(j: _Judged, judged: list[_Judged], t: Thresholds) -> _Judged:
+    """A rise that went only part of the way (`confounds.partial_frac`) that a later jump of
+    the same metric, rejected as a scheduled change's (a warm restart), then took it: the
+    generalisation is that change's, and the partial rise its start."""
+    if not j.ok:
+        return j
+    tr = j.tr
+    for later in judged:
+        first = later.fails[0] if later.fails else None
+        if (
+            later.tr.m.key == tr.m.key
+            and first is not None
+            and first.criterion == "control"
+            and later.tr.plateau_end >= tr.epoch(tr.end)
+            and tr.size < t.confounds.partial_frac * (later.tr.top - tr.level)
+        ):
+            reason = (
+                f"partial: rose {tr.size:.3g} of the "
+                f"{later.tr.top - tr.level:.3g} {tr.m.key} went on to gain in the jump at epoch "
+                f"{later.tr.epoch(later.tr.onset):g}, rejected as {first.reason}"
+            )
+            return _Judged(tr, [Rejection("control", reason, first.confound, first.details)])
+    return j
+
+
 def _collapse(ctx: RunContext) -> list[_Judged]:
     """The validation loss's slow collapse after the fit, when it fell far enough to be one."""
     tr = find_collapse(ctx, ctx.metric("val_loss"))
@@ -229,6 +254,7 @@ def detect_grokking(
             judged.append(_Judged(tr, fails))
         if not transitions:
             scores.append(confidence.late_improvement(ctx, ctx.metric(role)))
+    judged = [_finished_by_a_confound(j, judged, ctx.t) for j in judged]
     if ctx.has("val_loss") and not any(j.ok for j in judged):
         judged += _collapse(ctx)
     out = sorted(

@@ -76,6 +76,8 @@ class Confounds(_Section):
     window_frac: float = 0.25  # ... or within this share of the rise's or plateau's length
     lr_change_rel: float = 0.1
     recovery_frac: float = 0.8  # a level already reached before: a recovery, not an event
+    partial_frac: float = 0.5  # a rise short of this share of the way a later confounded
+    # jump of the same metric took it is that jump's start (a warm restart finished it)
     quantised_max_steps: float = 2
     quantised_max_distinct_frac: float = 0.2
 
