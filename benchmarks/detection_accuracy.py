@@ -187,8 +187,8 @@ def main() -> None:
     for name, entry in runs.items():  # a window widens to the evaluated rows around it
         window = entry["label"].get("window")
         if window and args.eval_every > 1:
-            x = histories[name].index.to_numpy()
-            pad = args.eval_every * float(np.median(np.diff(x)))
+            x = load_run(name).index.to_numpy()
+            pad = args.eval_every * k * float(np.median(np.diff(x)))
             entry["label"]["window"] = [window[0] - pad, window[1] + pad]
     if args.log_spaced:  # the window widens to the logged rows around it
         for name, entry in runs.items():

@@ -100,7 +100,10 @@ def test_steps_per_epoch_from_hf_fractions_lightning_integers_or_a_mapped_key():
     hf = pd.DataFrame({"epoch": steps / 250.0}, index=steps)  # fraction of epochs done
     assert steps_per_epoch(hf, "epoch") == pytest.approx(250.0)
     lightning = pd.DataFrame({"trainer/epoch": (steps - 1) // 250}, index=steps)
-    assert steps_per_epoch(lightning, "trainer/epoch") == pytest.approx(250.0, rel=0.01)
+    assert steps_per_epoch(lightning, "trainer/epoch") == pytest.approx(250.0)
+    short = np.arange(1, 261)  # one epoch and a bit: integer epochs must not halve it
+    early = pd.DataFrame({"trainer/epoch": (short - 1) // 250}, index=short)
+    assert steps_per_epoch(early, "trainer/epoch") == pytest.approx(250.0)
     roles = Roles.from_metric_map("accuracy=val_acc,epoch=trainer/epoch")
     assert roles.epoch == "trainer/epoch"
     assert Roles.from_metric_map("epoch=").epoch is None
@@ -172,3 +175,26 @@ def test_a_partial_rise_that_a_warm_restart_completes_is_the_restart_s():
     lo, hi = index()["sub47_f60_cos1000"]["label"]["window"]
     events = analyze(eval_every("sub47_f60_cos1000"), roles).confirmed
     assert len(events) == 1 and lo - 10 <= events[0].breakthrough_epoch <= hi + 10
+
+
+def test_an_event_that_a_later_lr_drop_lifts_further_stays_an_event():
+    """+35 points after a 400-epoch plateau, held 800 epochs; then an LR drop lifts the
+    accuracy to 95 %. The drop's jump starts from the event's new level, not from its plateau:
+    the event is not that jump's start."""
+    rng = np.random.default_rng(0)
+    e = np.arange(1, 1501)
+    frame = pd.DataFrame(
+        {
+            "train_loss": np.maximum(2.0 * np.exp(-e / 3.0), 1e-3)
+            * (1 + rng.normal(0, 0.01, 1500)),
+            "val_acc": np.select([e < 400, e < 1200], [0.10, 0.45], 0.95)
+            + rng.normal(0, 0.005, 1500),
+            "lr": np.where(e < 1200, 1e-3, 1e-4),
+        },
+        index=e,
+    )
+    report = analyze(
+        frame, Roles.from_metric_map("accuracy=val_acc,loss=train_loss,val_loss=,lr=lr")
+    )
+    assert [c.breakthrough_epoch for c in report.confirmed] == [400.0]
+    assert [c.criterion for c in report.candidates if c.verdict == "rejected"] == ["control"]

@@ -203,8 +203,9 @@ def _groups(ctx: RunContext, judged: list[_Judged]) -> list[list[_Judged]]:
 
 def _finished_by_a_confound(j: _Judged, judged: list[_Judged], t: Thresholds) -> _Judged:
     """A rise that went only part of the way (`confounds.partial_frac`) that a later jump of
-    the same metric, rejected as a scheduled change's (a warm restart), then took it: the
-    generalisation is that change's, and the partial rise its start."""
+    the same metric, rejected as a scheduled change's (a warm restart), then took it, the rise
+    lying within that jump's plateau band: the generalisation is that change's, and the
+    partial rise its start."""
     if not j.ok:
         return j
     tr = j.tr
@@ -214,6 +215,7 @@ def _finished_by_a_confound(j: _Judged, judged: list[_Judged], t: Thresholds) ->
             later.tr.m.key == tr.m.key
             and first is not None
             and first.criterion == "control"
+            and later.tr.plateau_start <= tr.plateau_end  # its plateau holds this rise
             and later.tr.plateau_end >= tr.epoch(tr.end)
             and tr.size < t.confounds.partial_frac * (later.tr.top - tr.level)
         ):

@@ -217,7 +217,7 @@ def _plateau(ctx: RunContext, roles: Roles, t: Thresholds) -> tuple[_Plateau | N
         for _ in range(2):  # placed on the last level, then re-centred on the stretch's median
             out = np.nonzero(np.abs(m.wide_med - level) > tol)[0]
             ps = min(int(out[-1]) + 1 if len(out) else 0, len(m.s) - 1)
-            level = float(np.median(m.s[ps:]))
+            level = m.level(ps, len(m.s) - 1)
         start, end = float(m.e[ps]), float(m.e[-1])
         if end - start < t.plateau.min_epochs:
             why = f"{m.key} still moving (flat {end - start:g} epochs < {t.plateau.min_epochs:g})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -24,13 +26,13 @@ def noise_sigma(values: np.ndarray) -> float:
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     """The median of ``values`` each counted ``weights`` times (equal weights: `np.median`)."""
-    if (weights == weights[0]).all():
+    if np.allclose(weights, weights[0], rtol=1e-9, atol=0.0):
         return float(np.median(values))
     order = np.argsort(values, kind="stable")
     v, c = values[order], np.cumsum(weights[order])
     half = c[-1] / 2
     i = min(int(np.searchsorted(c, half * (1 - 1e-12))), len(v) - 1)
-    if i + 1 < len(v) and np.isclose(c[i], half):
+    if i + 1 < len(v) and math.isclose(c[i], half, rel_tol=1e-12):
         return float((v[i] + v[i + 1]) / 2)
     return float(v[i])
 

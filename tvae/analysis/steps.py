@@ -25,7 +25,8 @@ def steps_per_epoch(history: pd.DataFrame, key: str | None) -> float | None:
     e = s.to_numpy(dtype=float)
     if len(e) < 2 or e[-1] <= e[0] or (np.diff(e) < 0).any():
         return None
-    k = float(np.polyfit(e, s.index.to_numpy(dtype=float), 1)[0])  # integer epochs too
+    first = np.r_[True, np.diff(e) > 0]  # where each epoch value is first logged
+    k = float(np.polyfit(e[first], s.index.to_numpy(dtype=float)[first], 1)[0])
     return k if abs(k - 1) > SAME_AXIS else None
 
 
