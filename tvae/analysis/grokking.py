@@ -203,28 +203,33 @@ def _groups(ctx: RunContext, judged: list[_Judged]) -> list[list[_Judged]]:
 
 def _finished_by_a_confound(j: _Judged, judged: list[_Judged], t: Thresholds) -> _Judged:
     """A rise that went only part of the way (`confounds.partial_frac`) that a later jump of
-    the same metric, rejected as a scheduled change's (a warm restart), then took it, the rise
-    lying within that jump's plateau band: the generalisation is that change's, and the
-    partial rise its start."""
+    the same metric, rejected as a scheduled change's (a warm restart), then took it, the
+    change coming before the rise's new level had held as long as the plateau before it: the
+    generalisation is that change's, and the partial rise its unfinished start."""
     if not j.ok:
         return j
     tr = j.tr
+    done = tr.epoch(tr.end)
     for later in judged:
         first = later.fails[0] if later.fails else None
         if (
-            later.tr.m.key == tr.m.key
-            and first is not None
-            and first.criterion == "control"
-            and later.tr.plateau_start <= tr.plateau_end  # its plateau holds this rise
-            and later.tr.plateau_end >= tr.epoch(tr.end)
-            and tr.size < t.confounds.partial_frac * (later.tr.top - tr.level)
+            later.tr.m.key != tr.m.key
+            or first is None
+            or first.criterion != "control"
+            or later.tr.plateau_end < done
+            or tr.size >= t.confounds.partial_frac * (later.tr.top - tr.level)
         ):
-            reason = (
-                f"partial: rose {tr.size:.3g} of the "
-                f"{later.tr.top - tr.level:.3g} {tr.m.key} went on to gain in the jump at epoch "
-                f"{later.tr.epoch(later.tr.onset):g}, rejected as {first.reason}"
-            )
-            return _Judged(tr, [Rejection("control", reason, first.confound, first.details)])
+            continue
+        changes = [c["epoch"] for c in (first.details or {}).get("controls", [])]
+        change = min((c for c in changes if c >= done), default=None)
+        if change is None or change - done >= tr.plateau_len:
+            continue
+        reason = (
+            f"partial: rose {tr.size:.3g} of the {later.tr.top - tr.level:.3g} {tr.m.key} "
+            f"went on to gain in the jump at epoch {later.tr.epoch(later.tr.onset):g}, "
+            f"{change - done:g} epochs after this rise, rejected as {first.reason}"
+        )
+        return _Judged(tr, [Rejection("control", reason, first.confound, first.details)])
     return j
 
 
