@@ -28,7 +28,16 @@ from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "corpus"))
 
-from corpus import NEGATIVE, VIEWS, index, load_run, metric_map  # noqa: E402
+from corpus import (  # noqa: E402
+    NEGATIVE,
+    VIEWS,
+    by_steps,
+    eval_every,
+    index,
+    load_run,
+    log_spaced,
+    metric_map,
+)
 
 from tvae.analysis import Roles, analyze, load_thresholds  # noqa: E402
 
@@ -89,43 +98,25 @@ def split_names(runs: dict[str, dict]) -> list[str]:
     return ["train", "test"] + sorted(made - {"train", "test"}, key=lambda s: (len(s), s))
 
 
-def log_spaced(df: pd.DataFrame, rows: int) -> pd.DataFrame:
-    """The rows of ``df`` nearest ``rows`` log-spaced epochs over its span (all if 0)."""
-    if not rows:
-        return df
-    e = df.index.to_numpy(dtype=float)
-    want = np.geomspace(max(e[0], 1.0), e[-1], rows)
-    return df.iloc[np.unique(np.searchsorted(e, want).clip(0, len(e) - 1))].copy()
-
-
-def eval_every(df: pd.DataFrame, every: int) -> pd.DataFrame:
-    """``df`` with its val_* keys on every ``every``-th row only."""
-    if every > 1:
-        drop = np.arange(len(df)) % every != every - 1
-        for key in [c for c in df.columns if c.startswith("val_")]:
-            df.loc[drop, key] = np.nan
-    return df
-
-
-def by_steps(df: pd.DataFrame, k: int, log_epoch: bool, loss_rows: int) -> pd.DataFrame:
-    """``df`` logged against optimizer steps (x = epoch x k), the epoch beside them as `epoch`
-    if ``log_epoch``, and the training loss ``loss_rows`` times an epoch."""
-    e = df.index.to_numpy(dtype=float)
-    if log_epoch:
-        df["epoch"] = e
-    df.index = np.round(e * k).astype(np.int64)
-    if loss_rows > 1:
-        loss = df["train_loss"].to_numpy(dtype=float)
-        steps = np.arange(round((e[0] - 1) * k), round(e[-1] * k) + 1, k / loss_rows)[1:]
-        steps = np.round(steps).astype(np.int64)
-        tiny = np.nanmin(loss[loss > 0])
-        at = steps / k
-        extra = {"train_loss": np.exp(np.interp(at, e, np.log(np.maximum(loss, tiny))))}
-        if log_epoch:
-            extra["epoch"] = at
-        rows = pd.DataFrame(extra, index=steps)
-        df = pd.concat([rows, df.drop(columns="train_loss")]).groupby(level=0).last()
-    return df
+def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """``frame`` as the options log it; ``entry``'s onset window moved onto that axis."""
+    k = args.steps_per_epoch
+    gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
+    frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every)
+    frame = by_steps(frame, k, args.log_epoch, args.loss_rows)
+    window = entry["label"].get("window")
+    if window:
+        window = [k * w for w in window]
+        if args.eval_every > 1:  # widened by the evaluated rows around it
+            pad = args.eval_every * k * gap
+            window = [window[0] - pad, window[1] + pad]
+        if args.log_spaced:  # widened to the logged rows around it
+            x = frame.index.to_numpy()
+            lo = x[max(np.searchsorted(x, window[0], side="right") - 1, 0)]
+            hi = x[min(np.searchsorted(x, window[1]), len(x) - 1)]
+            window = [float(lo), float(hi)]
+        entry["label"]["window"] = window
+    return frame
 
 
 def main() -> None:
@@ -169,34 +160,9 @@ def main() -> None:
         "the training keys every epoch); a window widens by that many rows",
     )
     args = parser.parse_args()
-    k = args.steps_per_epoch
-    for entry in runs.values():  # the onset windows move with the step axis
-        window = entry["label"].get("window")
-        entry["label"]["window"] = [k * w for w in window] if window else window
     thresholds = load_thresholds(args.thresholds)
     splits = split_names(runs) if args.split == "all" else [args.split]
-    histories = {
-        name: by_steps(
-            eval_every(log_spaced(load_run(name), args.log_spaced), args.eval_every),
-            k,
-            args.log_epoch,
-            args.loss_rows,
-        )
-        for name in runs
-    }
-    for name, entry in runs.items():  # a window widens to the evaluated rows around it
-        window = entry["label"].get("window")
-        if window and args.eval_every > 1:
-            x = load_run(name).index.to_numpy()
-            pad = args.eval_every * k * float(np.median(np.diff(x)))
-            entry["label"]["window"] = [window[0] - pad, window[1] + pad]
-    if args.log_spaced:  # the window widens to the logged rows around it
-        for name, entry in runs.items():
-            window, x = entry["label"].get("window"), histories[name].index.to_numpy()
-            if window:
-                lo = x[max(np.searchsorted(x, window[0], side="right") - 1, 0)]
-                hi = x[min(np.searchsorted(x, window[1]), len(x) - 1)]
-                entry["label"]["window"] = [float(lo), float(hi)]
+    histories = {name: replay(entry, load_run(name), args) for name, entry in runs.items()}
     started, analysed = time.perf_counter(), 0
     for split in splits:
         names = [n for n in sorted(runs) if runs[n]["split"] == split]

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from corpus import index, load_run, metric_map
+from corpus import by_steps, eval_every, index, load_run, log_spaced, metric_map
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from test_live import follow
@@ -30,13 +30,9 @@ STEPPED = "add53_f50_step200"  # training split, `grokking` with the LR halved e
 VAL_ACC = Roles.from_metric_map(metric_map("val_acc"))  # accuracy and the training loss only
 
 
-def by_steps(name: str, epoch_key: str | None = "epoch") -> pd.DataFrame:
-    """Corpus run ``name`` with x = epoch x K, and its epoch logged as ``epoch_key``."""
-    frame = load_run(name)
-    if epoch_key:
-        frame[epoch_key] = frame.index.to_numpy(dtype=float)
-    frame.index = frame.index * K
-    return frame
+def stepped(name: str, log_epoch: bool = True) -> pd.DataFrame:
+    """Corpus run ``name`` with x = epoch x K, its epoch logged beside it as `epoch`."""
+    return by_steps(load_run(name), K, log_epoch, loss_rows=1)
 
 
 def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
@@ -48,8 +44,8 @@ def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
 def test_a_fast_run_logged_by_step_gets_its_by_epoch_verdict_when_it_logs_its_epoch():
     assert analyze(load_run(FAST), VAL_ACC).confirmed == []
     # without the epoch, a 100-epoch length is 2 epochs of steps: the climb passes as sudden
-    assert analyze(by_steps(FAST, epoch_key=None), VAL_ACC).confirmed
-    report = analyze(by_steps(FAST), VAL_ACC)
+    assert analyze(stepped(FAST, log_epoch=False), VAL_ACC).confirmed
+    report = analyze(stepped(FAST), VAL_ACC)
     assert report.confirmed == []
     assert any("50 steps per epoch by epoch" in note for note in report.notes)
 
@@ -58,7 +54,7 @@ def test_a_fast_run_logged_by_step_gets_its_by_epoch_verdict_when_it_logs_its_ep
 def test_a_grokking_run_logged_by_step_has_its_by_epoch_events_in_steps(view):
     roles = Roles.from_metric_map(metric_map(view))
     epochs = analyze(load_run(GROKS), roles).confirmed
-    steps = analyze(by_steps(GROKS), roles).confirmed
+    steps = analyze(stepped(GROKS), roles).confirmed
     assert len(epochs) == 1
     assert [(c.breakthrough_epoch, c.severity, c.primary) for c in steps] == [
         (K * c.breakthrough_epoch, c.severity, c.primary) for c in epochs
@@ -66,7 +62,7 @@ def test_a_grokking_run_logged_by_step_has_its_by_epoch_events_in_steps(view):
 
 
 def test_the_live_state_on_steps_is_the_by_epoch_state():
-    det, changes = follow(by_steps(GROKS), roles=VAL_ACC, per_update=25)
+    det, changes = follow(stepped(GROKS), roles=VAL_ACC, per_update=25)
     final = det.update(ended=True)
     event = analyze(load_run(GROKS), VAL_ACC).confirmed[0]
     assert final.state == "confirmed"
@@ -78,7 +74,7 @@ def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri
     """As HF Trainer's MLflow callback logs it: every key against the global step, `epoch` too."""
     client = MlflowClient()
     run_id = client.create_run("0").info.run_id
-    frame, ts = by_steps(GROKS), int(time.time() * 1000)
+    frame, ts = stepped(GROKS), int(time.time() * 1000)
     rows = [
         Metric(key, float(v), ts, int(step))
         for key in frame.columns
@@ -121,19 +117,12 @@ def test_no_scaling_when_the_axis_is_epochs_or_the_epoch_metric_is_not_one():
     assert not any("steps per epoch" in note for note in report.notes)
 
 
-def log_spaced(name: str, rows: int = 300) -> pd.DataFrame:
-    frame = load_run(name)
-    e = frame.index.to_numpy(dtype=float)
-    at = np.searchsorted(e, np.geomspace(e[0], e[-1], rows)).clip(0, len(e) - 1)
-    return frame.iloc[np.unique(at)]
-
-
 def test_a_run_logged_at_log_spaced_epochs_keeps_its_event_clear_of_an_earlier_lr_step():
     """Half the rows lie before the LR step at epoch 201; weighed by rows, the plateau's
     level sat below its later part, the rise seemed to leave it at epoch 206, and the step
     just before was taken for its cause."""
     roles = Roles.from_metric_map(metric_map("acc+loss"))
-    frame = log_spaced(STEPPED)
+    frame = log_spaced(load_run(STEPPED), 300)
     assert (frame.index <= 201).mean() >= 0.5
     lo, hi = index()[STEPPED]["label"]["window"]
     events = analyze(frame, roles).confirmed
@@ -151,14 +140,6 @@ def test_a_plateau_level_is_its_median_over_epochs():
     assert weighted_median(even[::-1], spans(even)) == np.median(even)
 
 
-def eval_every(name: str, every: int = 10) -> pd.DataFrame:
-    """Corpus run ``name`` with its validation keys evaluated every ``every`` epochs only."""
-    frame = load_run(name)
-    drop = np.arange(len(frame)) % every != every - 1
-    frame.loc[drop, ["val_acc", "val_loss"]] = np.nan
-    return frame
-
-
 def test_a_partial_rise_that_a_warm_restart_completes_is_the_restart_s():
     """Evaluated every 10 epochs, this run's slow rise to 14 % during the first cosine cycle
     stands apart from the jump to 100 % after the restart at epoch 601 (by epoch the two read
@@ -166,14 +147,14 @@ def test_a_partial_rise_that_a_warm_restart_completes_is_the_restart_s():
     name = "mul53_f50_cos600_s108"
     assert index()[name]["split"] == "train" and index()[name]["label"]["cls"] == "lr_confound"
     roles = Roles.from_metric_map(metric_map("acc+loss"))
-    report = analyze(eval_every(name), roles)
+    report = analyze(eval_every(load_run(name), 10), roles)
     assert report.confirmed == []
     early = [c for c in report.candidates if c.breakthrough_epoch < 601 and c.primary == "val_acc"]
     assert early and early[0].criterion == "control" and early[0].reason.startswith("partial:")
     assert early[0].size < 20
     # a rise that went the whole way in its cycle stays an event after a later restart
     lo, hi = index()["sub47_f60_cos1000"]["label"]["window"]
-    events = analyze(eval_every("sub47_f60_cos1000"), roles).confirmed
+    events = analyze(eval_every(load_run("sub47_f60_cos1000"), 10), roles).confirmed
     assert len(events) == 1 and lo - 10 <= events[0].breakthrough_epoch <= hi + 10
 
 

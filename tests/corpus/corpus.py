@@ -1,10 +1,12 @@
-"""Read the detection corpus: runs, labels, splits, and the views a user would map."""
+"""Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
+as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -38,3 +40,42 @@ def load_run(name: str) -> pd.DataFrame:
 
 def metric_map(view: str) -> str:
     return VIEWS[view] + UNSET
+
+
+def log_spaced(df: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """The rows of ``df`` nearest ``rows`` log-spaced epochs over its span (all if 0)."""
+    if not rows:
+        return df
+    e = df.index.to_numpy(dtype=float)
+    want = np.geomspace(max(e[0], 1.0), e[-1], rows)
+    return df.iloc[np.unique(np.searchsorted(e, want).clip(0, len(e) - 1))].copy()
+
+
+def eval_every(df: pd.DataFrame, every: int) -> pd.DataFrame:
+    """``df`` with its val_* keys on every ``every``-th row only."""
+    if every > 1:
+        drop = np.arange(len(df)) % every != every - 1
+        for key in [c for c in df.columns if c.startswith("val_")]:
+            df.loc[drop, key] = np.nan
+    return df
+
+
+def by_steps(df: pd.DataFrame, k: int, log_epoch: bool, loss_rows: int) -> pd.DataFrame:
+    """``df`` logged against optimizer steps (x = epoch x k), the epoch beside them as `epoch`
+    if ``log_epoch``, and the training loss ``loss_rows`` times an epoch."""
+    e = df.index.to_numpy(dtype=float)
+    if log_epoch:
+        df["epoch"] = e
+    df.index = np.round(e * k).astype(np.int64)
+    if loss_rows > 1:
+        loss = df["train_loss"].to_numpy(dtype=float)
+        steps = np.arange(round((e[0] - 1) * k), round(e[-1] * k) + 1, k / loss_rows)[1:]
+        steps = np.round(steps).astype(np.int64)
+        tiny = np.nanmin(loss[loss > 0])
+        at = steps / k
+        extra = {"train_loss": np.exp(np.interp(at, e, np.log(np.maximum(loss, tiny))))}
+        if log_epoch:
+            extra["epoch"] = at
+        rows = pd.DataFrame(extra, index=steps)
+        df = pd.concat([rows, df.drop(columns="train_loss")]).groupby(level=0).last()
+    return df

@@ -23,9 +23,10 @@ def steps_per_epoch(history: pd.DataFrame, key: str | None) -> float | None:
         return None
     s = history[key].replace([np.inf, -np.inf], np.nan).dropna()
     e = s.to_numpy(dtype=float)
-    if len(e) < 2 or e[-1] <= e[0] or (np.diff(e) < 0).any():
+    d = np.diff(e)
+    if len(e) < 2 or e[-1] <= e[0] or (d < 0).any():
         return None
-    first = np.r_[True, np.diff(e) > 0]  # where each epoch value is first logged
+    first = np.r_[True, d > 0]  # where each epoch value is first logged
     k = float(np.polyfit(e[first], s.index.to_numpy(dtype=float)[first], 1)[0])
     return k if abs(k - 1) > SAME_AXIS else None
 
