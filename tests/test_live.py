@@ -183,3 +183,58 @@ def test_tvae_live_imports_no_mlflow():
     code = "import sys, tvae.analysis.live; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _partial(frame, share: float = 0.3):
+    """``frame`` with its validation accuracy's jump cut to ``share`` of its height."""
+    frame["val_acc"] = 0.02 + (frame["val_acc"] - 0.02) * share
+    return frame
+
+
+@pytest.mark.parametrize("lr", ["constant", "cosine"])
+def test_a_partial_rise_on_a_schedule_waits_until_no_change_can_make_it_the_schedule_s(lr):
+    """A jump a third of the way to 1: analyze rejects such a rise when a scheduled change
+    comes before its new level has held as long as its plateau and a jump it triggers goes on
+    from there. On a schedule it is a breakthrough waiting for that until then, confirmed at
+    once after; with a constant LR (or a full jump on the schedule) nothing can, so it is
+    confirmed after the sustain period as before."""
+    frame = _partial(textbook(n=420))
+    if lr == "cosine":
+        frame["lr"] = 1e-3 * (0.55 + 0.45 * np.cos(np.pi * frame.index.to_numpy() / 420))
+    det, changes = follow(frame)
+    (event,) = analyze(frame, ROLES).confirmed
+    confirmed = next(s for s in changes if s.state == "confirmed")
+    assert confirmed.first_epoch == event.breakthrough_epoch
+    waits = [s for s in changes if s.state == "breakthrough"]
+    if lr == "constant":
+        assert [s.waits_for for s in waits] == ["sustain"]
+        assert confirmed.seen_at_step == event.rise_end + Thresholds().sustain.epochs
+        return
+    assert [s.waits_for for s in waits] == ["sustain", "schedule"]
+    held = waits[-1]
+    due = event.rise_end + event.plateau_end - event.plateau_start
+    assert held.due == due and f"before step {due:g} could still make it the start" in held.detail
+    assert "29% of the way to 1 on a schedule" in held.detail
+    assert confirmed.seen_at_step == due and not confirmed.withdrawn
+
+    full = textbook(n=420)
+    full["lr"] = frame["lr"]
+    _, changes = follow(full)
+    assert [s.waits_for for s in changes if s.state == "breakthrough"] == ["sustain"]
+
+
+@pytest.mark.parametrize(
+    "name", ["mul53_f50_cos600_s41", "mul53_f50_cos600_s108", "sub53_f50_cos600_s110"]
+)
+def test_a_partial_rise_a_warm_restart_finishes_is_never_confirmed_live(name):
+    """Cosine warm-restart runs: validation accuracy climbs part of the way while the LR
+    anneals, and the jump after the restart takes it to the top, so the whole run rejects it
+    as the schedule's. Live it waits for the schedule, then is withdrawn, never confirmed."""
+    roles = Roles.from_metric_map(metric_map("acc+loss"))
+    frame = load_run(name)
+    det, changes = follow(frame, roles, per_update=25)
+    assert not analyze(frame, roles).confirmed
+    assert "confirmed" not in [s.state for s in changes]
+    waited = [s for s in changes if s.waits_for == "schedule"]
+    assert waited and waited[0].due > waited[0].seen_at_step
+    assert "withdrawn" in det.update(ended=True).withdrawn_reason

@@ -12,7 +12,9 @@ detector, with no criteria of their own:
 - ``breakthrough``: a candidate that the detector rejects only because its new level has not
   held for the sustain period yet: with the sustain criterion waived it passes every other
   criterion, and it still holds at the last row. It may be withdrawn later (the level falls
-  back, or the full detector rejects it for another reason); the state says so;
+  back, or the full detector rejects it for another reason); the state says so. An event
+  `analyze` confirms stays one too while a scheduled change still to come could make analyze
+  reject it as a partial rise (`_schedule_hold`);
 - ``confirmed``: `analyze` confirms an event; it can only be raised after its sustain period.
 
 `assess` is that judgement for one history; `tvae.analysis.live.LiveDetector` follows a
@@ -70,11 +72,13 @@ class LiveState:
     event_epochs: tuple[float, ...] = ()  # every confirmed event's breakthrough epoch
     event_rises: tuple[tuple[float, float], ...] = ()  # and its rise: (plateau end, rise end)
     due: float | None = None  # breakthrough: the step by which it is confirmed if it holds
+    waits_for: str | None = None  # breakthrough: "sustain", or "schedule" (`_schedule_hold`)
 
     def change_key(self) -> tuple:
         """What makes a new state worth a line and a notification: the state, the number of
-        events, a withdrawal. (A refined epoch or severity only refreshes the tags.)"""
-        return (self.state, self.events, self.withdrawn_reason)
+        events, a withdrawal, what a breakthrough waits for. (A refined epoch or severity only
+        refreshes the tags.)"""
+        return (self.state, self.events, self.withdrawn_reason, self.waits_for)
 
     def tags(self) -> dict[str, str]:
         """The `grokking.live.*` tags for this state (absent keys: the caller deletes them)."""
@@ -192,6 +196,45 @@ def _holding(
     return out
 
 
+def _schedule_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float, str] | None:
+    """(the step until which confirmed event ``c`` stays a breakthrough, why) while a scheduled
+    change still to come could make it a partial rise that analyze rejects as that change's
+    (`grokking._finished_by_a_confound`): the run is on a schedule (a control signal such as the
+    LR has moved), ``c`` is an accuracy's rise that went less than `confounds.partial_frac` of
+    its way to 1, and its new level has held for less than its plateau's length. A loss has no
+    such bound, so its events are not held."""
+    if c.primary != ctx.roles.accuracy or not ctx.has("accuracy"):
+        return None
+    due = c.rise_end + (c.plateau_end - c.plateau_start)
+    m = ctx.metric("accuracy")
+    if m.raw.max() > 1.0 or float(m.e[-1]) >= due:
+        return None
+    size, level = c.details["peak"] - c.details["level"], c.details["level"]
+    if size >= t.confounds.partial_frac * (1.0 - level) or not _scheduled(ctx):
+        return None
+    why = (
+        f"it went {size / (1.0 - level):.0%} of the way to 1 on a schedule: a scheduled change "
+        f"before step {fmt_epoch(due)} could still make it the start of that change's jump; "
+    )
+    return due, why
+
+
+def _scheduled(ctx: RunContext) -> bool:
+    """Whether a control signal has changed value (an LR by more than
+    `confounds.lr_change_rel` of its smallest value: a schedule, not float noise)."""
+    hist = ctx.history
+    for key in ctx.roles.control_columns(set(ctx.present)):
+        v = hist[key].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        rel = ctx.t.confounds.lr_change_rel if key == ctx.roles.lr else 0.0
+        if hi - lo > rel * abs(lo):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class _Plateau:
     key: str
@@ -279,22 +322,30 @@ def assess(
     last = int(hist.index[-1]) if len(hist) else None
     pad = t.sustain.epochs
     events = list(report.confirmed)
-    pending: list[tuple[Candidate, float]] = []
+    pending: list[tuple[Candidate, float, str]] = []  # (candidate, due step, why it waits)
+    if not ended:
+        for c in events:
+            hold = _schedule_hold(c, ctx, t)
+            if hold and not any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
+                pending.append((c, *hold))
+        events = [c for c in events if all(c is not h for h, *_ in pending)]
     unsure = [
         (e, r) for e, r in _seen(prev) if not any(same_transition(c, e, r, pad) for c in events)
     ]
     held_back = any(c.criterion == "sustained" for c in report.rejected)
     if len(hist) and not ended and (unsure or held_back):
+        waiting = [c for c, *_ in pending]
         for c, due in _holding(hist, roles, t, report, ctx):
-            if any(_covers(f, c.breakthrough_epoch, 0.0) for f in events):
+            if any(_covers(f, c.breakthrough_epoch, 0.0) for f in events + waiting):
                 continue
             if any(same_transition(c, e, r, pad) for e, r in unsure):
                 events.append(c)  # confirmed before, still rising or holding: stays confirmed
             else:
-                pending.append((c, due))
+                pending.append((c, due, ""))
         events.sort(key=lambda c: c.breakthrough_epoch)
     after = max((c.rise_end for c in events), default=-math.inf)
-    pending = [(c, due) for c, due in pending if c.breakthrough_epoch > after]
+    pending = [p for p in pending if p[0].breakthrough_epoch > after]
+    pending.sort(key=lambda p: p[0].breakthrough_epoch)
     severities = [SEVERITIES.index(c.severity) for c in events]
     common = {
         "seen_at_step": last,
@@ -306,17 +357,18 @@ def assess(
         "event_rises": tuple((c.plateau_end, c.rise_end) for c in events),
     }
     if pending:
-        c, due = pending[-1]
+        c, due, why = pending[-1]
         state = LiveState(
             "breakthrough",
             since=c.breakthrough_epoch,
             metric=c.primary,
             due=due,
+            waits_for="schedule" if why else "sustain",
             detail=(
                 f"{c.primary} rose {c.size:+g} {c.size_unit} after a "
                 f"{c.plateau_end - c.plateau_start:g}-epoch plateau (onset epoch "
                 f"{fmt_epoch(c.breakthrough_epoch)}), held {c.sustained_for:g} epochs so far: "
-                f"confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
+                f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
             ),
             **common,
         )
@@ -347,7 +399,7 @@ def assess(
         else:
             detail = "run ended with no confirmed event" if ended else f"no plateau: {why}"
             state = LiveState("none", detail=detail, **common)
-    live = events + [c for c, _ in pending]
+    live = events + [c for c, *_ in pending]
     return Assessment(_withdrawals(prev, state, live, report, t), report, bands)
 
 
