@@ -33,6 +33,7 @@ from corpus import (  # noqa: E402
     VIEWS,
     by_steps,
     eval_every,
+    in_percent,
     index,
     load_run,
     log_spaced,
@@ -103,6 +104,7 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
     k = args.steps_per_epoch
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
     frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every)
+    frame = in_percent(frame) if args.percent else frame
     frame = by_steps(frame, k, args.log_epoch, args.loss_rows)
     window = entry["label"].get("window")
     if window:
@@ -158,6 +160,9 @@ def main() -> None:
         default=1,
         help="keep the val_* keys on every this-many-th row only (evaluation every few epochs, "
         "the training keys every epoch); a window widens by that many rows",
+    )
+    parser.add_argument(
+        "--percent", action="store_true", help="log the accuracies in percent (97.3, not 0.973)"
     )
     args = parser.parse_args()
     thresholds = load_thresholds(args.thresholds)

@@ -4,6 +4,7 @@
   metric): the detector's lengths, counted in epochs, count that many steps.
 - At log-spaced epochs (for log-x plots): a plateau's level is its median over epochs, not over
   rows, so the dense early rows do not outweigh the rest of it.
+- With the accuracy in percent (97.3, not 0.973): it is read as the fraction it is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from corpus import by_steps, eval_every, index, load_run, log_spaced, metric_map
+from corpus import by_steps, eval_every, in_percent, index, load_run, log_spaced, metric_map
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from test_live import follow
@@ -21,7 +22,9 @@ from test_live import follow
 from mlflow_plugins.analyze_run import analyze_run
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
+from tvae.analysis.live_state import assess
 from tvae.analysis.steps import steps_per_epoch
+from tvae.analysis.units import percent_scale
 
 K = 50  # optimizer steps per epoch
 FAST = "digits_a3_step"  # training split, `fast`: its validation accuracy climbs from epoch 1
@@ -179,3 +182,42 @@ def test_an_event_that_a_later_lr_drop_lifts_further_stays_an_event():
     )
     assert [c.breakthrough_epoch for c in report.confirmed] == [400.0]
     assert [c.criterion for c in report.candidates if c.verdict == "rejected"] == ["control"]
+
+
+@pytest.mark.parametrize("name", [GROKS, STEPPED, "par30_k3_n1000_wd0_s94", "s4_f60_wd1_s103"])
+def test_an_accuracy_logged_in_percent_gets_the_verdicts_of_the_fraction(name):
+    """Read as logged, every point of wobble in a percent accuracy was a rise of 100 points:
+    the `none` parity run had 21 events and the S4 run 25. Read as a percent, the events are
+    the fraction's, and the report says how it was read."""
+    roles = Roles.from_metric_map(metric_map("acc+loss"))
+    frame = load_run(name)
+    want = analyze(frame, roles)
+    got = analyze(in_percent(frame.copy()), roles)
+    assert [(c.breakthrough_epoch, c.severity) for c in got.confirmed] == [
+        (c.breakthrough_epoch, c.severity) for c in want.confirmed
+    ]
+    assert got.confidence == pytest.approx(want.confidence, abs=1e-6)
+    assert any(n.startswith("val_acc read as a percent (largest value") for n in got.notes)
+    assert not any("percent" in n for n in want.notes)
+
+
+def test_the_live_state_of_a_percent_accuracy_is_the_fraction_s():
+    """The follower watches the values as logged, so its flat tolerance is in percent too."""
+    roles = Roles.from_metric_map(metric_map("acc+loss"))
+    frame = load_run(STEPPED)
+    _, fraction = follow(frame, roles, per_update=25)
+    det, percent = follow(in_percent(frame.copy()), roles, per_update=25)
+    assert [(s.state, s.seen_at_step, s.event_epochs) for s in percent] == [
+        (s.state, s.seen_at_step, s.event_epochs) for s in fraction
+    ]
+    bands = assess(frame, roles).bands
+    assert det.assessment.bands["val_acc"] == pytest.approx(100 * bands["val_acc"], rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "values,scale",
+    [([0.02, 0.5, 0.97], 1.0), ([2.0, 50.0, 97.3], 0.01), ([0.2, 0.9], 1.0), ([5, 150], 1.0)],
+)
+def test_which_accuracies_are_read_as_percent(values, scale):
+    """In [0, 100] with a value above 1; one that never passes 1 % reads as a fraction."""
+    assert percent_scale(pd.DataFrame({"acc": values}), "acc") == scale

@@ -1,5 +1,6 @@
 """Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
-as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation)."""
+as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation,
+accuracy in percent)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def log_spaced(df: pd.DataFrame, rows: int) -> pd.DataFrame:
     e = df.index.to_numpy(dtype=float)
     want = np.geomspace(max(e[0], 1.0), e[-1], rows)
     return df.iloc[np.unique(np.searchsorted(e, want).clip(0, len(e) - 1))].copy()
+
+
+def in_percent(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its accuracies logged in percent (97.3, not 0.973)."""
+    for key in [c for c in df.columns if c.endswith("_acc")]:
+        df[key] = df[key] * 100.0
+    return df
 
 
 def eval_every(df: pd.DataFrame, every: int) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from tvae.analysis.roles import Roles
 from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.tiers import judge_tier
+from tvae.analysis.units import as_fraction
 
 
 def _clean(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -86,6 +87,7 @@ def analyze(
     roles = roles or Roles()
     t = thresholds or Thresholds()
     hist, sys_hist = _clean(history)
+    hist, unit_note = as_fraction(hist, roles)
     if system is not None and len(system.columns):
         sys_hist = pd.concat(
             [sys_hist.reset_index(drop=True), system.reset_index(drop=True)], axis=1
@@ -93,8 +95,7 @@ def analyze(
     present = {c for c in hist.columns if np.isfinite(hist[c].to_numpy(dtype=float)).any()}
     report = AnalysisReport(run_status=run_status, n_epochs=int(len(hist)))
     t, axis_note = on_axis(hist, roles, t)
-    if axis_note:
-        report.notes.append(axis_note)
+    report.notes += [note for note in (unit_note, axis_note) if note]
     for role, key in roles.mapping().items():
         if key not in hist.columns:
             report.skipped_roles[role] = f"{key} not logged"

@@ -39,6 +39,7 @@ from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import Roles
 from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
+from tvae.analysis.units import as_fraction, percent_scale
 
 #: Points of a generalisation metric whose median is compared with its level at the last run
 #: (the width of the detector's wide rolling median, so a dip of 3 rows is no movement).
@@ -125,7 +126,7 @@ class Assessment:
 
     state: LiveState
     report: AnalysisReport
-    bands: dict[str, float] = field(default_factory=dict)  # generalisation key -> flat tolerance
+    bands: dict[str, float] = field(default_factory=dict)  # key -> flat tolerance, as logged
 
 
 def _detect(hist: pd.DataFrame, roles: Roles, t: Thresholds) -> AnalysisReport:
@@ -310,6 +311,8 @@ def assess(
     t = thresholds or Thresholds()
     prev = previous or LiveState()
     hist, _ = _clean(history)
+    scale = percent_scale(hist, roles.accuracy)
+    hist, _ = as_fraction(hist, roles)
     t, _ = on_axis(hist, roles, t)
     report = _detect(hist, roles, t)
     present = frozenset(c for c in hist.columns if np.isfinite(hist[c].to_numpy(float)).any())
@@ -317,8 +320,9 @@ def assess(
     bands = {}
     for role in source_roles(roles, set(present)):
         m = ctx.metric(role)
-        if len(m.s):
-            bands[m.key] = max(3 * m.sigma, 0.5 * m.min_size(t))
+        if len(m.s):  # in the units the key is logged in, which the follower watches
+            band = max(3 * m.sigma, 0.5 * m.min_size(t))
+            bands[m.key] = band / scale if role == "accuracy" else band
     last = int(hist.index[-1]) if len(hist) else None
     pad = t.sustain.epochs
     events = list(report.confirmed)
