@@ -66,7 +66,7 @@ def check_inputs(
     }
     _webhook(webhook)
     try:
-        kwargs["roles"] = Roles.from_metric_map(metric_map) if metric_map else Roles()
+        kwargs["roles"] = Roles.from_metric_map(metric_map) if metric_map else None
     except ValueError as err:
         raise WatchInputError(f"--metric-map: {err}") from None
     if config:

@@ -40,6 +40,7 @@ class AnalyzeInputs:
     register: bool
     model_name: str
     min_tier: str
+    guessed: str | None = None  # the metric_map read off the run's key names, when it was
 
 
 def mapped_keys(metric_map: str) -> dict[str, str]:
@@ -62,6 +63,24 @@ def _roles(metric_map: str) -> Roles:
         return Roles.from_metric_map(metric_map) if metric_map else Roles()
     except ValueError as err:
         raise AnalyzeInputError(f"--metric-map: {err}") from None
+
+
+def _guessed(run: Run) -> tuple[Roles, str | None]:
+    """Without a metric_map, a run that logs none of our generalisation keys (another
+    trainer's) is read by its key names; one where none names a held-out accuracy or loss is
+    refused, since its verdict would be "no grokking" without having looked."""
+    from tvae.analysis.guess_roles import roles_for
+
+    keys = sorted(run.data.metrics)
+    found = roles_for(keys)
+    if found is None:
+        shown = ", ".join([k for k in keys if not k.startswith("system/")][:8])
+        raise AnalyzeInputError(
+            f"--metric-map: run '{run.info.run_id}' logs none of TernaryVAE's keys and no key "
+            f"named like a held-out accuracy or loss ({shown}); map them, e.g. "
+            '-P metric_map="accuracy=<key>,loss=<key>"'
+        )
+    return found
 
 
 def _thresholds(config: str) -> Thresholds | None:
@@ -121,7 +140,7 @@ def check_inputs(
         if problem:
             raise AnalyzeInputError(f"--model-name: {problem}")
     run = _training_run(client, run_id, analyze_run_id)
-    roles = _roles(metric_map)
+    roles, guessed = _guessed(run) if not metric_map else (_roles(metric_map), None)
     absent = sorted(
         f"{r}={k}" for r, k in mapped_keys(metric_map).items() if k not in run.data.metrics
     )
@@ -130,4 +149,6 @@ def check_inputs(
             f"--metric-map: run '{run_id}' has no metric for {', '.join(absent)}"
         )
     thresholds = _thresholds(config)
-    return AnalyzeInputs(run, roles, thresholds, metric_map, config, register, model_name, min_tier)
+    return AnalyzeInputs(
+        run, roles, thresholds, metric_map, config, register, model_name, min_tier, guessed
+    )

@@ -79,6 +79,12 @@ def _analyse(
     report = analyze(
         history, inputs.roles, inputs.thresholds, system=system, run_status=inputs.run.info.status
     )
+    if inputs.guessed:
+        report.notes.insert(
+            0,
+            "no metric_map given and none of TernaryVAE's keys logged: read by its key names as "
+            f'metric_map="{inputs.guessed}"',
+        )
     save_figures(plot_report(history, report, inputs.roles), folder)
     return report
 

@@ -33,14 +33,16 @@ from mlflow_plugins.analysis_writer import tool_run
 from mlflow_plugins.history import MetricReader
 from mlflow_plugins.store_writes import set_tags
 from tvae import contract as C
+from tvae.analysis.guess_roles import roles_for
 from tvae.analysis.live import LiveDetector
 from tvae.analysis.live_state import LiveState, fmt_epoch
+from tvae.analysis.roles import Roles
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from tvae.analysis import Roles, Thresholds
+    from tvae.analysis import Thresholds
 
 RUNNING = "RUNNING"
 DEFAULT_INTERVAL = 5.0  # seconds between polls
@@ -146,6 +148,7 @@ class RunWatch:
     reported: LiveState | None = None  # the last state printed and notified
     changes: list[LiveState] = field(default_factory=list)  # every state printed, in order
     final: LiveState | None = None  # the state at the run's end
+    mapped: bool = True  # roles settled (False: read by key names once a held-out key is seen)
     done: bool = False
     end_reason: str = ""
 
@@ -159,6 +162,8 @@ class Watch:
 
     `poll` does one round (usable on its own, e.g. in lockstep with a replay); `run` polls
     every ``interval`` seconds until the run ends, or for ``until`` seconds at most.
+    ``roles`` None (no metric_map): TernaryVAE's, or for a run that logs none of their
+    generalisation keys, read off its key names as `analyze` reads them (`roles_for`).
     ``exclude``: run ids never to watch (the `mlflow run` launcher run of the watcher itself).
     """
 
@@ -166,7 +171,7 @@ class Watch:
         self,
         client: MlflowClient,
         *,
-        roles: Roles,
+        roles: Roles | None,
         thresholds: Thresholds | None = None,
         run_id: str | None = None,
         experiment_id: str | None = None,
@@ -179,7 +184,8 @@ class Watch:
         if (run_id is None) == (experiment_id is None):
             raise ValueError("watch one run_id or one experiment_id")
         self.client = client
-        self.roles, self.thresholds = roles, thresholds
+        self.by_names = roles is None
+        self.roles, self.thresholds = roles or Roles(), thresholds
         self.run_id, self.experiment_id = run_id, experiment_id
         self.interval, self.until = interval, until
         self.echo = echo
@@ -264,6 +270,7 @@ class Watch:
             self._experiment_name(run.info.experiment_id),
             LiveDetector(self.roles, self.thresholds),
             MetricReader(self.client, run.info.run_id),
+            mapped=not self.by_names,
         )
         self.runs[watch.run_id] = watch
         self.echo(f"watch: following {watch.label} in experiment '{watch.experiment}'")
@@ -290,6 +297,8 @@ class Watch:
             return
         for key, rows in new.items():
             watch.detector.add(key, rows.index.to_numpy(), rows.to_numpy())
+        if not watch.mapped:
+            self._map_by_names(watch)
         if status.status != RUNNING:
             self._finish(watch, status.status)
             return
@@ -297,6 +306,20 @@ class Watch:
         if state.seen_at_step is None:
             return  # not judged yet (too few rows)
         self._publish(watch, state)
+
+    def _map_by_names(self, watch: RunWatch) -> None:
+        """Settle the roles of a run watched without a metric_map once its keys say them."""
+        found = roles_for(watch.detector.keys)
+        if found is None:
+            return  # no generalisation key logged yet
+        roles, guessed = found
+        watch.mapped = True
+        if guessed:
+            watch.detector.remap(roles)
+            self.echo(
+                f"watch: {watch.label} logs none of TernaryVAE's keys: read by its key names as "
+                f'metric_map="{guessed}"'
+            )
 
     def _publish(self, watch: RunWatch, state: LiveState) -> None:
         update = state.tag_update(watch.written)

@@ -136,10 +136,12 @@ def test_running_and_killed_runs_and_missing_roles(tracking_uri):
     assert analysis_tags(running)["tier"] == "None"
 
     killed = log_csv_run(LR_DROP, end="KILLED")
-    result = invoke("--run-id", killed)  # our default roles: most keys absent -> skipped
+    partial = "accuracy=val_acc,loss=train_loss"  # our default keys for the other roles
+    result = invoke("--run-id", killed, "--metric-map", partial)
     assert result.exit_code == 0, result.output
-    skipped = expected_report(LR_DROP, metric_map="", status="KILLED").skipped_roles
-    assert skipped and all(role in result.output for role in skipped)
+    skipped = expected_report(LR_DROP, metric_map=partial, status="KILLED").skipped_roles
+    assert set(skipped) == {"hierarchy", "quality", "grad_norm", "lr"}
+    assert all(role in result.output for role in skipped)
     report = json.loads(
         Path(client.download_artifacts(killed, "analysis/report.json", ".")).read_text()
     )

@@ -378,3 +378,25 @@ def test_through_a_real_server_that_goes_away(tmp_path, monkeypatch):
         finally:
             relay.close()
             mlflow.set_tracking_uri(None)
+
+
+def test_a_foreign_run_watched_without_a_metric_map_is_read_by_its_key_names(tracking_uri):
+    """As `analyze` reads it: once a held-out key is logged (here after 20 epochs of training
+    loss alone), the run's keys say its roles, one line says so, and what is raised live is
+    what the final analysis with those roles confirms."""
+    client = MlflowClient()
+    frame = load_run("add53_f40_wd1").loc[:1200]
+    run_id = new_run("foreign")
+    lines: list[str] = []
+    watch = Watch(client, run_id=run_id, roles=None, echo=lines.append)
+    log_rows(client, run_id, frame.loc[:20, ["train_loss"]])
+    watch.poll()
+    assert not watch.runs[run_id].mapped and not any("key names" in line for line in lines)
+    lockstep(watch, client, run_id, frame.loc[21:], pace=25)
+    (said,) = [line for line in lines if "read by its key names" in line]
+    assert 'metric_map="accuracy=val_acc,val_loss=val_loss,loss=train_loss,lr=lr,' in said
+    roles = Roles.from_metric_map("accuracy=val_acc,val_loss=val_loss,loss=train_loss,lr=lr")
+    (event,) = analyze(load_history(client, run_id)[0], roles).confirmed
+    live = [s for s in watch.runs[run_id].changes[:-1] if s.state == "confirmed"]
+    assert live and event.plateau_start <= live[0].first_epoch <= event.rise_end
+    assert live_tags(run_id)[C.GROKKING_LIVE_STATE] == "confirmed"

@@ -12,7 +12,7 @@ from tvae.analysis.grokking import detect_grokking
 from tvae.analysis.phases import detect_phases
 from tvae.analysis.questions import answer_questions
 from tvae.analysis.report import AnalysisReport
-from tvae.analysis.roles import Roles
+from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.tiers import judge_tier
@@ -110,7 +110,7 @@ def analyze(
         report.phases = detect_phases(hist, roles, present, t)
         report.tier, report.tier_best = _tier(hist, roles, present, t)
     if not report.candidates and not any(
-        getattr(roles, r) in present for r in ("accuracy", "val_loss", "quality", "hierarchy")
+        getattr(roles, r) in present for r in GENERALISATION_ROLES
     ):
         report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)

@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 
 from tvae.analysis.live_state import (
-    GENERALISATION_ROLES,
     TAIL_ROWS,
     Assessment,
     LiveState,
     assess,
 )
-from tvae.analysis.roles import DIRECTION, LOG_ROLES, Roles
+from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
 from tvae.analysis.thresholds import Thresholds
 
 #: Re-run the whole detector once the history has grown by this share since its last run, even
@@ -72,6 +71,11 @@ class _Column:
         return pd.Series(values, index=steps, copy=True)
 
 
+def _orientation(roles: Roles) -> dict[str, str]:
+    """Generalisation metric key -> its role (how its moves are read)."""
+    return {k: r for r in GENERALISATION_ROLES if (k := getattr(roles, r)) is not None}
+
+
 class LiveDetector:
     """Follows one run's growing history and keeps its `LiveState`.
 
@@ -114,11 +118,7 @@ class LiveDetector:
         self._move_wait = 1  # rows a move waits for since the last run (doubles when idle)
         self._quiet_since: int | None = None
         self._quiet_mark = float(self.t.plateau.min_epochs)
-        self._orient = {
-            key: role
-            for role in GENERALISATION_ROLES
-            if (key := getattr(self.roles, role)) is not None
-        }
+        self._orient = _orientation(self.roles)
 
     # -- feeding rows ---------------------------------------------------------------------
     @property
@@ -147,6 +147,24 @@ class LiveDetector:
             self._quiet_since = int(steps.min())
         if key in self._orient:
             self._watch(key, values, top)
+
+    @property
+    def keys(self) -> list[str]:
+        """The metric keys logged so far."""
+        return [k for k, c in self._cols.items() if c.n]
+
+    def remap(self, roles: Roles) -> None:
+        """Read the rows so far, and those to come, with ``roles`` (a watcher that learns a
+        run's roles from its key names once they are logged); the next update runs."""
+        self.roles = roles
+        self._orient = _orientation(roles)
+        self._tails.clear()
+        self._refs.clear()
+        for key in self._orient:
+            col = self._cols.get(key)
+            if col is not None and col.n:
+                self._watch(key, col.values[: col.n], int(col.steps[col.n - 1]))
+        self._moved, self._move_wait = True, 1
 
     def add_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         """One epoch's metrics (an in-training callback's row)."""

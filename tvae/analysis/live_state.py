@@ -36,7 +36,7 @@ from tvae.analysis.context import RunContext
 from tvae.analysis.engine import _clean
 from tvae.analysis.grokking import SEVERITIES, Candidate, detect_grokking, source_roles
 from tvae.analysis.report import AnalysisReport
-from tvae.analysis.roles import Roles
+from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.units import as_fraction, percent_scale
@@ -44,8 +44,6 @@ from tvae.analysis.units import as_fraction, percent_scale
 #: Points of a generalisation metric whose median is compared with its level at the last run
 #: (the width of the detector's wide rolling median, so a dip of 3 rows is no movement).
 TAIL_ROWS = 7
-
-GENERALISATION_ROLES = ("accuracy", "val_loss", "quality", "hierarchy")
 
 
 def fmt_epoch(x: float | None) -> str:

@@ -17,6 +17,9 @@ DIRECTION = {"loss": -1, "accuracy": 1, "val_loss": -1, "hierarchy": -1, "qualit
 #: Roles whose values are compared in log terms (losses span decades).
 LOG_ROLES = ("loss", "val_loss")
 
+#: Roles that measure generalisation: where grokking is looked for.
+GENERALISATION_ROLES = ("accuracy", "val_loss", "quality", "hierarchy")
+
 
 @dataclass(frozen=True)
 class Roles:

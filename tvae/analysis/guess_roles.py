@@ -1,0 +1,81 @@
+"""Roles for a run that logs none of TernaryVAE's keys, read off common key names.
+
+Other trainers name their metrics alike: HF Trainer `eval_accuracy`, `eval_loss`, `loss`,
+`learning_rate`; Keras `val_accuracy`, `val_loss`, `loss`, `lr`; Lightning whatever the
+`self.log` calls say, often `val_acc`, `val/loss`, `train_loss`, and `lr-AdamW` from its
+LearningRateMonitor. A key is split into lower-case words; the held-out accuracy and loss are
+the keys naming a held-out split and what they measure, the training loss one naming training
+(or a bare `loss`), the LR `lr` or `learning rate`. Of several, the first held-out word below
+wins, then the shortest key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from tvae.analysis.roles import GENERALISATION_ROLES, Roles
+
+HELD_OUT = ("val", "valid", "validation", "eval", "test", "dev")
+TRAINING = ("train", "training")
+ACCURACY = ("acc", "accuracy", "top1", "acc1")
+#: Our own roles a guessed map unsets (no other trainer logs them).
+UNSET = ("hierarchy", "quality", "grad_norm")
+
+
+def _words(key: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
+
+
+def _pick(keys: list[str], rank) -> str | None:
+    """The key with the lowest (rank, length, name), among keys ranked (not None)."""
+    ranked = [(r, len(k), k) for k in keys if (r := rank(_words(k))) is not None]
+    return min(ranked)[2] if ranked else None
+
+
+def _held_out(what: tuple[str, ...]):
+    def rank(words: list[str]) -> int | None:
+        if not any(w in what for w in words):
+            return None
+        split = [HELD_OUT.index(w) for w in words if w in HELD_OUT]
+        return min(split) if split else None
+
+    return rank
+
+
+def _training_loss(words: list[str]) -> int | None:
+    if "loss" not in words or any(w in HELD_OUT for w in words):
+        return None
+    return 0 if any(w in TRAINING for w in words) else 1 if words == ["loss"] else None
+
+
+def _lr(words: list[str]) -> int | None:
+    if words[:1] == ["lr"] or "lr" in words:
+        return 0
+    return 1 if "learning" in words and "rate" in words else None
+
+
+def guess_roles(keys: Iterable[str]) -> tuple[Roles, str] | None:
+    """(roles, the `metric_map` that says them) from ``keys``' names; None when none of them
+    names a held-out accuracy or loss (nothing to find grokking in)."""
+    keys = [k for k in keys if not k.startswith("system/")]
+    found = {
+        "accuracy": _pick(keys, _held_out(ACCURACY)),
+        "val_loss": _pick(keys, _held_out(("loss",))),
+        "loss": _pick(keys, _training_loss),
+        "lr": _pick(keys, _lr),
+    }
+    if not (found["accuracy"] or found["val_loss"]):
+        return None
+    text = ",".join([f"{r}={k or ''}" for r, k in found.items()] + [f"{r}=" for r in UNSET])
+    return Roles.from_metric_map(text), text
+
+
+def roles_for(keys: Iterable[str]) -> tuple[Roles, str | None] | None:
+    """Without a metric_map: (our roles, None) when ``keys`` hold one of our generalisation
+    keys, else (the guessed roles, their metric_map); None when neither finds one."""
+    keys = list(keys)
+    ours = Roles()
+    if any(getattr(ours, r) in keys for r in GENERALISATION_ROLES):
+        return ours, None
+    return guess_roles(keys)
