@@ -31,6 +31,10 @@ from tvae.analysis.guess_roles import guess_roles
             ["train/loss", "val/acc", "val/loss", "lr-AdamW", "epoch", "system/cpu_percent"],
             "accuracy=val/acc,val_loss=val/loss,loss=train/loss,lr=lr-AdamW",
         ),
+        (  # Lightning, a metric logged on step and on epoch
+            ["train_loss_step", "train_loss_epoch", "val_acc", "epoch"],
+            "accuracy=val_acc,val_loss=,loss=train_loss_epoch,lr=",
+        ),
         (  # a plain script: validation before test, the shortest of several
             ["train_loss", "val_acc", "val_acc_top5", "test_acc", "valid_loss"],
             "accuracy=val_acc,val_loss=valid_loss,loss=train_loss,lr=",

@@ -2,11 +2,12 @@
 
 Other trainers name their metrics alike: HF Trainer `eval_accuracy`, `eval_loss`, `loss`,
 `learning_rate`; Keras `val_accuracy`, `val_loss`, `loss`, `lr`; Lightning whatever the
-`self.log` calls say, often `val_acc`, `val/loss`, `train_loss`, and `lr-AdamW` from its
-LearningRateMonitor. A key is split into lower-case words; the held-out accuracy and loss are
-the keys naming a held-out split and what they measure, the training loss one naming training
-(or a bare `loss`), the LR `lr` or `learning rate`. Of several, the first held-out word below
-wins, then the shortest key.
+`self.log` calls say, often `val_acc`, `val/loss`, `train_loss` (`train_loss_step` and
+`train_loss_epoch` when logged both ways), and `lr-AdamW` from its LearningRateMonitor.
+A key is split into lower-case words; the held-out accuracy and loss are the keys naming a
+held-out split and what they measure, the training loss one naming training (or a bare
+`loss`), the LR `lr` or `learning rate`. Of several, the first held-out word below wins, then
+a per-epoch key over a per-step one, then the shortest key.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ def _words(key: str) -> list[str]:
 
 
 def _pick(keys: list[str], rank) -> str | None:
-    """The key with the lowest (rank, length, name), among keys ranked (not None)."""
-    ranked = [(r, len(k), k) for k in keys if (r := rank(_words(k))) is not None]
-    return min(ranked)[2] if ranked else None
+    """The key with the lowest (rank, per-step, length, name) among keys ranked (not None):
+    Lightning logs ``x_step`` and ``x_epoch`` for a metric logged both ways; the epoch's wins."""
+    ranked = [
+        (r, "step" in _words(k), len(k), k) for k in keys if (r := rank(_words(k))) is not None
+    ]
+    return min(ranked)[-1] if ranked else None
 
 
 def _held_out(what: tuple[str, ...]):
