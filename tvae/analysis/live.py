@@ -155,7 +155,8 @@ class LiveDetector:
 
     def remap(self, roles: Roles) -> None:
         """Read the rows so far, and those to come, with ``roles`` (a watcher that learns a
-        run's roles from its key names once they are logged); the next update runs."""
+        run's roles from its key names once they are logged); the next update with new rows
+        runs the detector."""
         self.roles = roles
         self._orient = _orientation(roles)
         self._tails.clear()
