@@ -32,7 +32,7 @@ def _pick(keys: list[str], rank) -> str | None:
     """The key with the lowest (rank, per-step, length, name) among keys ranked (not None):
     Lightning logs ``x_step`` and ``x_epoch`` for a metric logged both ways; the epoch's wins."""
     ranked = [
-        (r, "step" in _words(k), len(k), k) for k in keys if (r := rank(_words(k))) is not None
+        (r, "step" in words, len(k), k) for k in keys if (r := rank(words := _words(k))) is not None
     ]
     return min(ranked)[-1] if ranked else None
 

@@ -39,7 +39,7 @@ from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 from tvae.analysis.steps import on_axis
 from tvae.analysis.thresholds import Thresholds
-from tvae.analysis.units import as_fraction, percent_scale
+from tvae.analysis.units import as_fraction
 
 #: Points of a generalisation metric whose median is compared with its level at the last run
 #: (the width of the detector's wide rolling median, so a dip of 3 rows is no movement).
@@ -309,8 +309,8 @@ def assess(
     t = thresholds or Thresholds()
     prev = previous or LiveState()
     hist, _ = _clean(history)
-    scale = percent_scale(hist, roles.accuracy)
-    hist, _ = as_fraction(hist, roles)
+    hist, percent = as_fraction(hist, roles)
+    scale = 0.01 if percent else 1.0
     t, _ = on_axis(hist, roles, t)
     report = _detect(hist, roles, t)
     present = frozenset(c for c in hist.columns if np.isfinite(hist[c].to_numpy(float)).any())
