@@ -77,8 +77,8 @@ def _guessed(run: Run) -> tuple[Roles, str | None]:
         shown = ", ".join([k for k in keys if not k.startswith("system/")][:8])
         raise AnalyzeInputError(
             f"--metric-map: run '{run.info.run_id}' logs none of TernaryVAE's keys and no key "
-            f"named like a held-out accuracy or loss ({shown}); map them, e.g. "
-            '-P metric_map="accuracy=<key>,loss=<key>"'
+            f"named like a held-out accuracy or loss ({shown}); map its keys with "
+            'metric_map="accuracy=<key>,loss=<key>"'
         )
     return found
 
