@@ -54,7 +54,7 @@ def _training_loss(words: list[str]) -> int | None:
 
 
 def _lr(words: list[str]) -> int | None:
-    if words[:1] == ["lr"] or "lr" in words:
+    if "lr" in words:
         return 0
     return 1 if "learning" in words and "rate" in words else None
 
