@@ -11,6 +11,7 @@ line before MLflow's own failure line is ours.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -35,7 +36,10 @@ class Blank(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip() == ""):
             return None
-        return self.inner.convert(value.strip() if isinstance(value, str) else value, param, ctx)
+        out = self.inner.convert(value.strip() if isinstance(value, str) else value, param, ctx)
+        if isinstance(out, float) and math.isnan(out):  # passes every range check
+            self.fail(f"{value} is not a number", param, ctx)
+        return out
 
 
 class OptionalBool(click.ParamType):

@@ -187,6 +187,9 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     assert run_cli("--config", str(store / "tiny.yaml"), "--epochs", "0") == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
     assert len(err) == 1 and "--epochs" in err[0]
+    assert run_cli("--config", str(store / "tiny.yaml"), "--lr", "nan") == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
+    assert err == ["error: Invalid value for '--lr': nan is not a number"]  # not the config's
     assert run_cli("--config", str(store / "missing.yaml")) == 2
     assert "config file not found" in capsys.readouterr().err
     assert run_cli("--config", str(tiny_config(store / "mps.yaml")), "--device", "mps") == 2
