@@ -118,6 +118,10 @@ def _moved_with(ctx: RunContext, tr: Transition) -> list[str]:
     return out
 
 
+def _epochs(n: float) -> str:
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
 def _candidate(ctx: RunContext, group: list[_Judged]) -> Candidate:
     """One candidate for a transition seen by one or more metrics."""
     blocked = [f for j in group for f in j.fails if f.criterion in RUN_LEVEL]
@@ -166,14 +170,14 @@ def _candidate(ctx: RunContext, group: list[_Judged]) -> Candidate:
         if tr.kind == "collapse":
             cand.reason = (
                 f"{tr.m.key} near its level at the fit (epoch {fit:g}) until epoch "
-                f"{tr.plateau_end:g}, then fell {size:g} decades by epoch {cand.rise_end:g} "
-                f"(half by {cand.breakthrough_epoch:g}), sustained {tr.sustained_for:g} "
-                f"epochs{together}"
+                f"{tr.plateau_end:g}, then fell {size:.3g} decades by epoch {cand.rise_end:g} "
+                f"(half by {cand.breakthrough_epoch:g}), sustained {_epochs(tr.sustained_for)}"
+                f"{together}"
             )
         else:
             cand.reason = (
-                f"{tr.plateau_len:g}-epoch plateau{after}, then {size:+g} {unit} over "
-                f"{tr.rise_len:g} epochs, sustained {tr.sustained_for:g} epochs{together}"
+                f"{tr.plateau_len:g}-epoch plateau{after}, then {size:+.3g} {unit} over "
+                f"{_epochs(tr.rise_len)}, sustained {_epochs(tr.sustained_for)}{together}"
             )
         return cand
     first = (blocked or best.fails)[0]

@@ -367,7 +367,7 @@ def assess(
             due=due,
             waits_for="schedule" if why else "sustain",
             detail=(
-                f"{c.primary} rose {c.size:+g} {c.size_unit} after a "
+                f"{c.primary} rose {c.size:+.3g} {c.size_unit} after a "
                 f"{c.plateau_end - c.plateau_start:g}-epoch plateau (onset epoch "
                 f"{fmt_epoch(c.breakthrough_epoch)}), held {c.sustained_for:g} epochs so far: "
                 f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"

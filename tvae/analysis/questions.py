@@ -37,7 +37,7 @@ def answer_questions(
     if conf:
         c = conf[0]
         a["When and how severe was the first event?"] = (
-            f"epoch {c.breakthrough_epoch:g}, {c.severity}, +{c.size:g} {c.size_unit} after a "
+            f"epoch {c.breakthrough_epoch:g}, {c.severity}, +{c.size:.3g} {c.size_unit} after a "
             f"{c.plateau_end - c.plateau_start:g}-epoch plateau"
         )
         a["Was the improvement sustained?"] = "; ".join(
