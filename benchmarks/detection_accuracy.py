@@ -7,6 +7,7 @@
     python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch --loss-rows 5
     python benchmarks/detection_accuracy.py --log-spaced 300  # rows at log-spaced epochs only
     python benchmarks/detection_accuracy.py --eval-every 10   # val_* keys every 10th row only
+    python benchmarks/detection_accuracy.py --no-steps        # log_metric(key, value), no step
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -38,8 +39,10 @@ from corpus import (  # noqa: E402
     load_run,
     log_spaced,
     metric_map,
+    without_steps,
 )
 
+from mlflow_plugins.stepless import place_stepless  # noqa: E402
 from tvae.analysis import Roles, analyze, load_thresholds  # noqa: E402
 
 
@@ -105,8 +108,10 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
     frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every)
     frame = in_percent(frame) if args.percent else frame
-    frame = by_steps(frame, k, args.log_epoch, args.loss_rows)
     window = entry["label"].get("window")
+    if args.no_steps:
+        return _without_steps(entry, frame, window, args.loss_rows)
+    frame = by_steps(frame, k, args.log_epoch, args.loss_rows)
     if window:
         window = [k * w for w in window]
         if args.eval_every > 1:  # widened by the evaluated rows around it
@@ -119,6 +124,20 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
             window = [float(lo), float(hi)]
         entry["label"]["window"] = window
     return frame
+
+
+def _without_steps(entry: dict, frame: pd.DataFrame, window, batches: int) -> pd.DataFrame:
+    """``frame`` logged without steps and read back as load_history places it (the n-th row
+    logged is step n); the onset window moved onto those rows."""
+    placed, _ = place_stepless(without_steps(frame, batches))
+    epochs = frame.index.to_numpy(dtype=float)
+    if window:
+        lo = int(np.searchsorted(epochs, window[0], side="left"))
+        hi = max(int(np.searchsorted(epochs, window[1], side="right")) - 1, lo)
+        entry["label"]["window"] = [lo, hi]
+    return pd.DataFrame(
+        {k: pd.Series(v, index=s).groupby(level=0).last() for k, (s, v, _) in placed.items()}
+    ).sort_index()
 
 
 def main() -> None:
@@ -163,6 +182,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--percent", action="store_true", help="log the accuracies in percent (97.3, not 0.973)"
+    )
+    parser.add_argument(
+        "--no-steps",
+        action="store_true",
+        help="log every key without a step, one call a key an epoch (with --loss-rows: the "
+        "training loss that many times an epoch), read back in the order logged",
     )
     args = parser.parse_args()
     thresholds = load_thresholds(args.thresholds)

@@ -79,6 +79,7 @@ def _analyse(
     report = analyze(
         history, inputs.roles, inputs.thresholds, system=system, run_status=inputs.run.info.status
     )
+    report.notes[:0] = history.attrs.get("notes", [])
     if inputs.guessed:
         report.notes.insert(
             0,

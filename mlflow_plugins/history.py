@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from mlflow_plugins.stepless import Rows, place_stepless
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -52,7 +55,7 @@ _METRIC_ROWS = (
 )
 
 
-def _fetch_series(cursor: Any) -> pd.Series:
+def _fetch_rows(cursor: Any) -> Rows:
     """Page the DB-API cursor of _METRIC_ROWS as plain tuples (no ORM, no Row objects)."""
     chunks = []
     while rows := cursor.fetchmany(PAGE_ROWS):
@@ -60,24 +63,28 @@ def _fetch_series(cursor: Any) -> pd.Series:
         chunks.append(flat.reshape(-1, 4))
     table = np.concatenate(chunks) if chunks else np.empty((0, 4))
     values = np.where(table[:, 3] != 0, np.nan, table[:, 2])
-    return _series(table[:, 0].astype(np.int64), values, table[:, 1])
+    return table[:, 0].astype(np.int64), values, table[:, 1]
 
 
-def _read_sql(engine, run_id: str, key: str) -> pd.Series:
+def _read_sql(engine, run_id: str, key: str) -> Rows:
     """One key's rows through the store's SQLAlchemy engine."""
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        return _fetch_series(conn.execute(text(_METRIC_ROWS), {"run": run_id, "key": key}).cursor)
+        return _fetch_rows(conn.execute(text(_METRIC_ROWS), {"run": run_id, "key": key}).cursor)
 
 
-def _read_client(client: MlflowClient, run_id: str, key: str) -> pd.Series:
+def _client_rows(client: MlflowClient, run_id: str, key: str) -> Rows:
     rows = client.get_metric_history(run_id, key)
-    return _series(
+    return (
         np.fromiter((m.step for m in rows), np.int64, len(rows)),
         np.fromiter((m.value for m in rows), np.float64, len(rows)),
         np.fromiter((m.timestamp for m in rows), np.float64, len(rows)),
     )
+
+
+def _read_client(client: MlflowClient, run_id: str, key: str) -> pd.Series:
+    return _series(*_client_rows(client, run_id, key))
 
 
 def load_history(
@@ -87,22 +94,21 @@ def load_history(
 
     `system/*` keys (MLflow's system metrics, stepped by sample) go to system_df so detectors
     never see them; everything else goes to history_df. `fast=False` forces the public
-    `get_metric_history` path (the benchmark's baseline).
+    `get_metric_history` path (the benchmark's baseline). Keys logged without a step are
+    placed in the order logged (`stepless`), and `history.attrs["notes"]` says so.
     """
     run = client.get_run(run_id)
-    keys = sorted(run.data.metrics)
     engine = _sql_engine(client) if fast else None
-    columns: dict[str, pd.Series] = {}
-    for key in keys:
-        series = _read_sql(engine, run_id, key) if engine is not None else None
-        columns[key] = series if series is not None else _read_client(client, run_id, key)
-    return _split(columns)
+    read = partial(_read_sql, engine) if engine is not None else partial(_client_rows, client)
+    rows = {key: read(run_id, key) for key in sorted(run.data.metrics)}
+    logged, note = place_stepless({k: r for k, r in rows.items() if not _system(k)})
+    history = _frame({key: _series(*r) for key, r in logged.items()})
+    history.attrs["notes"] = [note] if note else []
+    return history, _frame({key: _series(*r) for key, r in rows.items() if _system(key)})
 
 
-def _split(columns: dict[str, pd.Series]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    history = _frame({k: s for k, s in columns.items() if not k.startswith(SYSTEM_PREFIX)})
-    system = _frame({k: s for k, s in columns.items() if k.startswith(SYSTEM_PREFIX)})
-    return history, system
+def _system(key: str) -> bool:
+    return key.startswith(SYSTEM_PREFIX)
 
 
 def _frame(columns: dict[str, pd.Series]) -> pd.DataFrame:
@@ -209,7 +215,7 @@ class MetricReader:
 
     @staticmethod
     def _keys(status: RunStatus) -> list[str]:
-        return [k for k in status.keys if not k.startswith(SYSTEM_PREFIX)]
+        return [k for k in status.keys if not _system(k)]
 
     def _sql_status(self, conn, text) -> RunStatus | None:
         rows = conn.execute(text(_RUN_STATUS), {"run": self.run_id}).fetchall()

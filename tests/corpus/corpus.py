@@ -1,6 +1,6 @@
 """Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
 as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation,
-accuracy in percent)."""
+accuracy in percent, without steps)."""
 
 from __future__ import annotations
 
@@ -87,3 +87,31 @@ def by_steps(df: pd.DataFrame, k: int, log_epoch: bool, loss_rows: int) -> pd.Da
         rows = pd.DataFrame(extra, index=steps)
         df = pd.concat([rows, df.drop(columns="train_loss")]).groupby(level=0).last()
     return df
+
+
+def without_steps(
+    df: pd.DataFrame, batches: int = 1, t0: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``df``'s rows (steps, values, timestamps) as a script logs them with
+    `mlflow.log_metric(key, value)`: no step (every row at step 0), one call a key a row in
+    column order, 2 ms apart; with ``batches`` > 1 the training loss that many times a row
+    before the other keys (falling to the row's value, logged last)."""
+    out: dict[str, list] = {key: [] for key in df.columns}
+    ts = t0
+    for row in df.itertuples(index=False):
+        values = dict(zip(df.columns, row, strict=True))
+        for b in range(batches - 1):
+            out["train_loss"].append((values["train_loss"] * (1.5 - b / batches), ts))
+            ts += 2
+        for key, value in values.items():
+            if not np.isnan(value):
+                out[key].append((value, ts))
+                ts += 2
+    return {
+        key: (
+            np.zeros(len(r), np.int64),
+            np.array([v for v, _ in r]),
+            np.array([t for _, t in r], float),
+        )
+        for key, r in out.items()
+    }
