@@ -37,17 +37,22 @@ def _sql_engine(client: MlflowClient):
     return engine
 
 
+def _ordered(steps: np.ndarray, values: np.ndarray, stamps: np.ndarray) -> Rows:
+    """One key's rows sorted by (step, time), with the SQL store's +-float max back to +-inf."""
+    order = np.lexsort((stamps, steps))
+    values = values[order].astype(float, copy=True)
+    values[values >= _FLOAT_MAX] = math.inf
+    values[values <= -_FLOAT_MAX] = -math.inf
+    return steps[order].astype(np.int64), values, stamps[order].astype(float)
+
+
 def _series(steps: np.ndarray, values: np.ndarray, stamps: np.ndarray) -> pd.Series:
     """One key's rows -> Series indexed by step; a step logged twice keeps its latest value."""
     if len(steps) == 0:
         return pd.Series(dtype=float)
-    order = np.lexsort((stamps, steps))
-    steps, values = steps[order], values[order].astype(float, copy=True)
+    steps, values, _ = _ordered(steps, values, stamps)
     last = np.append(steps[1:] != steps[:-1], True)  # last row of each step after sorting
-    steps, values = steps[last], values[last]
-    values[values >= _FLOAT_MAX] = math.inf
-    values[values <= -_FLOAT_MAX] = -math.inf
-    return pd.Series(values, index=steps.astype(np.int64))
+    return pd.Series(values[last], index=steps[last])
 
 
 _METRIC_ROWS = (
@@ -81,10 +86,6 @@ def _client_rows(client: MlflowClient, run_id: str, key: str) -> Rows:
         np.fromiter((m.value for m in rows), np.float64, len(rows)),
         np.fromiter((m.timestamp for m in rows), np.float64, len(rows)),
     )
-
-
-def _read_client(client: MlflowClient, run_id: str, key: str) -> pd.Series:
-    return _series(*_client_rows(client, run_id, key))
 
 
 def load_history(
@@ -133,7 +134,8 @@ _RUN_STATUS = (
 _KEYS_PER_QUERY = 100  # SQLite allows 500 selects in one compound statement
 _KEY_ROWS = (  # the key as its position in the query: all-number rows convert in C
     "SELECT {i}, step, timestamp, value, is_nan FROM metrics "
-    "WHERE run_uuid = :run AND key = :k{i} AND step > :s{i}"
+    "WHERE run_uuid = :run AND key = :k{i} AND step >= :s{i} "
+    "AND (step > :s{i} OR timestamp > :t{i})"
 )
 
 
@@ -155,16 +157,18 @@ def _rest_host(client: MlflowClient):
 
 class MetricReader:
     """Reads one run a poll at a time: `poll` returns its status and, per metric key, only the
-    rows with a step above the last one it returned for that key (a key seen for the first
-    time: all its rows). A row logged later for a step already read is not seen again.
+    rows after the last one it returned for that key: a step above it, or its step logged again
+    later (a value logged again, or a key logged without a step: every row at step 0). A key
+    seen for the first time: all its rows.
 
     What a poll costs, by store:
     - SQL store (SQLite, PostgreSQL, MySQL): two statements on one connection: the run's row
-      joined with its keys in `latest_metrics`, then one ``UNION ALL`` of a ``step > last``
-      select per key, each served by the (run_uuid, key, step) index: O(new rows).
+      joined with its keys in `latest_metrics`, then one ``UNION ALL`` of a ``step >= last``
+      select per key, each served by the (run_uuid, key, step) index: O(new rows) (a key
+      logged without a step: O(its rows)).
       (`get_run` alone costs tens of milliseconds of ORM work.)
     - REST (`mlflow server`): `get_run`, then per key the public
-      `GET /api/2.0/mlflow/metrics/get-history-bulk-interval` from ``last + 1``, which the
+      `GET /api/2.0/mlflow/metrics/get-history-bulk-interval` from ``last``, which the
       server answers unsampled up to 2,500 rows: O(new rows) while fewer than 2,500 rows of a
       key arrive between two polls. A longer burst (the first poll of a long run) falls back to
       `get_metric_history`, the key's whole history, that once.
@@ -177,7 +181,7 @@ class MetricReader:
         self.engine = _sql_engine(client)
         self.rest = None if self.engine is not None else _rest_host(client)
         self.path = "sql" if self.engine is not None else "rest" if self.rest else "client"
-        self.last: dict[str, int] = {}  # key -> last step returned
+        self.last: dict[str, tuple[int, float]] = {}  # key -> (step, time) of its last row read
         self.full_reads = 0  # reads of a key's whole history (first reads, bursts, other stores)
 
     def status(self) -> RunStatus | None:
@@ -189,9 +193,14 @@ class MetricReader:
                 return self._sql_status(conn, text)
         return self._client_status()
 
-    def poll(self) -> tuple[RunStatus | None, dict[str, pd.Series]]:
-        """(status, {key: its new rows as a Series indexed by step}) for the run's keys other
-        than MLflow's ``system/`` ones; (None, {}) when the run no longer exists."""
+    def rewind(self) -> None:
+        """The next poll reads every row again."""
+        self.last.clear()
+
+    def poll(self) -> tuple[RunStatus | None, dict[str, Rows]]:
+        """(status, {key: its new rows (steps, values, times) in (step, time) order}) for the
+        run's keys other than MLflow's ``system/`` ones; (None, {}) when the run no longer
+        exists."""
         if self.engine is not None:
             from sqlalchemy import text
 
@@ -207,10 +216,11 @@ class MetricReader:
             read = self._rest if self.rest is not None else self._client
             rows = {key: read(key, self.last.get(key)) for key in self._keys(status)}
         out = {}
-        for key, series in rows.items():
-            if len(series):
-                self.last[key] = max(self.last.get(key, -(2**62)), int(series.index[-1]))
-                out[key] = series
+        for key, (steps, values, stamps) in rows.items():
+            if len(steps):
+                steps, values, stamps = _ordered(steps, values, stamps)
+                self.last[key] = max(self.last.get(key, _BEFORE), (int(steps[-1]), stamps[-1]))
+                out[key] = (steps, values, stamps)
         return status, out
 
     @staticmethod
@@ -224,13 +234,14 @@ class MetricReader:
         keys = tuple(k for _, _, k in rows if k is not None)
         return RunStatus(str(rows[0][0]), str(rows[0][1]), keys)
 
-    def _sql_rows(self, conn, text, keys: list[str]) -> dict[str, pd.Series]:
+    def _sql_rows(self, conn, text, keys: list[str]) -> dict[str, Rows]:
         out = {}
         for at in range(0, len(keys), _KEYS_PER_QUERY):
             part = keys[at : at + _KEYS_PER_QUERY]
             args: dict[str, Any] = {"run": self.run_id}
             for i, key in enumerate(part):
-                args[f"k{i}"], args[f"s{i}"] = key, self.last.get(key, -(2**62))
+                args[f"k{i}"] = key
+                args[f"s{i}"], args[f"t{i}"] = self.last.get(key, _BEFORE)
             query = " UNION ALL ".join(_KEY_ROWS.format(i=i) for i in range(len(part)))
             rows = conn.execute(text(query), args).cursor.fetchall()  # plain tuples, no Rows
             if not rows:
@@ -239,7 +250,7 @@ class MetricReader:
             values = np.where(table[:, 4] != 0, np.nan, table[:, 3])
             for i in np.unique(table[:, 0]).astype(int):
                 sel = table[:, 0] == i
-                out[part[i]] = _series(table[sel, 1].astype(np.int64), values[sel], table[sel, 2])
+                out[part[i]] = (table[sel, 1].astype(np.int64), values[sel], table[sel, 2])
         return out
 
     def _client_status(self) -> RunStatus | None:
@@ -253,13 +264,13 @@ class MetricReader:
             raise
         return RunStatus(run.info.status, run.info.lifecycle_stage, tuple(run.data.metrics))
 
-    def _rest(self, key: str, since: int | None) -> pd.Series:
+    def _rest(self, key: str, since: tuple[int, float] | None) -> Rows:
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         params = {
             "run_ids": [self.run_id],
             "metric_key": key,
-            "start_step": _FIRST_STEP if since is None else since + 1,
+            "start_step": _FIRST_STEP if since is None else since[0],
             "end_step": _LAST_STEP,
             "max_results": REST_MAX_ROWS,
         }
@@ -267,13 +278,27 @@ class MetricReader:
         rows = verify_rest_response(response, _REST_NEW_ROWS).json().get("metrics", [])
         if len(rows) >= REST_MAX_ROWS:  # the server sampled the range: read it all instead
             return self._client(key, since)
-        return _series(
-            np.fromiter((int(r.get("step", 0)) for r in rows), np.int64, len(rows)),
-            np.fromiter((float(r.get("value", "nan")) for r in rows), np.float64, len(rows)),
-            np.fromiter((float(r.get("timestamp", 0)) for r in rows), np.float64, len(rows)),
+        return _after(
+            (
+                np.fromiter((int(r.get("step", 0)) for r in rows), np.int64, len(rows)),
+                np.fromiter((float(r.get("value", "nan")) for r in rows), np.float64, len(rows)),
+                np.fromiter((float(r.get("timestamp", 0)) for r in rows), np.float64, len(rows)),
+            ),
+            since,
         )
 
-    def _client(self, key: str, since: int | None) -> pd.Series:
+    def _client(self, key: str, since: tuple[int, float] | None) -> Rows:
         self.full_reads += 1
-        series = _read_client(self.client, self.run_id, key)
-        return series if since is None else series[series.index > since]
+        return _after(_client_rows(self.client, self.run_id, key), since)
+
+
+_BEFORE = (-(2**62), -1.0)  # (step, time) before any row
+
+
+def _after(rows: Rows, since: tuple[int, float] | None) -> Rows:
+    """The rows logged after `since`: a later step, or its step at a later time."""
+    if since is None:
+        return rows
+    steps, values, stamps = rows
+    new = (steps > since[0]) | ((steps == since[0]) & (stamps > since[1]))
+    return steps[new], values[new], stamps[new]

@@ -61,3 +61,61 @@ def place_stepless(rows: dict[str, Rows]) -> tuple[dict[str, Rows], str | None]:
     return out, (
         f"{shown} logged without a step (every row at step {step}): read in the order logged, {how}"
     )
+
+
+class LivePlacer:
+    """`place_stepless` for a run read a poll at a time (the watcher). Rows pass through as
+    read until a key shows rows logged without a step; from then on every row so far is kept
+    and placed again each poll, since a later row can move the clock an earlier one was placed
+    by (early in a run, or on the steps of keys logged after it)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, Rows] | None = None  # every row so far, once a key is stepless
+        self.placed: dict[str, Rows] = {}  # where they were placed at the last poll
+        self.note: str | None = None
+        self._seen: dict[str, tuple[int, int, int]] = {}  # key -> (rows, least, top step)
+
+    def needs_all(self, new: dict[str, Rows]) -> bool:
+        """Whether `new` shows a key logged without a step for the first time: the caller then
+        reads every row from the start and passes them to `place(..., start=True)`."""
+        if self.kept is not None:
+            return False
+        for key, (steps, _, _) in new.items():
+            if len(steps):
+                n, lo, hi = self._seen.get(key, (0, int(steps[0]), int(steps[0])))
+                self._seen[key] = (
+                    n + len(steps),
+                    min(lo, int(steps.min())),
+                    max(hi, int(steps.max())),
+                )
+        stepped = any(lo != hi for _, lo, hi in self._seen.values())
+        least = MIN_ROWS_BESIDE_STEPS if stepped else 2
+        return any(n >= least and lo == hi for n, lo, hi in self._seen.values())
+
+    def place(self, new: dict[str, Rows], *, start: bool = False) -> tuple[dict[str, Rows], bool]:
+        """(the rows to feed, whether they replace every row fed before)."""
+        if start:
+            self.kept, self.placed = {}, {}
+        if self.kept is None:
+            return new, False
+        for key, rows in new.items():
+            old = self.kept.get(key)
+            self.kept[key] = (
+                rows
+                if old is None
+                else tuple(  # type: ignore[assignment]
+                    np.concatenate([a, b]) for a, b in zip(old, rows, strict=True)
+                )
+            )
+        before = self.placed
+        self.placed, self.note = place_stepless(self.kept)
+        kept = all(
+            np.array_equal(self.placed[key][0][: len(steps)], steps)
+            for key, (steps, _, _) in before.items()
+        )
+        if start or not kept:
+            return self.placed, True
+        return {
+            key: tuple(a[len(before[key][0]) if key in before else 0 :] for a in self.placed[key])
+            for key in new
+        }, False

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_plugins.analysis_writer import tool_run
 from mlflow_plugins.history import MetricReader
+from mlflow_plugins.stepless import LivePlacer
 from mlflow_plugins.store_writes import set_tags
 from tvae import contract as C
 from tvae.analysis.guess_roles import roles_for
@@ -144,6 +145,7 @@ class RunWatch:
     experiment: str
     detector: LiveDetector
     reader: MetricReader
+    placer: LivePlacer = field(default_factory=LivePlacer)  # rows logged without a step
     written: dict[str, str] = field(default_factory=dict)  # live tags as last written
     reported: LiveState | None = None  # the last state printed and notified
     changes: list[LiveState] = field(default_factory=list)  # every state printed, in order
@@ -289,14 +291,23 @@ class Watch:
         """Status and new rows of one run (the status read first: rows logged before a run
         ends are all in the store by the time it reads as ended), then judge and publish."""
         status, new = watch.reader.poll()
+        start = status is not None and watch.placer.needs_all(new)
+        if start:  # a key logged without a step: read it all again, to place it in order
+            watch.reader.rewind()
+            status, new = watch.reader.poll()
         if status is None:
             self._stop(watch, f"{watch.label} no longer exists: stopped watching it")
             return
         if status.lifecycle_stage == "deleted":
             self._stop(watch, f"{watch.label} was deleted: stopped watching it")
             return
-        for key, rows in new.items():
-            watch.detector.add(key, rows.index.to_numpy(), rows.to_numpy())
+        rows, again = watch.placer.place(new, start=start)
+        if again:  # rows fed before moved: judge them all afresh
+            watch.detector = LiveDetector(watch.detector.roles, watch.detector.t)
+        if start:
+            self.echo(f"watch: {watch.label}: {watch.placer.note}")
+        for key, (steps, values, _) in rows.items():
+            watch.detector.add(key, steps, values)
         if not watch.mapped:
             self._map_by_names(watch)
         if status.status != RUNNING:

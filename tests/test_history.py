@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from mlflow_plugins.history import load_history
+from mlflow_plugins.history import MetricReader, load_history
 
 
 def _log(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
@@ -67,3 +67,21 @@ def test_run_without_metrics_gives_empty_frames(tracking_uri):
         pass
     history, system = load_history(MlflowClient(), run.info.run_id)
     assert history.empty and system.empty
+
+
+def test_the_reader_returns_rows_after_the_last_one_read_a_step_logged_again_included(
+    tracking_uri,
+):
+    """A value logged again for the last step read (a resumed run) is read, and only once."""
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    ts = int(time.time() * 1000)
+    _log(client, run_id, [Metric("acc", 0.1 * e, ts + e, e) for e in range(1, 4)])
+    reader = MetricReader(client, run_id)
+    _, new = reader.poll()
+    assert new["acc"][0].tolist() == [1, 2, 3]
+    assert reader.poll()[1] == {}
+    _log(client, run_id, [Metric("acc", 0.9, ts + 10, 3), Metric("acc", 0.4, ts + 11, 4)])
+    _, new = reader.poll()
+    assert new["acc"][0].tolist() == [3, 4] and new["acc"][1].tolist() == [0.9, 0.4]
+    assert reader.poll()[1] == {}

@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from corpus import load_run, metric_map
+from corpus import load_run, metric_map, without_steps
 from live_curves import METRIC_MAP, textbook
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -29,6 +29,7 @@ from tvae import contract as C
 from tvae.analysis import Roles, analyze
 
 ROLES = Roles.from_metric_map(METRIC_MAP)
+ROLES_BY_NAMES = Roles.from_metric_map("accuracy=val_acc,val_loss=val_loss,loss=train_loss,lr=lr")
 
 
 def live_tags(run_id: str) -> dict[str, str]:
@@ -395,8 +396,41 @@ def test_a_foreign_run_watched_without_a_metric_map_is_read_by_its_key_names(tra
     lockstep(watch, client, run_id, frame.loc[21:], pace=25)
     (said,) = [line for line in lines if "read by its key names" in line]
     assert 'metric_map="accuracy=val_acc,val_loss=val_loss,loss=train_loss,lr=lr,' in said
-    roles = Roles.from_metric_map("accuracy=val_acc,val_loss=val_loss,loss=train_loss,lr=lr")
-    (event,) = analyze(load_history(client, run_id)[0], roles).confirmed
+    (event,) = analyze(load_history(client, run_id)[0], ROLES_BY_NAMES).confirmed
+    live = [s for s in watch.runs[run_id].changes[:-1] if s.state == "confirmed"]
+    assert live and event.plateau_start <= live[0].first_epoch <= event.rise_end
+    assert live_tags(run_id)[C.GROKKING_LIVE_STATE] == "confirmed"
+
+
+def test_a_run_logged_without_steps_is_watched_in_the_order_logged(tracking_uri):
+    """Every row at step 0 (`log_metric(key, value)`, the training loss 4 times an epoch): the
+    watcher places the rows as `analyze` does, says so in one line, and raises the event the
+    final analysis confirms. Before, it read each key's first rows only."""
+    client = MlflowClient()
+    frame = load_run("add53_f40_wd1").loc[:1200]
+    run_id = new_run("no-steps")
+    lines: list[str] = []
+    watch = Watch(client, run_id=run_id, roles=None, echo=lines.append)
+    t0 = int(time.time() * 1000)
+    logged = without_steps(frame, batches=4, t0=t0)
+    per_epoch = 2 * (3 + len(frame.columns))  # ms a logged epoch takes
+    for first in range(0, len(frame), 25):
+        upto = t0 + (first + 25) * per_epoch
+        rows = [
+            Metric(key, float(v), int(t), 0)
+            for key, (_, values, stamps) in logged.items()
+            for v, t in zip(values, stamps, strict=True)
+            if t0 + first * per_epoch <= t < upto
+        ]
+        client.log_batch(run_id, metrics=rows)
+        watch.poll()
+    client.set_terminated(run_id, "FINISHED")
+    assert watch.poll() is False
+    (said,) = [line for line in lines if "logged without a step" in line]
+    assert "one step per lr row" in said
+    history = load_history(client, run_id)[0]
+    assert len(history) == len(frame)
+    (event,) = analyze(history, ROLES_BY_NAMES).confirmed
     live = [s for s in watch.runs[run_id].changes[:-1] if s.state == "confirmed"]
     assert live and event.plateau_start <= live[0].first_epoch <= event.rise_end
     assert live_tags(run_id)[C.GROKKING_LIVE_STATE] == "confirmed"
