@@ -171,7 +171,9 @@ class MetricReader:
       `GET /api/2.0/mlflow/metrics/get-history-bulk-interval` from ``last``, which the
       server answers unsampled up to 2,500 rows: O(new rows) while fewer than 2,500 rows of a
       key arrive between two polls. A longer burst (the first poll of a long run) falls back to
-      `get_metric_history`, the key's whole history, that once.
+      `get_metric_history`, the key's whole history, that once; a key logged without a step
+      (all its rows at one step) reads them all every poll, the whole history once they pass
+      2,500.
     - any other store: `get_run` and `get_metric_history` per key, O(history) every poll.
     """
 

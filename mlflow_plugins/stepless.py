@@ -11,6 +11,8 @@ Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: rows at its one step that a key needs, beside keys that do log steps, to be read as logged
 #: without one; fewer are a value logged again for that step (a resumed run): the latest wins
 MIN_ROWS_BESIDE_STEPS = 5
+#: the same where no key logs steps (two are a first epoch logged again)
+MIN_ROWS_NO_STEPS = 3
 
 
 def _flat(steps: np.ndarray) -> bool:
@@ -18,61 +20,89 @@ def _flat(steps: np.ndarray) -> bool:
 
 
 def _clock_key(rows: dict[str, Rows]) -> str:
-    """The key that marks one step per row: the row count most keys share (the fewer rows on a
-    tie, so a per-batch key does not set the pace), logged last within each cycle, so that the
-    keys logged just before it in the same cycle land on its step."""
+    """The key that marks one step per row. Of the keys logged about as often (row counts at
+    most one apart: a round read half-logged), the group with the most keys, the fewer rows on
+    a tie (a per-batch key does not set the pace beside as many per-epoch keys); in it, the key
+    logged last in the first round, so that the keys logged before it in a round land on its
+    step."""
     counts = {k: len(r[0]) for k, r in rows.items() if len(r[0]) > 1}
-    values, freq = np.unique(list(counts.values()), return_counts=True)
-    n = int(values[freq == freq.max()].min())
-    return max((k for k, c in counts.items() if c == n), key=lambda k: (rows[k][2][-1], k))
+    groups: list[list[int]] = []
+    for c in sorted(set(counts.values())):
+        if groups and c - groups[-1][-1] <= 1:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    members = [[k for k, c in counts.items() if c in g] for g in groups]
+    best = max(range(len(groups)), key=lambda i: (len(members[i]), -groups[i][0]))
+    return max(members[best], key=lambda k: (rows[k][2].min(), k))
 
 
-def place_stepless(rows: dict[str, Rows]) -> tuple[dict[str, Rows], str | None]:
-    """`rows` with each key logged at one step only, more than once, moved to the step of the
-    first row of the run's clock logged at or after it; and a note saying so (None when no key
-    was moved). The clock is the keys that do log steps (beside which a key needs
-    MIN_ROWS_BESIDE_STEPS rows), or, when none does, one key's rows counted 0, 1, 2, ... in the
-    order they were logged."""
+def _placement(rows: dict[str, Rows]) -> tuple[list[str], np.ndarray, np.ndarray, str] | None:
+    """(the keys to move, the clock's times and steps, how) or None when none is to move.
+
+    Beside keys that log steps, the clock is their rows and a key moves when it has
+    MIN_ROWS_BESIDE_STEPS rows at its one step. Where no key logs steps, and one has
+    MIN_ROWS_NO_STEPS rows, every key moves, by one key's rows counted 0, 1, 2, ..."""
     stepped = [r for r in rows.values() if len(r[0]) and not _flat(r[0])]
-    least = MIN_ROWS_BESIDE_STEPS if stepped else 2
+    least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
     moved = sorted(k for k, r in rows.items() if len(r[0]) >= least and _flat(r[0]))
     if not moved:
-        return rows, None
+        return None
     if stepped:
         steps = np.concatenate([r[0] for r in stepped])
         stamps = np.concatenate([r[2] for r in stepped])
         order = np.lexsort((steps, stamps))
-        clock_t, clock_s = stamps[order], steps[order]
-        how = "each at the step logged next"
-    else:
-        key = _clock_key(rows)
-        clock_t = np.sort(rows[key][2], kind="stable")
-        clock_s = np.arange(len(clock_t), dtype=np.int64)
-        moved = sorted(k for k, r in rows.items() if len(r[0]))
-        how = f"one step per {key} row"
-    after_last = np.append(clock_s, clock_s[-1] + 1)
+        return moved, stamps[order], steps[order], "each on the step logged next"
+    key = _clock_key(rows)
+    clock_t = np.sort(rows[key][2])
+    moved = sorted(k for k, r in rows.items() if len(r[0]))
+    return moved, clock_t, np.arange(len(clock_t), dtype=np.int64), f"one step per {key} row"
+
+
+def _moved_to(stamps: np.ndarray, clock_t: np.ndarray, clock_s: np.ndarray) -> np.ndarray:
+    """The step of the first clock row logged at or after each stamp (after the last: one on)."""
+    at = np.searchsorted(clock_t, stamps, side="left")
+    return np.append(clock_s, clock_s[-1] + 1)[at].astype(np.int64)
+
+
+def _note(rows: dict[str, Rows], moved: list[str], how: str) -> str:
+    shown = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+    steps = {int(rows[k][0][0]) for k in moved}
+    at = f"every row at step {steps.pop()}" if len(steps) == 1 else "each key's rows at one step"
+    return f"{shown} logged without a step ({at}): read in the order logged, {how}"
+
+
+def place_stepless(rows: dict[str, Rows]) -> tuple[dict[str, Rows], str | None]:
+    """`rows` with the keys logged without a step (see `_placement`) each moved to the step of
+    the first row of the run's clock logged at or after it, and a note saying so (None when no
+    key was moved)."""
+    plan = _placement(rows)
+    if plan is None:
+        return rows, None
+    moved, clock_t, clock_s, how = plan
     out = dict(rows)
     for k in moved:
         steps, values, stamps = rows[k]
-        at = np.searchsorted(clock_t, stamps, side="left")
-        out[k] = (after_last[at].astype(np.int64), values, stamps)
-    shown = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
-    step = int(rows[moved[0]][0][0])
-    return out, (
-        f"{shown} logged without a step (every row at step {step}): read in the order logged, {how}"
-    )
+        out[k] = (_moved_to(stamps, clock_t, clock_s), values, stamps)
+    return out, _note(rows, moved, how)
+
+
+def _last_per_step(steps: np.ndarray, values: np.ndarray, stamps: np.ndarray) -> Rows:
+    last = np.append(steps[1:] != steps[:-1], True) if len(steps) else steps.astype(bool)
+    return steps[last], values[last], stamps[last]
 
 
 class LivePlacer:
     """`place_stepless` for a run read a poll at a time (the watcher). Rows pass through as
     read until a key shows rows logged without a step; from then on every row so far is kept
-    and placed again each poll, since a later row can move the clock an earlier one was placed
-    by (early in a run, or on the steps of keys logged after it)."""
+    and placed again each poll. A moved row is fed once the clock row it lands on is in (the
+    rest of a round waits for it), one row per step; if a later row moved one already fed
+    (the clock changed), `place` says so and the caller feeds everything afresh."""
 
     def __init__(self) -> None:
         self.kept: dict[str, Rows] | None = None  # every row so far, once a key is stepless
-        self.placed: dict[str, Rows] = {}  # where they were placed at the last poll
         self.note: str | None = None
+        self._fed: dict[str, np.ndarray] = {}  # key -> where its rows fed so far were placed
         self._seen: dict[str, tuple[int, int, int]] = {}  # key -> (rows, least, top step)
 
     def needs_all(self, new: dict[str, Rows]) -> bool:
@@ -83,19 +113,16 @@ class LivePlacer:
         for key, (steps, _, _) in new.items():
             if len(steps):
                 n, lo, hi = self._seen.get(key, (0, int(steps[0]), int(steps[0])))
-                self._seen[key] = (
-                    n + len(steps),
-                    min(lo, int(steps.min())),
-                    max(hi, int(steps.max())),
-                )
+                lo, hi = min(lo, int(steps.min())), max(hi, int(steps.max()))
+                self._seen[key] = (n + len(steps), lo, hi)
         stepped = any(lo != hi for _, lo, hi in self._seen.values())
-        least = MIN_ROWS_BESIDE_STEPS if stepped else 2
+        least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
         return any(n >= least and lo == hi for n, lo, hi in self._seen.values())
 
     def place(self, new: dict[str, Rows], *, start: bool = False) -> tuple[dict[str, Rows], bool]:
         """(the rows to feed, whether they replace every row fed before)."""
         if start:
-            self.kept, self.placed = {}, {}
+            self.kept, self._fed = {}, {}
         if self.kept is None:
             return new, False
         for key, rows in new.items():
@@ -107,15 +134,27 @@ class LivePlacer:
                     np.concatenate([a, b]) for a, b in zip(old, rows, strict=True)
                 )
             )
-        before = self.placed
-        self.placed, self.note = place_stepless(self.kept)
-        kept = all(
-            np.array_equal(self.placed[key][0][: len(steps)], steps)
-            for key, (steps, _, _) in before.items()
-        )
-        if start or not kept:
-            return self.placed, True
+        plan = _placement(self.kept)
+        if plan is None:  # it logs steps after all (a first epoch logged again)
+            kept, self.kept, self.note = self.kept, None, None
+            return kept, True
+        moved, clock_t, clock_s, how = plan
+        self.note = _note(self.kept, moved, how)
+        placed, fed, again = {}, {}, start
+        for key, (steps, values, stamps) in self.kept.items():
+            if key in moved:
+                n = int(np.searchsorted(stamps, clock_t[-1], side="right"))
+                steps, values, stamps = (
+                    _moved_to(stamps[:n], clock_t, clock_s),
+                    values[:n],
+                    stamps[:n],
+                )
+            before = self._fed.get(key, steps[:0])
+            again = again or not np.array_equal(steps[: len(before)], before)
+            placed[key], fed[key] = (steps, values, stamps), before
+        self._fed = {key: rows[0] for key, rows in placed.items()}
+        if again:
+            return {key: _last_per_step(*rows) for key, rows in placed.items()}, True
         return {
-            key: tuple(a[len(before[key][0]) if key in before else 0 :] for a in self.placed[key])
-            for key in new
+            key: _last_per_step(*(a[len(fed[key]) :] for a in rows)) for key, rows in placed.items()
         }, False

@@ -302,9 +302,11 @@ class Watch:
             self._stop(watch, f"{watch.label} was deleted: stopped watching it")
             return
         rows, again = watch.placer.place(new, start=start)
-        if again:  # rows fed before moved: judge them all afresh
-            watch.detector = LiveDetector(watch.detector.roles, watch.detector.t)
-        if start:
+        if again:  # rows fed before moved: judge them all afresh, from the state so far
+            old = watch.detector
+            watch.detector = LiveDetector(old.roles, old.t)
+            watch.detector.state = old.state
+        if start and watch.placer.note:
             self.echo(f"watch: {watch.label}: {watch.placer.note}")
         for key, (steps, values, _) in rows.items():
             watch.detector.add(key, steps, values)

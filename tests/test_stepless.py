@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_plugins.analyze_run import analyze_run
 from mlflow_plugins.history import load_history
-from mlflow_plugins.stepless import place_stepless
+from mlflow_plugins.stepless import LivePlacer, place_stepless
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
 
@@ -80,3 +80,58 @@ def test_runs_that_log_steps_are_left_as_they_are():
         "final_loss": _rows([0], [40]),
     }
     assert place_stepless(rows) == (rows, None)
+
+
+def _logged(keys: list[str], epochs: int, cut: int = 0) -> dict:
+    """`keys` logged without a step in that order each epoch, 2 ms apart; the last `cut`
+    keys of the last epoch not yet logged (a read mid-round)."""
+    calls = [(k, e) for e in range(epochs) for k in keys][: epochs * len(keys) - cut]
+    return {
+        k: _rows([0] * len(es), [2 * i for i, (kk, _) in enumerate(calls) if kk == k])
+        for k in keys
+        if (es := [e for kk, e in calls if kk == k])
+    }
+
+
+def test_a_round_read_half_logged_moves_no_key():
+    """Read after train_loss and val_loss of the newest epoch, before val_acc: each key's
+    n-th row is still step n (the clock is the key logged last in a round, not the one with
+    the most rows)."""
+    placed, note = place_stepless(_logged(["train_loss", "val_loss", "val_acc"], 6, cut=1))
+    assert "one step per val_acc row" in note
+    assert placed["val_acc"][0].tolist() == [0, 1, 2, 3, 4]
+    assert placed["train_loss"][0].tolist() == placed["val_loss"][0].tolist() == list(range(6))
+
+
+def test_a_first_epoch_logged_twice_is_not_a_run_without_steps():
+    rows = {"val_acc": _rows([0, 0], [10, 20]), "loss": _rows([0, 0], [9, 19])}
+    assert place_stepless(rows) == (rows, None)
+
+
+def test_the_watchers_placer_feeds_each_step_once_where_the_whole_run_places_it():
+    """Polls that land mid-round: rows wait for the round's last key, each step is fed once
+    (its last row), nothing fed is moved after the first rounds (when the keys' counts do not
+    yet say which is logged once a round), and what was fed is the whole run's placing."""
+    keys = ["train_loss", "train_loss", "val_loss", "val_acc", "lr"]  # the loss twice an epoch
+    calls = [(k, 2 * i) for i, k in enumerate(keys * 40)]
+
+    def read(first: int, upto: int) -> dict:
+        return {
+            k: _rows([0] * len(stamps), stamps)
+            for k in dict.fromkeys(keys)
+            if (stamps := [t for kk, t in calls[first:upto] if kk == k])
+        }
+
+    placer, fed = LivePlacer(), {}
+    for at in range(0, len(calls), 7):
+        new = read(at, at + 7)
+        start = placer.kept is None and placer.needs_all(new)
+        rows, again = placer.place(read(0, at + 7) if start else new, start=start)  # as the watcher
+        assert start or not again or at < 2 * len(keys)
+        fed = {} if again else fed
+        for k, (steps, _, _) in rows.items():
+            fed.setdefault(k, []).extend(steps.tolist())
+    whole, _ = place_stepless(placer.kept)
+    for k, steps in fed.items():
+        assert steps == sorted(set(steps)) == sorted(set(whole[k][0].tolist()))
+    assert fed["val_acc"] == list(range(40))

@@ -403,9 +403,9 @@ def test_a_foreign_run_watched_without_a_metric_map_is_read_by_its_key_names(tra
 
 
 def test_a_run_logged_without_steps_is_watched_in_the_order_logged(tracking_uri):
-    """Every row at step 0 (`log_metric(key, value)`, the training loss 4 times an epoch): the
-    watcher places the rows as `analyze` does, says so in one line, and raises the event the
-    final analysis confirms. Before, it read each key's first rows only."""
+    """Every row at step 0 (`log_metric(key, value)`, the training loss 4 times an epoch), read
+    mid-round: the watcher places the rows as `analyze` does, says so in one line, and raises
+    the event the final analysis confirms. Before, it read each key's first rows only."""
     client = MlflowClient()
     frame = load_run("add53_f40_wd1").loc[:1200]
     run_id = new_run("no-steps")
@@ -414,13 +414,13 @@ def test_a_run_logged_without_steps_is_watched_in_the_order_logged(tracking_uri)
     t0 = int(time.time() * 1000)
     logged = without_steps(frame, batches=4, t0=t0)
     per_epoch = 2 * (3 + len(frame.columns))  # ms a logged epoch takes
-    for first in range(0, len(frame), 25):
-        upto = t0 + (first + 25) * per_epoch
+    for first in range(0, len(frame), 25):  # each poll lands mid-round, after 3 of its rows
+        since, upto = (t0 + (e * per_epoch + 6 if e else 0) for e in (first, first + 25))
         rows = [
             Metric(key, float(v), int(t), 0)
             for key, (_, values, stamps) in logged.items()
             for v, t in zip(values, stamps, strict=True)
-            if t0 + first * per_epoch <= t < upto
+            if since <= t < upto
         ]
         client.log_batch(run_id, metrics=rows)
         watch.poll()
