@@ -25,6 +25,9 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_KILLED = 130
 
+# the CLIs print a few summary lines; MLflow's tqdm bar per small artifact read buries them
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 class Blank(click.ParamType):
     """`inner` (default: any text), except that "" (what MLproject passes) means not given."""

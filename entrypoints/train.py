@@ -50,6 +50,17 @@ class Resume:
     checkpoint: Path
     config: TVAEConfig
     took_over: str | None  # the dead owner of a RUNNING run this resume takes over
+    finished: bool = False  # the run FINISHED and its checkpoint has every epoch of config
+
+    def nothing_to_do(self) -> str | None:
+        """The line to print instead of training when there is nothing left to train."""
+        if not self.finished:
+            return None
+        epochs = self.config.train.epochs
+        return (
+            f"run {self.run_id} already FINISHED its {epochs} epochs: nothing to do (to train "
+            f"on, raise epochs: -P epochs=<more than {epochs}>, or --epochs)"
+        )
 
 
 def _resume(target: str, overrides: dict[str, Any]) -> Resume:
@@ -82,7 +93,8 @@ def _resume(target: str, overrides: dict[str, Any]) -> Resume:
     for line in notes:
         click.echo(line, err=True)
     owner = run.data.tags.get(C.OWNER) if notes else None
-    return Resume(run_id, workdir, ckpt, config, owner)
+    finished = run.info.status == "FINISHED" and int(state["epoch"]) >= config.train.epochs
+    return Resume(run_id, workdir, ckpt, config, owner, finished)
 
 
 def _fetch_log(client: Any, run_id: str, workdir: Path) -> None:
@@ -349,6 +361,11 @@ def cli(
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         exit_with_error(str(err), EXIT_BAD_INPUT)
+    if parallel is None and resume is not None and (line := resume.nothing_to_do()):
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        click.echo(line)
+        sys.exit(0)
     if (nproc or 1) > 1 and parallel is None:
         sys.exit(launch_ranks(nproc, config.train.device))
     if parallel is not None:  # the other ranks train exactly this config and checkpoint

@@ -250,6 +250,23 @@ def test_resume_continues_same_run_without_gaps_or_repeats(trained):
     assert len([line for line in log if line.startswith("epoch ")]) == EPOCHS + 2
 
 
+def test_resume_of_a_run_with_nothing_left_to_train_says_so_and_writes_nothing(trained, capsys):
+    """Before, it ran the end of training again and logged a second model."""
+    client, run = trained
+    rid = run.info.run_id
+    before = client.get_run(rid)
+    models = [m.model_id for m in client.search_logged_models([run.info.experiment_id])]
+    assert run_cli("--resume-from", rid) == 0
+    said = capsys.readouterr()
+    lines = [x for x in (said.out + said.err).splitlines() if x and " INFO mlflow" not in x]
+    assert len(lines) == 1 and lines[0].startswith(f"run {rid} already FINISHED its ")
+    assert "nothing to do" in lines[0]
+    after = client.get_run(rid)
+    assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
+    assert after.data.tags == before.data.tags and after.data.metrics == before.data.metrics
+    assert [m.model_id for m in client.search_logged_models([run.info.experiment_id])] == models
+
+
 def test_resume_of_unknown_run_is_bad_input(store, capsys):
     assert run_cli("--resume-from", "0123456789abcdef0123456789abcdef") == 2
     assert "no run with id" in capsys.readouterr().err
