@@ -73,6 +73,26 @@ def under_mlflow_run() -> bool:
     return bool(os.environ.get("MLFLOW_RUN_ID"))
 
 
+#: the running command's long options: under `mlflow run` the user gave them as `-P` params
+_OPTIONS: set[str] = set()
+
+
+def _remember_options(command: click.Command) -> None:
+    _OPTIONS.update(o for p in command.params for o in p.opts if o.startswith("--"))
+
+
+def as_given(message: str) -> str:
+    """`message` naming the command's options as the user gave them: `--run-id` is
+    `-P run_id` under `mlflow run` (MLproject's parameter names), else as is."""
+    if not under_mlflow_run():
+        return message
+    return re.sub(
+        r"--[a-z][a-z0-9-]*",
+        lambda m: f"-P {m[0][2:].replace('-', '_')}" if m[0] in _OPTIONS else m[0],
+        message,
+    )
+
+
 def option_hint(name: str, value: str) -> str:
     """How to pass option `name`: `-P name=value` under `mlflow run`, else `--name value`."""
     if under_mlflow_run():
@@ -156,7 +176,7 @@ def permission_denied(err: BaseException) -> str | None:
 
 def exit_with_error(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Fail the launcher run with why, then print `error: <message>` (one line) and exit."""
-    message = " ".join(message.split())
+    message = as_given(" ".join(message.split()))
     fail_launcher_run(message)
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -165,6 +185,7 @@ def exit_with_error(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 def run_as_program(command: click.Command, prog_name: str, argv: list[str] | None = None) -> None:
     """A console-script entry: click's own errors become one `error:` line (exit 2) and a
     FAILED launcher run too; Ctrl-C before the command's own handling exits 130."""
+    _remember_options(command)
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -192,6 +213,7 @@ class MarksRunFailed(click.Command):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        _remember_options(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
@@ -207,5 +229,5 @@ class MarksRunFailed(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as err:
-            fail_launcher_run(" ".join(err.format_message().split()))
+            fail_launcher_run(as_given(" ".join(err.format_message().split())))
             raise

@@ -27,6 +27,7 @@ from entrypoints._cli import (
     EXIT_KILLED,
     Blank,
     exit_with_error,
+    option_hint,
     permission_denied,
     run_as_program,
 )
@@ -57,10 +58,8 @@ class Resume:
         if not self.finished:
             return None
         epochs = self.config.train.epochs
-        return (
-            f"run {self.run_id} already FINISHED its {epochs} epochs: nothing to do (to train "
-            f"on, raise epochs: -P epochs=<more than {epochs}>, or --epochs)"
-        )
+        more = option_hint("epochs", f"<more than {epochs}>")
+        return f"run {self.run_id} already FINISHED its {epochs} epochs: nothing to do ({more})"
 
 
 def _resume(target: str, overrides: dict[str, Any]) -> Resume:

@@ -47,7 +47,7 @@ def test_mlflow_run_analyze_tags_run_and_fails_cleanly_on_bad_input(tracking_uri
     assert failed.returncode != 0
     # our one line is the last thing the user reads before MLflow's own failure report
     lines = failed.stderr.strip().splitlines()
-    assert lines[-2] == f"error: --run-id: run '{run_id}' is deleted", failed.stderr
+    assert lines[-2] == f"error: -P run_id: run '{run_id}' is deleted", failed.stderr
     assert "=== Run (ID" in lines[-1] and "failed ===" in lines[-1], failed.stderr
     (new,) = [r for r in client.search_runs(["0"], run_view_type=3) if r.info.run_id not in before]
     assert new.info.status == "FAILED"

@@ -72,10 +72,10 @@ def test_mlflow_run_with_bad_parameter_leaves_failed_run_with_reason(store):
     _, env, client = store
     done = mlflow_run(env, "config=configs/smoke.yaml", "lr=fast")
     assert done.returncode != 0
-    assert "error: Invalid value for '--lr'" in done.stderr
+    assert "error: Invalid value for '-P lr'" in done.stderr  # named as the user gave it
     bad = [r for r in all_runs(client) if r.data.params.get("lr") == "fast"]
     assert len(bad) == 1 and bad[0].info.status == "FAILED"
-    assert "--lr" in bad[0].data.tags["failure.reason"]
+    assert "-P lr" in bad[0].data.tags["failure.reason"]
     assert not bad[0].data.metrics and "train.lr" not in bad[0].data.params
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
 

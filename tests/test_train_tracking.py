@@ -200,6 +200,17 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     assert not [r for r in after if r.info.status == "RUNNING"]
 
 
+def test_under_mlflow_run_errors_name_the_options_as_its_parameters(monkeypatch):
+    from entrypoints._cli import as_given
+
+    message = "Invalid value for '--lr': nan; --resume-from: x; mlflow run --env-manager local"
+    assert as_given(message) == message
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # what `mlflow run` exports
+    assert as_given(message) == (
+        "Invalid value for '-P lr': nan; -P resume_from: x; mlflow run --env-manager local"
+    )
+
+
 def search_all_experiments_ids() -> list[str]:
     return [e.experiment_id for e in MlflowClient().search_experiments()]
 
