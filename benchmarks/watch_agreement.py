@@ -10,7 +10,7 @@ its whole history back from the store. Per view it prints:
 
 - agreement: events the final analysis confirms that were raised live (a live `confirmed`
   that is the final event's transition: its epoch from the plateau start to the end of rise, or
-  its rise overlapping the final one, as `live_state.same_transition` matches them), and live
+  its rise overlapping the final one, as `live_assess.same_transition` matches them), and live
   `confirmed` events the final analysis rejects (runs, by label; withdrawn live or not);
 - latency: polls between the first poll holding the data that confirms an event (its end of
   rise plus the sustain period it needs, as the final analysis places them) and the poll that
@@ -42,7 +42,7 @@ from corpus import NEGATIVE, VIEWS, index, load_run, metric_map  # noqa: E402
 
 from tvae import contract as C  # noqa: E402
 from tvae.analysis import Roles, Thresholds, analyze  # noqa: E402
-from tvae.analysis.live_state import same_transition  # noqa: E402
+from tvae.analysis.live_assess import same_transition  # noqa: E402
 
 
 def store() -> str:

@@ -133,7 +133,8 @@ def main(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mlflow_plugins.watch import Notifier, Watch
+    from mlflow_plugins.notify import Notifier
+    from mlflow_plugins.watch import Watch
 
     own = os.environ.get("MLFLOW_RUN_ID")
     client = MlflowClient()

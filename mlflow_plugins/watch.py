@@ -17,12 +17,8 @@ a deleted run is one line and is left alone.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_plugins.analysis_writer import tool_run
 from mlflow_plugins.history import MetricReader
+from mlflow_plugins.notify import Notifier
 from mlflow_plugins.stepless import LivePlacer
 from mlflow_plugins.store_writes import set_tags
 from tvae import contract as C
@@ -48,9 +45,6 @@ if TYPE_CHECKING:
 RUNNING = "RUNNING"
 DEFAULT_INTERVAL = 5.0  # seconds between polls
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves, for stores that are not a server
-WEBHOOK_ATTEMPTS = 3
-WEBHOOK_TIMEOUT = 5.0  # seconds per attempt
-COMMAND_TIMEOUT = 60.0
 #: Runs of these sources are this project's own tools, never watched in experiment mode.
 TOOL_SOURCES = ("tvae-analyze", "tvae-compare", "tvae-watch")
 
@@ -67,71 +61,6 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def is_tool_run(tags: dict[str, str]) -> bool:
     """An analyze, compare, promote or watch run of this project (never a training run)."""
     return bool(tool_run(tags)) or tags.get("mlflow.source.name") in TOOL_SOURCES
-
-
-class Notifier:
-    """Tells the outside world about a state change: POST JSON to a webhook (bounded retries
-    and timeout) and/or run a shell command with the same fields in ``TVAE_*`` variables.
-    Failures are one line each; the watcher goes on."""
-
-    def __init__(
-        self,
-        webhook: str | None = None,
-        command: str | None = None,
-        echo: Callable[[str], None] = print,
-        *,
-        attempts: int = WEBHOOK_ATTEMPTS,
-        timeout: float = WEBHOOK_TIMEOUT,
-    ) -> None:
-        self.webhook, self.command, self.echo = webhook, command, echo
-        self.attempts, self.timeout = attempts, timeout
-
-    def send(self, payload: dict[str, Any]) -> None:
-        if self.webhook:
-            self._post(payload)
-        if self.command:
-            self._run(payload)
-
-    def _post(self, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload).encode()
-        error = ""
-        for attempt in range(self.attempts):
-            request = urllib.request.Request(
-                self.webhook, data=body, headers={"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    if 200 <= response.status < 300:
-                        return
-                    error = f"HTTP {response.status}"
-            except urllib.error.HTTPError as err:
-                error = f"HTTP {err.code}"
-                if 400 <= err.code < 500 and err.code != 429:
-                    break  # the receiver refuses it: retrying will not help
-            except (OSError, ValueError) as err:
-                error = str(getattr(err, "reason", err))
-            if attempt + 1 < self.attempts:
-                time.sleep(0.5 * 2**attempt)
-        self.echo(f"watch: webhook {self.webhook} failed after {attempt + 1} attempt(s): {error}")
-
-    def _run(self, payload: dict[str, Any]) -> None:
-        env = {**os.environ, **command_env(payload)}
-        try:
-            done = subprocess.run(
-                self.command, shell=True, env=env, timeout=COMMAND_TIMEOUT, check=False
-            )
-        except subprocess.TimeoutExpired:
-            self.echo(f"watch: command timed out after {COMMAND_TIMEOUT:g} s: {self.command}")
-            return
-        if done.returncode:
-            self.echo(f"watch: command exited {done.returncode}: {self.command}")
-
-
-def command_env(payload: dict[str, Any]) -> dict[str, str]:
-    """The notification's fields as ``TVAE_<FIELD>`` environment variables."""
-    return {
-        f"TVAE_{key.upper()}": "" if value is None else str(value) for key, value in payload.items()
-    }
 
 
 @dataclass

@@ -15,7 +15,7 @@ from tvae import contract as C
 from tvae.analysis import Roles, Thresholds, analyze
 from tvae.analysis.engine import _clean
 from tvae.analysis.live import LiveDetector
-from tvae.analysis.live_state import _detect, same_transition
+from tvae.analysis.live_assess import _detect, same_transition
 
 ROLES = Roles.from_metric_map(METRIC_MAP)
 

@@ -22,7 +22,7 @@ from test_live import follow
 from mlflow_plugins.analyze_run import analyze_run
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
-from tvae.analysis.live_state import assess
+from tvae.analysis.live_assess import assess
 from tvae.analysis.steps import steps_per_epoch
 from tvae.analysis.units import percent_scale
 

@@ -24,7 +24,8 @@ from test_analyze_cli import assert_one_line_error
 
 from entrypoints.watch import main as watch_main
 from mlflow_plugins.history import load_history
-from mlflow_plugins.watch import Notifier, Watch
+from mlflow_plugins.notify import Notifier
+from mlflow_plugins.watch import Watch
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
 

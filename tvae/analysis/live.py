@@ -1,7 +1,7 @@
 """Following a run that is still training: `LiveDetector` keeps its `LiveState` as rows arrive.
 
 Rows come from a watcher's polls or an in-training callback's epochs; appending costs O(new
-rows), and the detector (`live_state.assess`, O(history)) runs again only when something can have
+rows), and the detector (`live_assess.assess`, O(history)) runs again only when something can have
 changed. No MLflow here.
 """
 
@@ -14,12 +14,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from tvae.analysis.live_state import (
-    TAIL_ROWS,
-    Assessment,
-    LiveState,
-    assess,
-)
+from tvae.analysis.live_assess import TAIL_ROWS, Assessment, assess
+from tvae.analysis.live_state import LiveState
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
 from tvae.analysis.thresholds import Thresholds
 
