@@ -8,6 +8,7 @@
     python benchmarks/detection_accuracy.py --log-spaced 300  # rows at log-spaced epochs only
     python benchmarks/detection_accuracy.py --eval-every 10   # val_* keys every 10th row only
     python benchmarks/detection_accuracy.py --no-steps        # log_metric(key, value), no step
+    python benchmarks/detection_accuracy.py --train-steps 50  # train keys by step, val by epoch
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -39,6 +40,7 @@ from corpus import (  # noqa: E402
     load_run,
     log_spaced,
     metric_map,
+    train_by_step,
     without_steps,
 )
 
@@ -111,6 +113,8 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
     window = entry["label"].get("window")
     if args.no_steps:
         return _without_steps(entry, frame, window, args.loss_rows)
+    if args.train_steps:
+        return _placed(train_by_step(frame, args.train_steps))
     frame = by_steps(frame, k, args.log_epoch, args.loss_rows)
     if window:
         window = [k * w for w in window]
@@ -129,12 +133,17 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
 def _without_steps(entry: dict, frame: pd.DataFrame, window, batches: int) -> pd.DataFrame:
     """``frame`` logged without steps and read back as load_history places it (the n-th row
     logged is step n); the onset window moved onto those rows."""
-    placed, _ = place_stepless(without_steps(frame, batches))
     epochs = frame.index.to_numpy(dtype=float)
     if window:
         lo = int(np.searchsorted(epochs, window[0], side="left"))
         hi = max(int(np.searchsorted(epochs, window[1], side="right")) - 1, lo)
         entry["label"]["window"] = [lo, hi]
+    return _placed(without_steps(frame, batches))
+
+
+def _placed(rows: dict) -> pd.DataFrame:
+    """``rows`` read back as `load_history` places them (a step logged twice: its last row)."""
+    placed, _ = place_stepless(rows)
     return pd.DataFrame(
         {k: pd.Series(v, index=s).groupby(level=0).last() for k, (s, v, _) in placed.items()}
     ).sort_index()
@@ -188,6 +197,14 @@ def main() -> None:
         action="store_true",
         help="log every key without a step, one call a key an epoch (with --loss-rows: the "
         "training loss that many times an epoch), read back in the order logged",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        metavar="K",
+        help="log the training keys against optimizer steps, K an epoch, and the val_* keys "
+        "against epochs, read back as load_history places them",
     )
     args = parser.parse_args()
     thresholds = load_thresholds(args.thresholds)

@@ -13,6 +13,11 @@ Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
 MIN_ROWS_BESIDE_STEPS = 5
 #: the same where no key logs steps (two are a first epoch logged again)
 MIN_ROWS_NO_STEPS = 3
+#: a key whose steps reach this many times those of the keys logged over the same time (at
+#: least CLOCK_ROWS rows each) counts another kind of step, optimizer steps beside epochs, and
+#: is placed on theirs
+SCALE_FACTOR = 2
+CLOCK_ROWS = 10
 
 
 def _flat(steps: np.ndarray) -> bool:
@@ -37,26 +42,76 @@ def _clock_key(rows: dict[str, Rows]) -> str:
     return max(members[best], key=lambda k: (rows[k][2].min(), k))
 
 
-def _placement(rows: dict[str, Rows]) -> tuple[list[str], np.ndarray, np.ndarray, str] | None:
-    """(the keys to move, the clock's times and steps, how) or None when none is to move.
+Plan = tuple[list[str], np.ndarray, np.ndarray, str]  # moved keys, clock times, steps, note
+
+
+def _clock(stepped: list[Rows]) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.concatenate([r[0] for r in stepped])
+    stamps = np.concatenate([r[2] for r in stepped])
+    order = np.lexsort((steps, stamps))
+    return stamps[order], steps[order]
+
+
+#: one key's rows in brief: (rows, least step, top step, first time, last time)
+Summary = tuple[int, int, int, float, float]
+
+
+def _summary(r: Rows) -> Summary:
+    return len(r[0]), int(r[0].min()), int(r[0].max()), float(r[2].min()), float(r[2].max())
+
+
+def _other_scale(seen: dict[str, Summary]) -> tuple[list[str], int] | None:
+    """Keys logged against optimizer steps beside keys logged against epochs (a script's
+    `log_metric("loss", l, step=global_step)` and `log_metric("val_acc", a, step=epoch)`):
+    (the keys whose steps reach SCALE_FACTOR times the top step of the keys logged over the
+    same time, that top step), or None."""
+    stepped = {k: x for k, x in seen.items() if x[1] != x[2]}
+    clocks = [x for x in stepped.values() if x[0] >= CLOCK_ROWS]
+    if len(clocks) < 2:
+        return None
+    span = max(x[4] for x in clocks) - min(x[3] for x in clocks)
+    low = min((x[2] for x in clocks if x[4] - x[3] >= 0.5 * span > 0), default=0)
+    moved = sorted(
+        k for k, x in stepped.items() if low >= CLOCK_ROWS and x[2] >= SCALE_FACTOR * low
+    )
+    return (moved, low) if moved else None
+
+
+def _rescaled(rows: dict[str, Rows]) -> Plan | None:
+    """`_other_scale`'s keys placed on the steps of the rest, each row on the step logged next."""
+    found = _other_scale({k: _summary(r) for k, r in rows.items() if len(r[0])})
+    if found is None:
+        return None
+    moved, low = found
+    clock = [r for k, r in rows.items() if len(r[0]) and not _flat(r[0]) and k not in moved]
+    shown = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+    top = max(int(rows[k][0].max()) for k in moved)
+    note = (
+        f"{shown} logged on steps up to {top} beside keys logged over the same time on steps "
+        f"up to {low}: placed on theirs, each row on the step logged next"
+    )
+    return moved, *_clock(clock), note
+
+
+def _placement(rows: dict[str, Rows]) -> Plan | None:
+    """(the keys to move, the clock's times and steps, a note) or None when none is to move.
 
     Beside keys that log steps, the clock is their rows and a key moves when it has
     MIN_ROWS_BESIDE_STEPS rows at its one step. Where no key logs steps, and one has
-    MIN_ROWS_NO_STEPS rows, every key moves, by one key's rows counted 0, 1, 2, ..."""
+    MIN_ROWS_NO_STEPS rows, every key moves, by one key's rows counted 0, 1, 2, ... Where
+    every key logs steps, see `_other_scale`."""
     stepped = [r for r in rows.values() if len(r[0]) and not _flat(r[0])]
     least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
     moved = sorted(k for k, r in rows.items() if len(r[0]) >= least and _flat(r[0]))
     if not moved:
-        return None
+        return _rescaled(rows)
     if stepped:
-        steps = np.concatenate([r[0] for r in stepped])
-        stamps = np.concatenate([r[2] for r in stepped])
-        order = np.lexsort((steps, stamps))
-        return moved, stamps[order], steps[order], "each on the step logged next"
+        return moved, *_clock(stepped), _note(rows, moved, "each on the step logged next")
     key = _clock_key(rows)
     clock_t = np.sort(rows[key][2])
     moved = sorted(k for k, r in rows.items() if len(r[0]))
-    return moved, clock_t, np.arange(len(clock_t), dtype=np.int64), f"one step per {key} row"
+    steps = np.arange(len(clock_t), dtype=np.int64)
+    return moved, clock_t, steps, _note(rows, moved, f"one step per {key} row")
 
 
 def _moved_to(stamps: np.ndarray, clock_t: np.ndarray, clock_s: np.ndarray) -> np.ndarray:
@@ -79,12 +134,12 @@ def place_stepless(rows: dict[str, Rows]) -> tuple[dict[str, Rows], str | None]:
     plan = _placement(rows)
     if plan is None:
         return rows, None
-    moved, clock_t, clock_s, how = plan
+    moved, clock_t, clock_s, note = plan
     out = dict(rows)
     for k in moved:
         steps, values, stamps = rows[k]
         out[k] = (_moved_to(stamps, clock_t, clock_s), values, stamps)
-    return out, _note(rows, moved, how)
+    return out, note
 
 
 def _last_per_step(steps: np.ndarray, values: np.ndarray, stamps: np.ndarray) -> Rows:
@@ -103,21 +158,24 @@ class LivePlacer:
         self.kept: dict[str, Rows] | None = None  # every row so far, once a key is stepless
         self.note: str | None = None
         self._fed: dict[str, np.ndarray] = {}  # key -> where its rows fed so far were placed
-        self._seen: dict[str, tuple[int, int, int]] = {}  # key -> (rows, least, top step)
+        self._seen: dict[str, Summary] = {}  # every key's rows so far, in brief
 
     def needs_all(self, new: dict[str, Rows]) -> bool:
-        """Whether `new` shows a key logged without a step for the first time: the caller then
-        reads every row from the start and passes them to `place(..., start=True)`."""
+        """Whether `new` shows a key logged without a step, or on another kind of step, for
+        the first time: the caller then reads every row from the start and passes them to
+        `place(..., start=True)`."""
         if self.kept is not None:
             return False
-        for key, (steps, _, _) in new.items():
-            if len(steps):
-                n, lo, hi = self._seen.get(key, (0, int(steps[0]), int(steps[0])))
-                lo, hi = min(lo, int(steps.min())), max(hi, int(steps.max()))
-                self._seen[key] = (n + len(steps), lo, hi)
-        stepped = any(lo != hi for _, lo, hi in self._seen.values())
+        for key, rows in new.items():
+            if len(rows[0]):
+                x = _summary(rows)
+                n, lo, hi, t0, t1 = self._seen.get(key, x)
+                n = n + x[0] if key in self._seen else x[0]
+                self._seen[key] = (n, min(lo, x[1]), max(hi, x[2]), min(t0, x[3]), max(t1, x[4]))
+        stepped = any(x[1] != x[2] for x in self._seen.values())
         least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
-        return any(n >= least and lo == hi for n, lo, hi in self._seen.values())
+        flat = any(x[0] >= least and x[1] == x[2] for x in self._seen.values())
+        return flat or _other_scale(self._seen) is not None
 
     def place(self, new: dict[str, Rows], *, start: bool = False) -> tuple[dict[str, Rows], bool]:
         """(the rows to feed, whether they replace every row fed before)."""
@@ -138,8 +196,7 @@ class LivePlacer:
         if plan is None:  # it logs steps after all (a first epoch logged again)
             kept, self.kept, self.note = self.kept, None, None
             return kept, True
-        moved, clock_t, clock_s, how = plan
-        self.note = _note(self.kept, moved, how)
+        moved, clock_t, clock_s, self.note = plan
         placed, fed, again = {}, {}, start
         for key, (steps, values, stamps) in self.kept.items():
             if key in moved:

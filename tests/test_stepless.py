@@ -135,3 +135,58 @@ def test_the_watchers_placer_feeds_each_step_once_where_the_whole_run_places_it(
     for k, steps in fed.items():
         assert steps == sorted(set(steps)) == sorted(set(whole[k][0].tolist()))
     assert fed["val_acc"] == list(range(40))
+
+
+def test_a_run_logging_training_keys_by_optimizer_step_and_the_rest_by_epoch(tracking_uri):
+    """`log_metric("train_loss", l, step=global_step)` beside `log_metric("val_acc", a,
+    step=epoch)`: the training keys are placed on the epochs (each epoch's last batch), as the
+    run by epoch reads. Before, val_acc's whole history lay within the first epochs' steps."""
+    client = MlflowClient()
+    frame = load_run(GROKS).loc[:1500]
+    run_id = client.create_run("0").info.run_id
+    ts, rows, batches = int(time.time() * 1000), [], 4
+    for epoch, row in frame.iterrows():
+        for b in range(1, batches + 1):  # the epoch's value at its last batch
+            step = (epoch - 1) * batches + b
+            for key in ("train_loss", "train_acc", "lr"):
+                rows.append(Metric(key, float(row[key]) * (1 + (batches - b) / 10), ts, step))
+            ts += 2
+        for key in ("val_loss", "val_acc"):
+            rows.append(Metric(key, float(row[key]), ts, int(epoch)))
+            ts += 2
+    for i in range(0, len(rows), 1000):
+        client.log_batch(run_id, metrics=rows[i : i + 1000])
+    client.set_terminated(run_id, "FINISHED")
+    history, _ = load_history(client, run_id)
+    assert history.index.tolist() == frame.index.tolist()
+    assert np.allclose(history[list(frame.columns)].to_numpy(), frame.to_numpy())
+    (note,) = history.attrs["notes"]
+    assert note.startswith("lr, train_acc, train_loss logged on steps up to 6000 beside")
+    (event,) = analyze(history, ROLES).confirmed
+    assert event.breakthrough_epoch == analyze(frame, ROLES).confirmed[0].breakthrough_epoch
+
+
+def test_the_watchers_placer_sees_training_keys_logged_by_optimizer_step():
+    """Polled a few epochs at a time: once both kinds of step show (10 rows each), the
+    training loss is placed on the epochs, each epoch's last batch."""
+    polls, placer, fed = [], LivePlacer(), {}
+    for first in range(0, 40, 3):
+        epochs = range(first + 1, first + 4)
+        t = [10.0 * e for e in epochs]
+        polls.append(
+            {
+                "loss": (np.array([4 * e for e in epochs]), np.array(t), np.array(t)),
+                "val_acc": (np.array(list(epochs)), np.array(t), np.array([x + 1 for x in t])),
+            }
+        )
+    for i, new in enumerate(polls):
+        start = placer.kept is None and placer.needs_all(new)
+        if start:  # as the watcher: every row from the start
+            new = {k: tuple(np.concatenate([p[k][j] for p in polls[: i + 1]]) for j in range(3))
+                   for k in new}  # fmt: skip
+            fed = {}
+        rows, _ = placer.place(new, start=start)
+        for k, (steps, _, _) in rows.items():
+            fed.setdefault(k, []).extend(steps.tolist())
+    assert "loss logged on steps up to" in placer.note
+    assert fed["loss"] == fed["val_acc"] == list(range(1, 43))

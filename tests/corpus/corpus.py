@@ -115,3 +115,24 @@ def without_steps(
         )
         for key, r in out.items()
     }
+
+
+def train_by_step(df: pd.DataFrame, k: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``df``'s rows (steps, values, timestamps) as a script logs them with the training keys
+    (train_*, lr) against optimizer steps, ``k`` an epoch (the epoch's value at its last step),
+    and the val_* keys against epochs after them, 2 ms apart."""
+    out: dict[str, list] = {key: [] for key in df.columns}
+    ts = 0
+    for epoch, row in zip(df.index, df.itertuples(index=False), strict=True):
+        values = dict(zip(df.columns, row, strict=True))
+        for key in sorted(values, key=lambda c: c.startswith("val_")):
+            step = int(epoch) if key.startswith("val_") else int(round(epoch * k))
+            if not np.isnan(values[key]):
+                out[key].append((step, values[key], ts))
+                ts += 2
+    return {
+        key: tuple(
+            np.array([r[i] for r in rows], dtype=d) for i, d in enumerate((np.int64, float, float))
+        )
+        for key, rows in out.items()
+    }
