@@ -1,6 +1,8 @@
-"""Rows logged without a step. MLflow stores them all at step 0, so a script that calls
-`mlflow.log_metric(key, value)` once an epoch would read as a one-epoch run (its last row) and
-be judged without having been looked at. Such keys are placed by when they were logged."""
+"""Rows whose steps do not say when they were logged. MLflow stores a row logged without a step
+at step 0, so a script that calls `mlflow.log_metric(key, value)` once an epoch would read as a
+one-epoch run (its last row) and be judged without having been looked at; a script that logs
+its training loss by optimizer step and its validation accuracy by epoch puts the second's
+whole history inside the first epochs. Such keys are placed by when they were logged."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
 MIN_ROWS_BESIDE_STEPS = 5
 #: the same where no key logs steps (two are a first epoch logged again)
 MIN_ROWS_NO_STEPS = 3
-#: a key whose steps reach this many times those of the keys logged over the same time (at
-#: least CLOCK_ROWS rows each) counts another kind of step, optimizer steps beside epochs, and
-#: is placed on theirs
+#: a key whose steps advance this many times as far as another key's over the time both were
+#: logged (each with at least CLOCK_ROWS steps there, over half the run's time or more) counts
+#: another kind of step, optimizer steps beside epochs, and is placed on the other's steps
 SCALE_FACTOR = 2
 CLOCK_ROWS = 10
 
@@ -52,59 +54,73 @@ def _clock(stepped: list[Rows]) -> tuple[np.ndarray, np.ndarray]:
     return stamps[order], steps[order]
 
 
-#: one key's rows in brief: (rows, least step, top step, first time, last time)
-Summary = tuple[int, int, int, float, float]
+def _by_time(r: Rows) -> tuple[np.ndarray, np.ndarray] | None:
+    """(times, steps) in time order for a key whose steps only go up with time, else None (a
+    resumed run's steps that start again are one kind of step, not two)."""
+    order = np.argsort(r[2], kind="stable")
+    steps = r[0][order]
+    return (r[2][order], steps) if len(steps) and np.all(np.diff(steps) >= 0) else None
 
 
-def _summary(r: Rows) -> Summary:
-    return len(r[0]), int(r[0].min()), int(r[0].max()), float(r[2].min()), float(r[2].max())
-
-
-def _other_scale(seen: dict[str, Summary]) -> tuple[list[str], int] | None:
-    """Keys logged against optimizer steps beside keys logged against epochs (a script's
+def _other_scale(rows: dict[str, Rows]) -> list[str]:
+    """The keys logged against optimizer steps beside keys logged against epochs (a script's
     `log_metric("loss", l, step=global_step)` and `log_metric("val_acc", a, step=epoch)`):
-    (the keys whose steps reach SCALE_FACTOR times the top step of the keys logged over the
-    same time, that top step), or None."""
-    stepped = {k: x for k, x in seen.items() if x[1] != x[2]}
-    clocks = [x for x in stepped.values() if x[0] >= CLOCK_ROWS]
-    if len(clocks) < 2:
-        return None
-    span = max(x[4] for x in clocks) - min(x[3] for x in clocks)
-    low = min((x[2] for x in clocks if x[4] - x[3] >= 0.5 * span > 0), default=0)
-    moved = sorted(
-        k for k, x in stepped.items() if low >= CLOCK_ROWS and x[2] >= SCALE_FACTOR * low
-    )
-    return (moved, low) if moved else None
+    over the time two keys were both logged, one's steps advance SCALE_FACTOR times the
+    other's. Compared over the same time, an uneven pace (a slow first epoch, a pause, a key
+    that stops early) moves both alike."""
+    timed = {k: x for k, r in rows.items() if len(r[0]) >= CLOCK_ROWS and (x := _by_time(r))}
+    if len(timed) < 2:
+        return []
+    t0 = min(t[0] for t, _ in timed.values())
+    span = max(t[-1] for t, _ in timed.values()) - t0
+    moved = set()
+    for a, (ta, sa) in timed.items():
+        for b, (tb, sb) in timed.items():
+            lo, hi = max(ta[0], tb[0]), min(ta[-1], tb[-1])
+            if a == b or hi - lo < 0.5 * span or span <= 0:
+                continue
+            steps_a = sa[np.searchsorted(ta, lo) : np.searchsorted(ta, hi, side="right")]
+            steps_b = sb[np.searchsorted(tb, lo) : np.searchsorted(tb, hi, side="right")]
+            if len(np.unique(steps_b)) < CLOCK_ROWS:
+                continue
+            if np.ptp(steps_a) >= SCALE_FACTOR * np.ptp(steps_b):
+                moved.add(a)
+    return sorted(moved)
 
 
 def _rescaled(rows: dict[str, Rows]) -> Plan | None:
-    """`_other_scale`'s keys placed on the steps of the rest, each row on the step logged next."""
-    found = _other_scale({k: _summary(r) for k, r in rows.items() if len(r[0])})
-    if found is None:
+    """`_other_scale`'s keys placed on the steps of the keys it compared them with, each row on
+    the step logged next."""
+    moved = _other_scale(rows)
+    if not moved:
         return None
-    moved, low = found
-    clock = [r for k, r in rows.items() if len(r[0]) and not _flat(r[0]) and k not in moved]
-    shown = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+    clocks = [r for k, r in rows.items() if len(r[0]) >= CLOCK_ROWS and k not in moved]
+    clocks = [r for r in clocks if _by_time(r) is not None and not _flat(r[0])]
     top = max(int(rows[k][0].max()) for k in moved)
+    low = max(int(r[0].max()) for r in clocks)
     note = (
-        f"{shown} logged on steps up to {top} beside keys logged over the same time on steps "
-        f"up to {low}: placed on theirs, each row on the step logged next"
+        f"{_names(moved)} logged on steps up to {top} beside keys logged over the same time on "
+        f"steps up to {low}: placed on theirs, each row on the step logged next"
     )
-    return moved, *_clock(clock), note
+    return moved, *_clock(clocks), note
 
 
-def _placement(rows: dict[str, Rows]) -> Plan | None:
+def _names(keys: list[str]) -> str:
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def _placement(rows: dict[str, Rows], rescale: bool = True) -> Plan | None:
     """(the keys to move, the clock's times and steps, a note) or None when none is to move.
 
     Beside keys that log steps, the clock is their rows and a key moves when it has
     MIN_ROWS_BESIDE_STEPS rows at its one step. Where no key logs steps, and one has
     MIN_ROWS_NO_STEPS rows, every key moves, by one key's rows counted 0, 1, 2, ... Where
-    every key logs steps, see `_other_scale`."""
+    every key logs steps, and `rescale`, see `_other_scale`."""
     stepped = [r for r in rows.values() if len(r[0]) and not _flat(r[0])]
     least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
     moved = sorted(k for k, r in rows.items() if len(r[0]) >= least and _flat(r[0]))
     if not moved:
-        return _rescaled(rows)
+        return _rescaled(rows) if rescale else None
     if stepped:
         return moved, *_clock(stepped), _note(rows, moved, "each on the step logged next")
     key = _clock_key(rows)
@@ -121,10 +137,9 @@ def _moved_to(stamps: np.ndarray, clock_t: np.ndarray, clock_s: np.ndarray) -> n
 
 
 def _note(rows: dict[str, Rows], moved: list[str], how: str) -> str:
-    shown = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
     steps = {int(rows[k][0][0]) for k in moved}
     at = f"every row at step {steps.pop()}" if len(steps) == 1 else "each key's rows at one step"
-    return f"{shown} logged without a step ({at}): read in the order logged, {how}"
+    return f"{_names(moved)} logged without a step ({at}): read in the order logged, {how}"
 
 
 def place_stepless(rows: dict[str, Rows]) -> tuple[dict[str, Rows], str | None]:
@@ -158,24 +173,23 @@ class LivePlacer:
         self.kept: dict[str, Rows] | None = None  # every row so far, once a key is stepless
         self.note: str | None = None
         self._fed: dict[str, np.ndarray] = {}  # key -> where its rows fed so far were placed
-        self._seen: dict[str, Summary] = {}  # every key's rows so far, in brief
+        self._seen: dict[str, tuple[int, int, int]] = {}  # key -> (rows, least, top step)
 
     def needs_all(self, new: dict[str, Rows]) -> bool:
-        """Whether `new` shows a key logged without a step, or on another kind of step, for
-        the first time: the caller then reads every row from the start and passes them to
-        `place(..., start=True)`."""
+        """Whether `new` shows a key logged without a step for the first time: the caller then
+        reads every row from the start and passes them to `place(..., start=True)`. (Keys on
+        another kind of step are placed by `load_history` only: the watcher reads them as
+        logged.)"""
         if self.kept is not None:
             return False
-        for key, rows in new.items():
-            if len(rows[0]):
-                x = _summary(rows)
-                n, lo, hi, t0, t1 = self._seen.get(key, x)
-                n = n + x[0] if key in self._seen else x[0]
-                self._seen[key] = (n, min(lo, x[1]), max(hi, x[2]), min(t0, x[3]), max(t1, x[4]))
-        stepped = any(x[1] != x[2] for x in self._seen.values())
+        for key, (steps, _, _) in new.items():
+            if len(steps):
+                n, lo, hi = self._seen.get(key, (0, int(steps[0]), int(steps[0])))
+                lo, hi = min(lo, int(steps.min())), max(hi, int(steps.max()))
+                self._seen[key] = (n + len(steps), lo, hi)
+        stepped = any(lo != hi for _, lo, hi in self._seen.values())
         least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
-        flat = any(x[0] >= least and x[1] == x[2] for x in self._seen.values())
-        return flat or _other_scale(self._seen) is not None
+        return any(n >= least and lo == hi for n, lo, hi in self._seen.values())
 
     def place(self, new: dict[str, Rows], *, start: bool = False) -> tuple[dict[str, Rows], bool]:
         """(the rows to feed, whether they replace every row fed before)."""
@@ -192,7 +206,7 @@ class LivePlacer:
                     np.concatenate([a, b]) for a, b in zip(old, rows, strict=True)
                 )
             )
-        plan = _placement(self.kept)
+        plan = _placement(self.kept, rescale=False)
         if plan is None:  # it logs steps after all (a first epoch logged again)
             kept, self.kept, self.note = self.kept, None, None
             return kept, True

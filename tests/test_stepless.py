@@ -166,27 +166,29 @@ def test_a_run_logging_training_keys_by_optimizer_step_and_the_rest_by_epoch(tra
     assert event.breakthrough_epoch == analyze(frame, ROLES).confirmed[0].breakthrough_epoch
 
 
-def test_the_watchers_placer_sees_training_keys_logged_by_optimizer_step():
-    """Polled a few epochs at a time: once both kinds of step show (10 rows each), the
-    training loss is placed on the epochs, each epoch's last batch."""
-    polls, placer, fed = [], LivePlacer(), {}
-    for first in range(0, 40, 3):
-        epochs = range(first + 1, first + 4)
-        t = [10.0 * e for e in epochs]
-        polls.append(
-            {
-                "loss": (np.array([4 * e for e in epochs]), np.array(t), np.array(t)),
-                "val_acc": (np.array(list(epochs)), np.array(t), np.array([x + 1 for x in t])),
-            }
-        )
-    for i, new in enumerate(polls):
-        start = placer.kept is None and placer.needs_all(new)
-        if start:  # as the watcher: every row from the start
-            new = {k: tuple(np.concatenate([p[k][j] for p in polls[: i + 1]]) for j in range(3))
-                   for k in new}  # fmt: skip
-            fed = {}
-        rows, _ = placer.place(new, start=start)
-        for k, (steps, _, _) in rows.items():
-            fed.setdefault(k, []).extend(steps.tolist())
-    assert "loss logged on steps up to" in placer.note
-    assert fed["loss"] == fed["val_acc"] == list(range(1, 43))
+def _timed(steps, stamps) -> tuple:
+    return np.asarray(steps), np.zeros(len(steps)), np.asarray(stamps, dtype=float)
+
+
+@pytest.mark.parametrize("pace", ["slow first epoch", "a pause", "a counter that starts again"])
+def test_keys_on_one_kind_of_step_are_left_alone_whatever_the_pace(pace):
+    """Compared over the time both keys were logged, an uneven pace moves both alike: a key
+    that stops early beside a slow first epoch or a pause, or a second phase counting its
+    steps again, is not another kind of step."""
+    epochs = np.arange(100)
+    t = np.where(epochs == 0, 0.0, 19.0 + epochs)  # a row at the start, then a 20x first epoch
+    if pace == "a pause":
+        t = epochs + np.where(epochs > 20, 8 * 3600.0, 0.0)
+    if pace == "a counter that starts again":  # 60 pretraining epochs, then 40 slower ones
+        t = np.where(epochs < 60, epochs, 60 + 3.0 * (epochs - 60))
+        rows = {
+            "loss": _timed(np.where(epochs < 60, epochs, epochs - 60), t),
+            "lr": _timed(epochs, t),
+        }
+    else:
+        rows = {
+            "a": _timed(epochs, t),
+            "v": _timed(epochs, t + 0.5),
+            "b": _timed(epochs[:46], t[:46]),
+        }
+    assert place_stepless(rows) == (rows, None)
