@@ -95,8 +95,9 @@ def load_history(
 
     `system/*` keys (MLflow's system metrics, stepped by sample) go to system_df so detectors
     never see them; everything else goes to history_df. `fast=False` forces the public
-    `get_metric_history` path (the benchmark's baseline). Keys logged without a step are
-    placed in the order logged (`stepless`), and `history.attrs["notes"]` says so.
+    `get_metric_history` path (the benchmark's baseline). Keys logged without a step, or on
+    another kind of step than the rest, are placed by when they were logged (`stepless`), and
+    `history.attrs["notes"]` says so.
     """
     run = client.get_run(run_id)
     engine = _sql_engine(client) if fast else None
