@@ -69,12 +69,13 @@ def _guessed(run: Run) -> tuple[Roles, str | None]:
     """Without a metric_map, a run that logs none of our generalisation keys (another
     trainer's) is read by its key names; one where none names a held-out accuracy or loss is
     refused, since its verdict would be "no grokking" without having looked."""
+    from mlflow_plugins.history import SYSTEM_PREFIX
     from tvae.analysis.guess_roles import roles_for
 
     keys = sorted(run.data.metrics)
     found = roles_for(keys)
     if found is None:
-        shown = ", ".join([k for k in keys if not k.startswith("system/")][:8])
+        shown = ", ".join([k for k in keys if not k.startswith(SYSTEM_PREFIX)][:8])
         raise AnalyzeInputError(
             f"--metric-map: run '{run.info.run_id}' logs none of TernaryVAE's keys and no key "
             f"named like a held-out accuracy or loss ({shown}); map its keys with "

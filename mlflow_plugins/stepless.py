@@ -26,6 +26,15 @@ def _flat(steps: np.ndarray) -> bool:
     return len(steps) > 0 and steps.min() == steps.max()
 
 
+def _stepless(seen: dict[str, tuple[int, int, int]]) -> tuple[list[str], bool]:
+    """(the keys logged without a step, whether any key logs steps) from each key's (rows,
+    least step, top step): all its rows at one step, MIN_ROWS_BESIDE_STEPS of them beside keys
+    that log steps, else MIN_ROWS_NO_STEPS."""
+    stepped = any(lo != hi for _, lo, hi in seen.values())
+    least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
+    return sorted(k for k, (n, lo, hi) in seen.items() if n >= least and lo == hi), stepped
+
+
 def _clock_key(rows: dict[str, Rows]) -> str:
     """The key that marks one step per row. Of the keys logged about as often (row counts at
     most one apart: a round read half-logged), the group with the most keys, the fewer rows on
@@ -62,15 +71,15 @@ def _by_time(r: Rows) -> tuple[np.ndarray, np.ndarray] | None:
     return (r[2][order], steps) if len(steps) and np.all(np.diff(steps) >= 0) else None
 
 
-def _other_scale(rows: dict[str, Rows]) -> list[str]:
+def _other_scale(rows: dict[str, Rows]) -> tuple[list[str], list[str]]:
     """The keys logged against optimizer steps beside keys logged against epochs (a script's
     `log_metric("loss", l, step=global_step)` and `log_metric("val_acc", a, step=epoch)`):
     over the time two keys were both logged, one's steps advance SCALE_FACTOR times the
     other's. Compared over the same time, an uneven pace (a slow first epoch, a pause, a key
-    that stops early) moves both alike."""
+    that stops early) moves both alike. (Those keys, the keys the rest are placed on.)"""
     timed = {k: x for k, r in rows.items() if len(r[0]) >= CLOCK_ROWS and (x := _by_time(r))}
     if len(timed) < 2:
-        return []
+        return [], []
     t0 = min(t[0] for t, _ in timed.values())
     span = max(t[-1] for t, _ in timed.values()) - t0
     moved = set()
@@ -85,17 +94,16 @@ def _other_scale(rows: dict[str, Rows]) -> list[str]:
                 continue
             if np.ptp(steps_a) >= SCALE_FACTOR * np.ptp(steps_b):
                 moved.add(a)
-    return sorted(moved)
+    return sorted(moved), sorted(k for k in timed if k not in moved and not _flat(rows[k][0]))
 
 
 def _rescaled(rows: dict[str, Rows]) -> Plan | None:
     """`_other_scale`'s keys placed on the steps of the keys it compared them with, each row on
     the step logged next."""
-    moved = _other_scale(rows)
+    moved, kept = _other_scale(rows)
     if not moved:
         return None
-    clocks = [r for k, r in rows.items() if len(r[0]) >= CLOCK_ROWS and k not in moved]
-    clocks = [r for r in clocks if _by_time(r) is not None and not _flat(r[0])]
+    clocks = [rows[k] for k in kept]
     top = max(int(rows[k][0].max()) for k in moved)
     low = max(int(r[0].max()) for r in clocks)
     note = (
@@ -116,13 +124,13 @@ def _placement(rows: dict[str, Rows], rescale: bool = True) -> Plan | None:
     MIN_ROWS_BESIDE_STEPS rows at its one step. Where no key logs steps, and one has
     MIN_ROWS_NO_STEPS rows, every key moves, by one key's rows counted 0, 1, 2, ... Where
     every key logs steps, and `rescale`, see `_other_scale`."""
-    stepped = [r for r in rows.values() if len(r[0]) and not _flat(r[0])]
-    least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
-    moved = sorted(k for k, r in rows.items() if len(r[0]) >= least and _flat(r[0]))
+    seen = {k: (len(s), int(s.min()), int(s.max())) for k, (s, _, _) in rows.items() if len(s)}
+    moved, stepped = _stepless(seen)
     if not moved:
         return _rescaled(rows) if rescale else None
     if stepped:
-        return moved, *_clock(stepped), _note(rows, moved, "each on the step logged next")
+        clocks = [r for r in rows.values() if len(r[0]) and not _flat(r[0])]
+        return moved, *_clock(clocks), _note(rows, moved, "each on the step logged next")
     key = _clock_key(rows)
     clock_t = np.sort(rows[key][2])
     moved = sorted(k for k, r in rows.items() if len(r[0]))
@@ -187,9 +195,7 @@ class LivePlacer:
                 n, lo, hi = self._seen.get(key, (0, int(steps[0]), int(steps[0])))
                 lo, hi = min(lo, int(steps.min())), max(hi, int(steps.max()))
                 self._seen[key] = (n + len(steps), lo, hi)
-        stepped = any(lo != hi for _, lo, hi in self._seen.values())
-        least = MIN_ROWS_BESIDE_STEPS if stepped else MIN_ROWS_NO_STEPS
-        return any(n >= least and lo == hi for n, lo, hi in self._seen.values())
+        return bool(_stepless(self._seen)[0])
 
     def place(self, new: dict[str, Rows], *, start: bool = False) -> tuple[dict[str, Rows], bool]:
         """(the rows to feed, whether they replace every row fed before)."""
@@ -211,7 +217,7 @@ class LivePlacer:
             kept, self.kept, self.note = self.kept, None, None
             return kept, True
         moved, clock_t, clock_s, self.note = plan
-        placed, fed, again = {}, {}, start
+        before, placed, again = self._fed, {}, start
         for key, (steps, values, stamps) in self.kept.items():
             if key in moved:
                 n = int(np.searchsorted(stamps, clock_t[-1], side="right"))
@@ -220,12 +226,13 @@ class LivePlacer:
                     values[:n],
                     stamps[:n],
                 )
-            before = self._fed.get(key, steps[:0])
-            again = again or not np.array_equal(steps[: len(before)], before)
-            placed[key], fed[key] = (steps, values, stamps), before
+            fed = before.get(key, steps[:0])
+            again = again or not np.array_equal(steps[: len(fed)], fed)
+            placed[key] = (steps, values, stamps)
         self._fed = {key: rows[0] for key, rows in placed.items()}
         if again:
             return {key: _last_per_step(*rows) for key, rows in placed.items()}, True
         return {
-            key: _last_per_step(*(a[len(fed[key]) :] for a in rows)) for key, rows in placed.items()
+            key: _last_per_step(*(a[len(before.get(key, ())) :] for a in rows))
+            for key, rows in placed.items()
         }, False

@@ -101,19 +101,22 @@ def without_steps(
     for row in df.itertuples(index=False):
         values = dict(zip(df.columns, row, strict=True))
         for b in range(batches - 1):
-            out["train_loss"].append((values["train_loss"] * (1.5 - b / batches), ts))
+            out["train_loss"].append((0, values["train_loss"] * (1.5 - b / batches), ts))
             ts += 2
         for key, value in values.items():
             if not np.isnan(value):
-                out[key].append((value, ts))
+                out[key].append((0, value, ts))
                 ts += 2
+    return _as_rows(out)
+
+
+def _as_rows(out: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{key: [(step, value, time), ...]} as the (steps, values, times) arrays a store read gives."""
     return {
-        key: (
-            np.zeros(len(r), np.int64),
-            np.array([v for v, _ in r]),
-            np.array([t for _, t in r], float),
+        key: tuple(
+            np.array([r[i] for r in rows], dtype=d) for i, d in enumerate((np.int64, float, float))
         )
-        for key, r in out.items()
+        for key, rows in out.items()
     }
 
 
@@ -130,9 +133,4 @@ def train_by_step(df: pd.DataFrame, k: int) -> dict[str, tuple[np.ndarray, np.nd
             if not np.isnan(values[key]):
                 out[key].append((step, values[key], ts))
                 ts += 2
-    return {
-        key: tuple(
-            np.array([r[i] for r in rows], dtype=d) for i, d in enumerate((np.int64, float, float))
-        )
-        for key, rows in out.items()
-    }
+    return _as_rows(out)
