@@ -69,8 +69,8 @@ def _guessed(run: Run) -> tuple[Roles, str | None]:
     """Without a metric_map, a run that logs none of our generalisation keys (another
     trainer's) is read by its key names; one where none names a held-out accuracy or loss is
     refused, since its verdict would be "no grokking" without having looked."""
-    from mlflow_plugins.history import SYSTEM_PREFIX
     from tvae.analysis.guess_roles import roles_for
+    from tvae.contract import SYSTEM_PREFIX
 
     keys = sorted(run.data.metrics)
     found = roles_for(keys)

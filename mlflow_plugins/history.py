@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from mlflow_plugins.stepless import Rows, place_stepless
+from tvae.contract import SYSTEM_PREFIX
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-SYSTEM_PREFIX = "system/"
 PAGE_ROWS = 50_000
 # The SQL store saves +-inf as +-float max (and NaN as is_nan=1); undo that so checks see them.
 _FLOAT_MAX = 1.7976931348623157e308

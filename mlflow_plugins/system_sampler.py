@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from mlflow import MlflowClient
 
-from mlflow_plugins.history import SYSTEM_PREFIX
+from tvae.contract import SYSTEM_PREFIX
 
 CPU_KEY = f"{SYSTEM_PREFIX}cpu_utilization_percentage"  # always sampled: its last step is the run's
 

@@ -114,3 +114,6 @@ SWEEP_BEST_TRIAL = "sweep.best_trial"
 SWEEP_BEST_VALUE = "sweep.best_value"  # the best trial's mean over seeds
 SWEEP_BEST_PARAMS = "sweep.best_params"  # the best trial's sampled values, short JSON
 SWEEP_REGISTERED = "sweep.registered"  # with register=true: "<model> version <n>"
+
+#: MLflow's system metrics (CPU, GPU, memory samples): kept apart from the training history
+SYSTEM_PREFIX = "system/"

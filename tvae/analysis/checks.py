@@ -99,7 +99,7 @@ def run_checks(
             Check("samples_per_sec", "not measured", None, f"> {t.checks.samples_per_sec_min:g}")
         )
 
-    metric_cols = [c for c in history.columns if not c.startswith("system/")]
+    metric_cols = [c for c in history.columns if not c.startswith(C.SYSTEM_PREFIX)]
     if metric_cols:
         bad = {k: v for k, v in nonfinite.items() if k in metric_cols}
         note = "; ".join(f"{k} at {a:g}-{b:g}" for k, s in bad.items() for a, b in s[:1])

@@ -29,7 +29,7 @@ def _clean(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = df.apply(pd.to_numeric, errors="coerce") if len(df.columns) else df
     df = df[~df.index.duplicated(keep="last")].sort_index()
     df.index.name = "epoch"
-    sys_cols = [c for c in df.columns if str(c).startswith("system/")]
+    sys_cols = [c for c in df.columns if str(c).startswith(C.SYSTEM_PREFIX)]
     return df.drop(columns=sys_cols), df[sys_cols]
 
 

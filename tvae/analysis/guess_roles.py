@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from tvae import contract as C
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 
 HELD_OUT = ("val", "valid", "validation", "eval", "test", "dev")
@@ -62,7 +63,7 @@ def _lr(words: list[str]) -> int | None:
 def guess_roles(keys: Iterable[str]) -> tuple[Roles, str] | None:
     """(roles, the `metric_map` that says them) from ``keys``' names; None when none of them
     names a held-out accuracy or loss (nothing to find grokking in)."""
-    keys = [k for k in keys if not k.startswith("system/")]
+    keys = [k for k in keys if not k.startswith(C.SYSTEM_PREFIX)]
     found = {
         "accuracy": _pick(keys, _held_out(ACCURACY)),
         "val_loss": _pick(keys, _held_out(("loss",))),

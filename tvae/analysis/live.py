@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from tvae import contract as C
 from tvae.analysis.live_assess import TAIL_ROWS, Assessment, assess
 from tvae.analysis.live_state import LiveState
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
@@ -127,7 +128,7 @@ class LiveDetector:
 
     def add(self, key: str, steps: Iterable[int], values: Iterable[float]) -> None:
         """New rows of one metric key (steps ascending; a step again: its last value wins)."""
-        if str(key).startswith("system/"):
+        if str(key).startswith(C.SYSTEM_PREFIX):
             return
         steps = np.asarray(steps, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)

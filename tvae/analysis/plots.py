@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import matplotlib
 
+from tvae import contract as C
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,7 +44,7 @@ def plot_report(
 ) -> dict[str, Figure]:
     """``{"trajectories.png": fig, "phases.png": fig}`` for the mapped roles that have data."""
     roles = roles or Roles()
-    hist = history[[c for c in history.columns if not str(c).startswith("system/")]]
+    hist = history[[c for c in history.columns if not str(c).startswith(C.SYSTEM_PREFIX)]]
     hist = hist.sort_index()
     present = [
         (r, getattr(roles, r))

@@ -77,7 +77,7 @@ class Roles:
 
     def control_columns(self, columns: Iterable[str]) -> list[str]:
         """Columns that are scheduled control signals: ``lr`` plus every ``controls`` match."""
-        cols = [c for c in columns if not c.startswith("system/")]
+        cols = [c for c in columns if not c.startswith(C.SYSTEM_PREFIX)]
         out = [self.lr] if self.lr in cols else []
         for c in cols:
             if c not in out and any(fnmatch.fnmatchcase(c, pat) for pat in self.controls):
