@@ -61,9 +61,22 @@ def launch_ranks(nproc: int, device: str) -> int:
     except ChildFailedError as err:
         first = err.failures.get(0) or next(iter(err.failures.values()))
         return first.exitcode if first.exitcode > 0 else EXIT_FAILED
-    except SignalException:  # the ranks were stopped and have ended (rank 0 ended the run)
-        return EXIT_KILLED
+    except Exception as err:
+        if by_signal(err, SignalException):  # the ranks were stopped and have ended
+            return EXIT_KILLED
+        raise
     return 0
+
+
+def by_signal(err: BaseException | None, signal_error: type[BaseException]) -> bool:
+    """Whether a stop signal caused `err`: torch's launcher raises `signal_error` from its
+    handler, and when that lands inside its own bookkeeping it surfaces as another error
+    (an UnboundLocalError in its metrics wrapper) raised while handling the signal."""
+    while err is not None:
+        if isinstance(err, signal_error):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def train_other_rank(parallel: Any) -> int:

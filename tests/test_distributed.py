@@ -22,6 +22,7 @@ import yaml
 from contract import CPU_CONTRACT_KEYS
 from mlflow import MlflowClient
 
+from entrypoints._ranks import by_signal
 from tvae import contract as C
 from tvae.callbacks import TrainLogger
 from tvae.config import TVAEConfig, load_config
@@ -167,3 +168,24 @@ def test_the_backend_follows_the_trainings_device_not_the_machine():
     assert backend_for(torch.device("cpu")) == "gloo"
     cuda = backend_for(torch.device("cuda", 0))
     assert cuda == ("nccl" if dist.is_nccl_available() else "gloo")
+
+
+def test_a_stop_signal_that_torchs_launcher_turns_into_another_error_still_reads_as_a_stop():
+    """The launcher's handler raises SignalException wherever the main thread is; inside its
+    metrics wrapper that surfaces as an UnboundLocalError raised while handling it."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def wrapped_error(first: BaseException, then: BaseException) -> BaseException:
+        try:
+            try:
+                raise first
+            except type(first):
+                raise then  # noqa: B904 (the launcher's own error is raised like this)
+        except type(then) as err:
+            return err
+
+    stop = SignalException("got signal: 15", sigval=signal.SIGTERM)
+    assert by_signal(stop, SignalException)
+    assert by_signal(wrapped_error(stop, UnboundLocalError("start")), SignalException)
+    assert not by_signal(wrapped_error(ValueError("x"), UnboundLocalError("y")), SignalException)
+    assert not by_signal(UnboundLocalError("start"), SignalException)
