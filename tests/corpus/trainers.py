@@ -25,6 +25,8 @@ OPS = {
     "mul": lambda a, b, p: (a * b) % p,
     "sq": lambda a, b, p: (a * a + b * b) % p,
     "cube": lambda a, b, p: (a**3 + a * b) % p,
+    # a / b = a * b^(p-2) mod p (Fermat's inverse); pairs with b = 0 are left out
+    "div": lambda a, b, p: (a * torch.tensor([pow(i, p - 2, p) for i in range(p)])[b]) % p,
 }
 
 
@@ -97,6 +99,8 @@ def _split(spec: Spec, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _modular(spec: Spec) -> tuple[torch.Tensor, ...]:
     x = _all_pairs(spec.p)
+    if spec.op == "div":
+        x = x[x[:, 1] != 0]
     return _split(spec, x, OPS[spec.op](x[:, 0], x[:, 1], spec.p))
 
 
