@@ -70,7 +70,8 @@ def cli(
     except MlflowException as err:  # e.g. an unreachable tracking server
         first = str(err.message).splitlines()[0] if err.message else type(err).__name__
         exit_with_error(f"tracking store: {first}", EXIT_FAILED)
-    click.echo(f"Compared {len(result.table)} runs (best first):")
+    n = len(result.table)
+    click.echo(f"Compared {n} run{'' if n == 1 else 's'} (best first):")
     for line in result.ranking:
         click.echo(line)
     click.echo(f"Logged to run {result.compare_run_id}: {', '.join(result.artifacts)}")

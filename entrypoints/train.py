@@ -291,6 +291,8 @@ def cli(
             resume = resume_run(resume_from, overrides)
             config = resume.config
         else:
+            if config_path and not Path(config_path).is_file():
+                raise ConfigError(f"--config: config file not found: {config_path}")
             config = load_config(config_path or DEFAULT_CONFIG, overrides)
         _check_runtime(config, nproc or 1)
     except (ConfigError, ValueError) as err:

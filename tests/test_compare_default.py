@@ -40,7 +40,7 @@ def test_experiment_default_compares_its_training_runs_and_names_the_skipped(tra
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("skipped 2 run(s) that log none of eval/coverage")
     assert f"sklearn-fit ({theirs})" in out[0] and f"bad-lr ({failed})" in out[0]
-    assert out[1] == "Compared 1 runs (best first):" and out[2].startswith(" 1. v5-run [Good]")
+    assert out[1] == "Compared 1 run (best first):" and out[2].startswith(" 1. v5-run [Good]")
     compare_id = out[-1].split()[3].rstrip(":")
     compare_run = client.get_run(compare_id)
     assert compare_run.info.experiment_id == "0" and compare_run.data.tags["compare.runs"] == ours

@@ -221,7 +221,7 @@ def test_compare_over_the_experiment(stack, client, trained, capsys):
     run_id, _ = trained
     compare_main(["--experiment", EXPERIMENT, "--runs", "", "--filter", ""])
     out = capsys.readouterr().out
-    assert "Compared 1 runs (best first):" in out, out
+    assert "Compared 1 run (best first):" in out, out
     name = client.get_run(run_id).data.tags["mlflow.runName"]
     assert re.search(rf"^ 1\. {re.escape(name)} \[", out, re.MULTILINE), out
     compare_id = re.search(r"Logged to run ([0-9a-f]{32})", out).group(1)

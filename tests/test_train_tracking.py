@@ -191,7 +191,8 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
     assert err == ["error: Invalid value for '--lr': nan is not a number"]  # not the config's
     assert run_cli("--config", str(store / "missing.yaml")) == 2
-    assert "config file not found" in capsys.readouterr().err
+    missing = f"error: --config: config file not found: {store / 'missing.yaml'}"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == missing  # names the option
     assert run_cli("--config", str(tiny_config(store / "mps.yaml")), "--device", "mps") == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
     assert len(err) == 1 and "device 'mps' is not available" in err[0]
