@@ -98,6 +98,8 @@ def replay(client, frame: pd.DataFrame, roles: Roles, pace: int, name: str) -> d
     last_live = watch.runs[run_id].changes[-2] if len(watch.runs[run_id].changes) > 1 else None
     return {
         "watch": watch,
+        "frame": frame,
+        "roles": roles,
         "final": final,
         "first_seen": first_seen,
         "rises": rises,
@@ -112,6 +114,7 @@ def score(out: dict, t: Thresholds) -> dict:
     """Agreement and latency of one replay."""
     final, first_seen, steps = out["final"], out["first_seen"], out["steps"]
     raised, late_polls, late_epochs, matched = [], [], [], set()
+    after_prefix = []  # a late event's polls after the first poll whose history confirms it
     for c in final.confirmed:
         need = max(t.sustain.epochs, t.sustain.rise_frac * float(c.details["rise_epochs"]))
         live = [e for e in first_seen if same_transition(c, e, out["rises"][e], t.sustain.epochs)]
@@ -123,6 +126,8 @@ def score(out: dict, t: Thresholds) -> dict:
             data_poll = int(np.searchsorted(steps, due))  # first poll holding that step
             late_polls.append(poll - data_poll)
             late_epochs.append(float(steps[poll]) - due)
+            if poll > data_poll:
+                after_prefix.append(poll - first_confirming_poll(out, c, data_poll, poll, t))
     false = sorted(e for e in first_seen if e not in matched)
     standing = (
         out["last_live"] is not None
@@ -136,11 +141,25 @@ def score(out: dict, t: Thresholds) -> dict:
         "false_standing": standing,  # still confirmed live when the run ended
         "late_polls": late_polls,
         "late_epochs": late_epochs,
+        "after_prefix": after_prefix,
         "tag_ok": out["state_tag"] == ("confirmed" if final.confirmed else "none"),
         "cpu": out["watch"].cpu_seconds,
         "polls": out["watch"].polls,
         "analyses": sum(w.detector.analyses for w in out["watch"].runs.values()),
     }
+
+
+def first_confirming_poll(out: dict, c, start: int, stop: int, t: Thresholds) -> int:
+    """The first poll from ``start`` whose history so far (`analyze` on that prefix) confirms
+    event ``c``'s transition; ``stop`` when none before it does. A slow rise that the whole
+    run places early is often confirmed by no prefix until later."""
+    frame, steps = out["frame"], out["steps"]
+    for k in range(start, stop):
+        prefix = analyze(frame[frame.index <= steps[k]], out["roles"]).confirmed
+        rises = ((x.breakthrough_epoch, (x.plateau_end, x.rise_end)) for x in prefix)
+        if any(same_transition(c, e, r, t.sustain.epochs) for e, r in rises):
+            return k
+    return stop
 
 
 def agreement(views: list[str], pace: int, names: list[str] | None, verbose: bool) -> None:
@@ -192,12 +211,20 @@ def report(view: str, rows: list[dict], pace: int, took: float) -> None:
     if polls:
         print(
             f"  latency, polls after the one holding the confirming data: max {max(polls)}, "
-            f"{sum(p <= 0 for p in polls)}/{len(polls)} at that poll or before; epochs beyond "
+            f"{sum(p <= 0 for p in polls)}/{len(polls)} at that poll or before, "
+            f"{sum(p <= 1 for p in polls)}/{len(polls)} within one poll after it (the target); "
+            "epochs beyond "
             f"end of rise + sustain: median {np.median(epochs):.0f}, max {max(epochs):.0f}"
         )
         late = [(r["name"], p) for r in rows for p in r["late_polls"] if p > 0]
         if late:
             print("  later than that poll: " + ", ".join(f"{n} ({p})" for n, p in late))
+            after = [p for r in rows for p in r["after_prefix"]]
+            print(
+                f"  of those, polls after the first poll whose history so far confirms the "
+                f"event (`analyze` on that prefix): {', '.join(map(str, after))}; "
+                f"{sum(p <= 0 for p in after)}/{len(after)} at that poll"
+            )
     print(f"  final grokking.live.state = analyze's verdict: {sum(r['tag_ok'] for r in rows)}/"
           f"{len(rows)}")  # fmt: skip
     cpu = sum(r["cpu"] for r in rows)
