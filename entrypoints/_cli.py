@@ -73,6 +73,15 @@ def under_mlflow_run() -> bool:
     return bool(os.environ.get("MLFLOW_RUN_ID"))
 
 
+def name_launcher_run(client: Any, name: str) -> None:
+    """Give the run `mlflow run` made for this command (random-named) a name saying what it
+    did, as train and analyze name theirs."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
+        client.set_tag(run_id, MLFLOW_RUN_NAME, name)
+
+
 #: the running command's long options: under `mlflow run` the user gave them as `-P` params
 _OPTIONS: set[str] = set()
 

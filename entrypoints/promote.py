@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import click
 
-from entrypoints._cli import BOOL, Blank, CommandFailed, MarksRunFailed, option_hint
+from entrypoints._cli import (
+    BOOL,
+    Blank,
+    CommandFailed,
+    MarksRunFailed,
+    name_launcher_run,
+    option_hint,
+)
 from tvae.analysis.tiers import TIER_ORDER
 
 
@@ -30,8 +37,9 @@ def main(
     from mlflow_plugins.registry import DEFAULT_MODEL_NAME, BelowMinTier, PromoteError, promote
 
     name = model_name or DEFAULT_MODEL_NAME
+    client = MlflowClient()
     try:
-        done = promote(MlflowClient(), name, version, min_tier or "Good", bool(force))
+        done = promote(client, name, version, min_tier or "Good", bool(force))
     except BelowMinTier as err:
         hint = option_hint("force", "true")
         raise click.ClickException(f"{err}; pass {hint} to promote it anyway") from None
@@ -40,6 +48,7 @@ def main(
     except MlflowException as err:
         first = (str(err.message).strip().splitlines() or [""])[0]
         raise CommandFailed(f"model registry: {first}") from err
+    name_launcher_run(client, f"promote-{name}-v{version}")
     if done.moved:
         click.echo(f"{name} version {version} is now champion: {done.reason}")
     else:

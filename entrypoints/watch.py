@@ -14,7 +14,14 @@ from urllib.parse import urlparse
 
 import click
 
-from entrypoints._cli import EXIT_KILLED, Blank, CommandFailed, MarksRunFailed, exit_with_error
+from entrypoints._cli import (
+    EXIT_KILLED,
+    Blank,
+    CommandFailed,
+    MarksRunFailed,
+    exit_with_error,
+    name_launcher_run,
+)
 
 
 class WatchInputError(ValueError):
@@ -166,6 +173,7 @@ def main(
         **kwargs,
     )
     what = f"run {run_id}" if run_id else f"experiment '{experiment}'"
+    name_launcher_run(client, f"watch-{run_id[:8]}" if run_id else f"watch-{experiment}")
     echo(
         f"watch: {what} every {watch.interval:g} s"
         + (f" for {watch.until:g} s at most" if watch.until else "")

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from mlflow_plugins.analysis_writer import ARTIFACT_DIR, save_figures, write_analysis, write_report
 from mlflow_plugins.analyze_inputs import AnalyzeInputError, AnalyzeInputs, check_inputs
@@ -98,10 +99,14 @@ def _own_run(client: MlflowClient, run: Run, analyze_run_id: str | None) -> tupl
     """
     if analyze_run_id:
         return analyze_run_id, False
-    name = f"analyze-{run.info.run_name or run.info.run_id[:8]}"
     tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "tvae-analyze"}
-    created = client.create_run(run.info.experiment_id, run_name=name, tags=tags)
+    created = client.create_run(run.info.experiment_id, run_name=analyze_run_name(run), tags=tags)
     return created.info.run_id, True
+
+
+def analyze_run_name(run: Run) -> str:
+    """An analyze run's name: the analysed run's, so the two sit together in the UI."""
+    return f"analyze-{run.info.run_name or run.info.run_id[:8]}"
 
 
 def _params(inputs: AnalyzeInputs) -> dict[str, str]:
@@ -156,9 +161,11 @@ def _write(
     folder: Path,
 ) -> RegistryOutcome:
     """Params, registry step, report.json and tags onto both runs; returns the registry step."""
-    have = client.get_run(own_id).data.params  # `mlflow run` logged the -P values already
-    params = [Param(k, v) for k, v in _params(inputs).items() if k not in have]
-    client.log_batch(own_id, params=params)
+    own = client.get_run(own_id).data  # `mlflow run` logged the -P values already
+    params = [Param(k, v) for k, v in _params(inputs).items() if k not in own.params]
+    name = analyze_run_name(inputs.run)  # `mlflow run`'s own run has a random name
+    rename = [RunTag(MLFLOW_RUN_NAME, name)] if own.tags.get(MLFLOW_RUN_NAME) != name else []
+    client.log_batch(own_id, params=params, tags=rename)
     outcome = _register(client, inputs, report, history, own_id)
     report_dict = report.to_dict()
     report_dict["registry"] = outcome.to_dict()

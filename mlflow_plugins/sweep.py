@@ -215,14 +215,16 @@ def analyse(
 ) -> Any:
     """`analyze`'s analysis of the training run, its analyze run nested under the parent too;
     its outcome (None when it failed)."""
-    from mlflow_plugins.analyze_run import analyze_run
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    from mlflow_plugins.analyze_run import analyze_run, analyze_run_name
 
     run = client.get_run(run_id)
     tags = {
         "mlflow.parentRunId": parent,
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": "tvae-sweep",
-        "mlflow.runName": f"analyze-{run.info.run_name}",
+        MLFLOW_RUN_NAME: analyze_run_name(run),
         C.SWEEP_STUDY: spec.study,
         C.SWEEP_ANALYSIS_OF_TRIAL: str(trial),
     }

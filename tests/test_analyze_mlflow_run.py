@@ -40,6 +40,8 @@ def test_mlflow_run_analyze_tags_run_and_fails_cleanly_on_bad_input(tracking_uri
     assert analyze_run.info.status == "FINISHED"
     assert analyze_run.data.tags["analysis.source_run_id"] == run_id
     assert analyze_run.data.params["run_id"] == run_id
+    # `mlflow run` names its run at random; analyze names it after the run it analysed
+    assert analyze_run.info.run_name == f"analyze-{client.get_run(run_id).info.run_name}"
 
     client.delete_run(run_id)
     before = {r.info.run_id for r in client.search_runs(["0"], run_view_type=3)}

@@ -126,6 +126,14 @@ def test_under_mlflow_run_the_force_hint_is_a_project_parameter(tracking_uri, mo
     assert_one_line_error(refused, "pass -P force=true to promote it anyway")
     run = client.get_run(launcher.info.run_id)
     assert run.info.status == "FAILED" and "below min_tier" in run.data.tags[FAILURE_REASON]
+    assert run.info.run_name == launcher.info.run_name  # refused: not renamed either
+    with mlflow.start_run() as second:
+        pass
+    client.update_run(second.info.run_id, status="RUNNING")
+    monkeypatch.setenv("MLFLOW_RUN_ID", second.info.run_id)
+    done = CliRunner().invoke(promote_main, ["--version", low, "--force", "true"])
+    assert done.exit_code == 0, done.output
+    assert client.get_run(second.info.run_id).info.run_name == f"promote-{NAME}-v{low}"
 
 
 def test_an_invalid_model_name_is_refused_by_the_registry_rule(tracking_uri):

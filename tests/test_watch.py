@@ -237,10 +237,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tracking_uri, tmp_path):
     assert not live_tags(running) and not live_tags(done)
 
 
-def test_cli_watches_until_and_prints_lines(tracking_uri):
+def test_cli_watches_until_and_prints_lines(tracking_uri, monkeypatch):
     client = MlflowClient()
     run_id = new_run()
     log_rows(client, run_id, textbook(n=60))
+    launcher = new_run("random-name-7")
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)  # as `mlflow run -e watch` starts it
     result = CliRunner().invoke(
         watch_main,
         ["--run-id", run_id, "--metric-map", METRIC_MAP, "--interval", "0.1", "--until", "0.5"],
@@ -250,6 +252,7 @@ def test_cli_watches_until_and_prints_lines(tracking_uri):
     assert "stopped after 0.5 s (until); still RUNNING" in result.output
     assert live_tags(run_id)[C.GROKKING_LIVE_STATE] == "plateau"
     assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(launcher).info.run_name == f"watch-{run_id[:8]}"
 
 
 def test_deleted_run_ends_the_watch_cleanly(tracking_uri):
