@@ -70,6 +70,8 @@ def test_the_live_state_on_steps_is_the_by_epoch_state():
     event = analyze(load_run(GROKS), VAL_ACC).confirmed[0]
     assert final.state == "confirmed"
     assert final.event_epochs == (K * event.breakthrough_epoch,)
+    assert final.first_epoch == event.breakthrough_epoch  # the tag: the run's own epoch
+    assert final.detail.startswith(f"grokking at step {K * event.breakthrough_epoch:g} ")
     assert [s.state for s in changes][-1] == "confirmed"
 
 
@@ -90,8 +92,13 @@ def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri
     event = analyze(load_run(GROKS), VAL_ACC).confirmed[0]
     tags = client.get_run(run_id).data.tags
     assert tags[C.GROKKING_EVENTS] == "1"
-    assert float(tags[C.GROKKING_FIRST_EPOCH]) == K * event.breakthrough_epoch
+    # found at K x its by-epoch step, and tagged and said with the run's own epoch
+    assert float(tags[C.GROKKING_FIRST_EPOCH]) == event.breakthrough_epoch
     assert any("steps per epoch" in note for note in outcome.report.notes)
+    summary = outcome.report.summary()
+    epoch = event.breakthrough_epoch
+    assert f"grokking event at step {K * epoch:g} (epoch {epoch:g})" in summary
+    assert f"{K * event.details['plateau_epochs']:g}-step plateau" in summary
 
 
 def test_steps_per_epoch_from_hf_fractions_lightning_integers_or_a_mapped_key():

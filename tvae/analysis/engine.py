@@ -13,7 +13,7 @@ from tvae.analysis.phases import detect_phases
 from tvae.analysis.questions import answer_questions
 from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
-from tvae.analysis.steps import on_axis
+from tvae.analysis.steps import in_steps, on_axis, run_epochs
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.tiers import judge_tier
 from tvae.analysis.units import as_fraction
@@ -113,6 +113,13 @@ def analyze(
         getattr(roles, r) in present for r in GENERALISATION_ROLES
     ):
         report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
+    if axis_note and len(hist):  # found and said in steps; the epochs are the run's own
+        report.x_unit = "step"
+        onsets = run_epochs(hist, roles.epoch, [c.breakthrough_epoch for c in report.candidates])
+        for c, epoch in zip(report.candidates, onsets, strict=True):
+            c.details["run_epoch"] = epoch
+            c.reason = in_steps(c.reason)
+        report.boundary_epochs = run_epochs(hist, roles.epoch, report.boundaries)
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
     report.answers = answer_questions(report, hist, roles, present, controls)
     return report

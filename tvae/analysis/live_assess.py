@@ -36,7 +36,7 @@ from tvae.analysis.grokking import SEVERITIES, Candidate, detect_grokking, sourc
 from tvae.analysis.live_state import LiveState, fmt_epoch
 from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
-from tvae.analysis.steps import on_axis
+from tvae.analysis.steps import in_steps, on_axis, run_epochs
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.units import as_fraction
 
@@ -238,7 +238,7 @@ def assess(
     hist, _ = _clean(history)
     hist, percent = as_fraction(hist, roles)
     scale = 0.01 if percent else 1.0
-    t, _ = on_axis(hist, roles, t)
+    t, by_step = on_axis(hist, roles, t)
     report = _detect(hist, roles, t)
     present = frozenset(c for c in hist.columns if np.isfinite(hist[c].to_numpy(float)).any())
     ctx = RunContext(hist, roles, present, t, (), {})
@@ -329,6 +329,9 @@ def assess(
             detail = "run ended with no confirmed event" if ended else f"no plateau: {why}"
             state = LiveState("none", detail=detail, **common)
     live = events + [c for c, *_ in pending]
+    if by_step:  # as analyze says it: in steps, the first event at the run's own epoch
+        first = run_epochs(hist, roles.epoch, [c.breakthrough_epoch for c in events[:1]])
+        state = replace(state, first_epoch=(first or [None])[0], detail=in_steps(state.detail))
     return Assessment(_withdrawals(prev, state, live, report, t), report, bands)
 
 

@@ -39,6 +39,11 @@ class AnalysisReport:
     n_epochs: int = 0
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.0  # run-level grokking score in [0, 1] (tvae.analysis.confidence)
+    #: "step" on a run logged against optimizer steps with its epoch beside them: positions
+    #: and lengths are steps, and the tags give the run's own epochs (`boundary_epochs`, each
+    #: candidate's ``details["run_epoch"]``)
+    x_unit: str = "epoch"
+    boundary_epochs: list[float] | None = None
 
     @property
     def confirmed(self) -> list[Candidate]:
@@ -65,17 +70,33 @@ class AnalysisReport:
             C.GROKKING_REJECTED: str(len(self.rejected)),
             C.GROKKING_CONFIDENCE: f"{self.confidence:.3f}",
             C.PHASES_COUNT: str(len(self.phases)),
-            C.PHASES_BOUNDARIES: ",".join(_fmt_epoch(b) for b in self.boundaries),
+            C.PHASES_BOUNDARIES: ",".join(_fmt_epoch(b) for b in self._boundary_epochs),
             C.TIER: self.tier.name if self.tier else "None",
         }
         if self.confirmed:
-            tags[C.GROKKING_FIRST_EPOCH] = _fmt_epoch(self.confirmed[0].breakthrough_epoch)
+            tags[C.GROKKING_FIRST_EPOCH] = _fmt_epoch(self.run_epoch(self.confirmed[0]))
         return tags
+
+    def run_epoch(self, c: Candidate) -> float:
+        """The run's epoch at candidate ``c``'s onset (its position, on a run by epoch)."""
+        return c.details.get("run_epoch", c.breakthrough_epoch)
+
+    @property
+    def _boundary_epochs(self) -> list[float]:
+        return self.boundaries if self.boundary_epochs is None else self.boundary_epochs
+
+    def _at(self, c: Candidate) -> str:
+        """Where ``c`` is, as the user reads it: ``epoch E``, or ``step S (epoch E)``."""
+        at = _fmt_epoch(c.breakthrough_epoch)
+        if self.x_unit == "epoch":
+            return f"epoch {at}"
+        return f"step {at} (epoch {_fmt_epoch(self.run_epoch(c))})"
 
     def to_dict(self) -> dict:
         return _jsonable(
             {
                 "n_epochs": self.n_epochs,
+                "x_unit": self.x_unit,
                 "run_status": self.run_status,
                 "tags": self.tags(),
                 "confidence": self.confidence,
@@ -95,25 +116,21 @@ class AnalysisReport:
         lines = []
         if self.run_status and self.run_status.upper() == "RUNNING":
             lines.append("run still RUNNING: analysis so far")
-        lines.append(f"{self.n_epochs} epochs analysed")
+        lines.append(f"{self.n_epochs} {self.x_unit}s analysed")
         if self.confirmed:
             for c in self.confirmed:
-                lines.append(
-                    f"grokking event at epoch {_fmt_epoch(c.breakthrough_epoch)} "
-                    f"({c.severity}): {c.reason}"
-                )
+                lines.append(f"grokking event at {self._at(c)} ({c.severity}): {c.reason}")
         else:
             lines.append("no grokking event")
         lines.append(f"grokking confidence {self.confidence:.2f} (above 0.5 only with an event)")
         for c in self.rejected:
-            lines.append(
-                f"rejected candidate at epoch {_fmt_epoch(c.breakthrough_epoch)}: {c.reason}"
-            )
+            lines.append(f"rejected candidate at {self._at(c)}: {c.reason}")
         if self.phases:
             desc = ", ".join(
                 f"{_fmt_epoch(p.start)}-{_fmt_epoch(p.end)} {p.character}" for p in self.phases
             )
-            lines.append(f"{len(self.phases)} phase(s): {desc}")
+            unit = "" if self.x_unit == "epoch" else f" (in {self.x_unit}s)"
+            lines.append(f"{len(self.phases)} phase(s){unit}: {desc}")
         if self.tier:
             extra = f" (next blocked by {self.tier.blocking})" if self.tier.blocking else ""
             lines.append(f"tier {self.tier.name} on final values{extra}")

@@ -6,6 +6,9 @@ epochs (DESIGN.md's seed), so on such a run they count that many epochs' worth o
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -41,3 +44,19 @@ def on_axis(history: pd.DataFrame, roles: Roles, t: Thresholds) -> tuple[Thresho
         "are counted in that many steps"
     )
     return t.per_step(k), note
+
+
+def run_epochs(history: pd.DataFrame, key: str, steps: Iterable[float]) -> list[float]:
+    """The run's own epoch at each of ``steps``: ``key``'s value at its last row at or before
+    the step (its first row for a step before it), as the run logged it (HF's fractions,
+    Lightning's whole epochs counted from 0)."""
+    s = history[key].replace([np.inf, -np.inf], np.nan).dropna()
+    x, v = s.index.to_numpy(dtype=float), s.to_numpy(dtype=float)
+    at = np.searchsorted(x, np.asarray(list(steps), dtype=float), side="right") - 1
+    return [float(e) for e in v[np.clip(at, 0, len(x) - 1)]]
+
+
+def in_steps(text: str) -> str:
+    """``text`` (a detector's reason, written in epochs) with its lengths and positions said
+    in steps, for a run on a step axis; key names such as ``train_loss_epoch`` are kept."""
+    return re.sub(r"\bepoch(s?)\b", r"step\1", text)
