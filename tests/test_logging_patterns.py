@@ -23,6 +23,7 @@ from mlflow_plugins.analyze_run import analyze_run
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
 from tvae.analysis.live_assess import assess
+from tvae.analysis.plots import plot_report
 from tvae.analysis.steps import steps_per_epoch
 from tvae.analysis.units import percent_scale
 
@@ -99,6 +100,8 @@ def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri
     epoch = event.breakthrough_epoch
     assert f"grokking event at step {K * epoch:g} (epoch {epoch:g})" in summary
     assert f"{K * event.details['plateau_epochs']:g}-step plateau" in summary
+    figures = plot_report(frame, outcome.report, VAL_ACC)
+    assert {fig.axes[-1].get_xlabel() for fig in figures.values()} == {"step"}
 
 
 def test_steps_per_epoch_from_hf_fractions_lightning_integers_or_a_mapped_key():

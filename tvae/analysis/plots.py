@@ -65,7 +65,7 @@ def plot_report(
         _decorate(ax, report, changes)
     if not present:
         axes[0, 0].text(0.5, 0.5, "no mapped metric has data", ha="center", va="center")
-    axes[-1, 0].set_xlabel("epoch")
+    axes[-1, 0].set_xlabel(report.x_unit)
     title = (
         f"{len(report.confirmed)} grokking event(s) (green), {len(report.rejected)} rejected "
         f"(red dashed), control changes dotted; tier {report.tier.name if report.tier else 'n/a'}"
@@ -95,7 +95,7 @@ def plot_report(
             fontsize=7,
             rotation=0,
         )
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(report.x_unit)
     ax.set_title(f"{len(report.phases)} phase(s)", fontsize=10, pad=14)
     fig2.tight_layout()
     figs["phases.png"] = fig2
