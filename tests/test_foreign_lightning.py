@@ -1,0 +1,67 @@
+"""A real PyTorch Lightning run (tests/data/lightning_add53: its metric rows as Lightning's
+MLFlowLogger wrote them) analysed as a user would: no metric_map, every key on the global step."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from mlflow_plugins.analyze_run import analyze_run
+from tvae import contract as C
+
+ROWS = Path(__file__).parent / "data" / "lightning_add53" / "metrics.csv.gz"
+CHANCE = 1 / 53
+
+
+def log_fixture(client: MlflowClient) -> tuple[str, pd.DataFrame]:
+    """The run's rows logged into a new run of this store, ended FINISHED; and the rows."""
+    with gzip.open(ROWS, "rt", newline="") as f:
+        rows = pd.DataFrame(list(csv.DictReader(f)))
+    rows = rows.astype({"step": int, "value": float, "ms": int})
+    run_id = client.create_run("0").info.run_id
+    t0 = int(time.time() * 1000)
+    metrics = [Metric(k, v, t0 + ms, s) for k, s, v, ms in rows.itertuples(index=False)]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id, rows
+
+
+def window(rows: pd.DataFrame) -> tuple[float, float]:
+    """The corpus's labelling rule (tests/corpus/label.py) on the run's own epochs: from the
+    last near-chance epoch to the first that generalised."""
+    key = rows[rows.key == "epoch"].groupby("step").value.max()
+    acc = rows[rows.key == "val_acc"].set_index("step").value
+    epoch = key.reindex(acc.index, method="ffill").to_numpy()
+    v = acc.to_numpy()
+    top = float(pd.Series(v).rolling(5, center=True).median().max())
+    done = int(np.argmax(v >= CHANCE + 0.95 * (top - CHANCE)))
+    near = np.nonzero(v[:done] <= CHANCE + 0.10 * (top - CHANCE))[0]
+    return float(epoch[near[-1]]), float(epoch[done])
+
+
+def test_a_lightning_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracking_uri):
+    client = MlflowClient()
+    run_id, rows = log_fixture(client)
+    outcome = analyze_run(client, run_id, register=False)
+    notes = " | ".join(outcome.report.notes)
+    assert "accuracy=val_acc" in notes and "loss=train_loss_epoch" in notes  # not _step
+    assert "lr=lr-AdamW" in notes and "5 steps per epoch by epoch" in notes
+    tags = client.get_run(run_id).data.tags
+    assert tags[C.GROKKING_EVENTS] == "1" and tags[C.GROKKING_SEVERITY] == "major"
+    lo, hi = window(rows)
+    first = float(tags[C.GROKKING_FIRST_EPOCH])
+    assert lo <= first <= hi, (lo, first, hi)  # an epoch of this 4,000-epoch run, not a step
+    (event,) = outcome.report.confirmed
+    assert event.breakthrough_epoch > 4000  # found on the run's own axis: its global steps
+    summary = outcome.report.summary()
+    assert f"grokking event at step {event.breakthrough_epoch:g} (epoch {first:g})" in summary
+    (phase,) = [p for p in outcome.report.phases if p.start <= event.breakthrough_epoch <= p.end]
+    assert phase.character == "fast improvement"
