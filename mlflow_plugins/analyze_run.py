@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +204,12 @@ def analyze_run(
         analyze_run_id=analyze_run_id,
     )
     history, system = load_history(client, inputs.run.info.run_id)
+    if inputs.guessed:  # read by key names: now that the rows are in, a key logged once loses
+        from tvae.analysis.guess_roles import roles_for
+
+        found = roles_for(history.columns, history.count().to_dict())
+        if found is not None:
+            inputs = replace(inputs, roles=found[0], guessed=found[1])
     with tempfile.TemporaryDirectory(prefix="tvae-analyze-") as tmp:
         folder = Path(tmp) / ARTIFACT_DIR
         report = _analyse(inputs, history, system, folder)

@@ -47,6 +47,14 @@ def test_common_key_names_map_to_roles(keys, want):
     assert roles == Roles.from_metric_map(text)
 
 
+def test_a_key_logged_once_loses_to_a_series_once_the_rows_are_known():
+    """HF Trainer logs `loss` at every logging step and `train_loss` once, at the end."""
+    keys = ["eval_accuracy", "eval_loss", "loss", "learning_rate", "train_loss", "train_runtime"]
+    assert "loss=train_loss," in guess_roles(keys)[1]  # by the names alone
+    rows = {k: 1 if k.startswith("train_") else 2500 for k in keys}
+    assert ",loss=loss," in guess_roles(keys, rows)[1]
+
+
 def test_no_held_out_metric_is_no_guess():
     assert guess_roles(["train_loss", "lr", "system/gpu_utilization_percentage"]) is None
 

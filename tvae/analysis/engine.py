@@ -122,4 +122,6 @@ def analyze(
         report.boundary_epochs = run_epochs(hist, roles.epoch, report.boundaries)
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
     report.answers = answer_questions(report, hist, roles, present, controls)
+    if report.x_unit == "step":
+        report.answers = {q: in_steps(a) for q, a in report.answers.items()}
     return report

@@ -6,14 +6,15 @@ Other trainers name their metrics alike: HF Trainer `eval_accuracy`, `eval_loss`
 `train_loss_epoch` when logged both ways), and `lr-AdamW` from its LearningRateMonitor.
 A key is split into lower-case words; the held-out accuracy and loss are the keys naming a
 held-out split and what they measure, the training loss one naming training (or a bare
-`loss`), the LR `lr` or `learning rate`. Of several, the first held-out word below wins, then
-a per-epoch key over a per-step one, then the shortest key.
+`loss`), the LR `lr` or `learning rate`. Of several, a series beats a key logged once (HF
+Trainer's end-of-run `train_loss` beside its per-log `loss`), then the first held-out word
+below wins, then a per-epoch key over a per-step one, then the shortest key.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from tvae import contract as C
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
@@ -29,11 +30,14 @@ def _words(key: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
 
 
-def _pick(keys: list[str], rank) -> str | None:
-    """The key with the lowest (rank, per-step, length, name) among keys ranked (not None):
-    Lightning logs ``x_step`` and ``x_epoch`` for a metric logged both ways; the epoch's wins."""
+def _pick(keys: list[str], rank, rows: Mapping[str, int]) -> str | None:
+    """The key with the lowest (logged once, rank, per-step, length, name) among keys ranked
+    (not None): Lightning logs ``x_step`` and ``x_epoch`` for a metric logged both ways; the
+    epoch's wins. ``rows``: rows per key, where known."""
     ranked = [
-        (r, "step" in words, len(k), k) for k in keys if (r := rank(words := _words(k))) is not None
+        (rows.get(k, 2) <= 1, r, "step" in words, len(k), k)
+        for k in keys
+        if (r := rank(words := _words(k))) is not None
     ]
     return min(ranked)[-1] if ranked else None
 
@@ -60,15 +64,19 @@ def _lr(words: list[str]) -> int | None:
     return 1 if "learning" in words and "rate" in words else None
 
 
-def guess_roles(keys: Iterable[str]) -> tuple[Roles, str] | None:
-    """(roles, the `metric_map` that says them) from ``keys``' names; None when none of them
-    names a held-out accuracy or loss (nothing to find grokking in)."""
+def guess_roles(
+    keys: Iterable[str], rows: Mapping[str, int] | None = None
+) -> tuple[Roles, str] | None:
+    """(roles, the `metric_map` that says them) from ``keys``' names (and ``rows``, the rows
+    each was logged, where known); None when none of them names a held-out accuracy or loss
+    (nothing to find grokking in)."""
     keys = [k for k in keys if not k.startswith(C.SYSTEM_PREFIX)]
+    rows = rows or {}
     found = {
-        "accuracy": _pick(keys, _held_out(ACCURACY)),
-        "val_loss": _pick(keys, _held_out(("loss",))),
-        "loss": _pick(keys, _training_loss),
-        "lr": _pick(keys, _lr),
+        "accuracy": _pick(keys, _held_out(ACCURACY), rows),
+        "val_loss": _pick(keys, _held_out(("loss",)), rows),
+        "loss": _pick(keys, _training_loss, rows),
+        "lr": _pick(keys, _lr, rows),
     }
     if not (found["accuracy"] or found["val_loss"]):
         return None
@@ -76,11 +84,13 @@ def guess_roles(keys: Iterable[str]) -> tuple[Roles, str] | None:
     return Roles.from_metric_map(text), text
 
 
-def roles_for(keys: Iterable[str]) -> tuple[Roles, str | None] | None:
+def roles_for(
+    keys: Iterable[str], rows: Mapping[str, int] | None = None
+) -> tuple[Roles, str | None] | None:
     """Without a metric_map: (our roles, None) when ``keys`` hold one of our generalisation
     keys, else (the guessed roles, their metric_map); None when neither finds one."""
     keys = list(keys)
     ours = Roles()
     if any(getattr(ours, r) in keys for r in GENERALISATION_ROLES):
         return ours, None
-    return guess_roles(keys)
+    return guess_roles(keys, rows)

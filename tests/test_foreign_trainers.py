@@ -1,5 +1,6 @@
-"""A real PyTorch Lightning run (tests/data/lightning_add53: its metric rows as Lightning's
-MLFlowLogger wrote them) analysed as a user would: no metric_map, every key on the global step."""
+"""Real runs of other trainers (tests/data: their metric rows as the trainers' own MLflow
+integrations wrote them, and the scripts that made them) analysed as a user would: no
+metric_map, every key on the global step, the epoch logged beside it."""
 
 from __future__ import annotations
 
@@ -10,19 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlflow_plugins.analyze_run import analyze_run
 from tvae import contract as C
 
-ROWS = Path(__file__).parent / "data" / "lightning_add53" / "metrics.csv.gz"
-CHANCE = 1 / 53
+DATA = Path(__file__).parent / "data"
+CHANCE = 1 / 53  # both are (a + b) mod 53
+RUNS = {  # fixture: (held-out accuracy key, what the guessed map must say)
+    "lightning_add53": ("val_acc", ("accuracy=val_acc,", "loss=train_loss_epoch,", "lr=lr-AdamW")),
+    # HF's end-of-run `train_loss` (logged once) must lose to its per-log `loss`
+    "hf_add53": ("eval_accuracy", ("accuracy=eval_accuracy,", ",loss=loss,", "lr=learning_rate")),
+}
 
 
-def log_fixture(client: MlflowClient) -> tuple[str, pd.DataFrame]:
+def log_fixture(client: MlflowClient, name: str) -> tuple[str, pd.DataFrame]:
     """The run's rows logged into a new run of this store, ended FINISHED; and the rows."""
-    with gzip.open(ROWS, "rt", newline="") as f:
+    with gzip.open(DATA / name / "metrics.csv.gz", "rt", newline="") as f:
         rows = pd.DataFrame(list(csv.DictReader(f)))
     rows = rows.astype({"step": int, "value": float, "ms": int})
     run_id = client.create_run("0").info.run_id
@@ -34,12 +41,12 @@ def log_fixture(client: MlflowClient) -> tuple[str, pd.DataFrame]:
     return run_id, rows
 
 
-def window(rows: pd.DataFrame) -> tuple[float, float]:
+def window(rows: pd.DataFrame, key: str) -> tuple[float, float]:
     """The corpus's labelling rule (tests/corpus/label.py) on the run's own epochs: from the
     last near-chance epoch to the first that generalised."""
-    key = rows[rows.key == "epoch"].groupby("step").value.max()
-    acc = rows[rows.key == "val_acc"].set_index("step").value
-    epoch = key.reindex(acc.index, method="ffill").to_numpy()
+    epochs = rows[rows.key == "epoch"].groupby("step").value.max()
+    acc = rows[rows.key == key].set_index("step").value
+    epoch = epochs.reindex(acc.index, method="ffill").to_numpy()
     v = acc.to_numpy()
     top = float(pd.Series(v).rolling(5, center=True).median().max())
     done = int(np.argmax(v >= CHANCE + 0.95 * (top - CHANCE)))
@@ -47,21 +54,26 @@ def window(rows: pd.DataFrame) -> tuple[float, float]:
     return float(epoch[near[-1]]), float(epoch[done])
 
 
-def test_a_lightning_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracking_uri):
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracking_uri, name):
+    accuracy, guessed = RUNS[name]
     client = MlflowClient()
-    run_id, rows = log_fixture(client)
+    run_id, rows = log_fixture(client, name)
     outcome = analyze_run(client, run_id, register=False)
     notes = " | ".join(outcome.report.notes)
-    assert "accuracy=val_acc" in notes and "loss=train_loss_epoch" in notes  # not _step
-    assert "lr=lr-AdamW" in notes and "5 steps per epoch by epoch" in notes
+    assert all(part in notes for part in guessed), notes
+    assert "5 steps per epoch by epoch" in notes
     tags = client.get_run(run_id).data.tags
     assert tags[C.GROKKING_EVENTS] == "1" and tags[C.GROKKING_SEVERITY] == "major"
-    lo, hi = window(rows)
+    lo, hi = window(rows, accuracy)
     first = float(tags[C.GROKKING_FIRST_EPOCH])
-    assert lo <= first <= hi, (lo, first, hi)  # an epoch of this 4,000-epoch run, not a step
+    assert lo <= first <= hi, (lo, first, hi)  # an epoch of the run, not a step
     (event,) = outcome.report.confirmed
-    assert event.breakthrough_epoch > 4000  # found on the run's own axis: its global steps
+    assert event.breakthrough_epoch > 5 * lo  # found on the run's own axis: its global steps
     summary = outcome.report.summary()
     assert f"grokking event at step {event.breakthrough_epoch:g} (epoch {first:g})" in summary
+    answers = " ".join(outcome.report.answers.values())
+    assert f"step {event.breakthrough_epoch:g}" in answers  # a step is not called an epoch
+    assert f"epoch {event.breakthrough_epoch:g}" not in answers
     (phase,) = [p for p in outcome.report.phases if p.start <= event.breakthrough_epoch <= p.end]
     assert phase.character == "fast improvement"
