@@ -113,15 +113,20 @@ def analyze(
         getattr(roles, r) in present for r in GENERALISATION_ROLES
     ):
         report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
-    if axis_note and len(hist):  # found and said in steps; the epochs are the run's own
-        report.x_unit = "step"
-        onsets = run_epochs(hist, roles.epoch, [c.breakthrough_epoch for c in report.candidates])
-        for c, epoch in zip(report.candidates, onsets, strict=True):
-            c.details["run_epoch"] = epoch
-            c.reason = in_steps(c.reason)
-        report.boundary_epochs = run_epochs(hist, roles.epoch, report.boundaries)
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
     report.answers = answer_questions(report, hist, roles, present, controls)
-    if report.x_unit == "step":
-        report.answers = {q: in_steps(a) for q, a in report.answers.items()}
+    if axis_note and len(hist):
+        _in_steps(report, hist, roles.epoch)
     return report
+
+
+def _in_steps(report: AnalysisReport, hist: pd.DataFrame, epoch_key: str) -> None:
+    """A run on a step axis: its events and phases were found and are said in steps; the
+    tags give the run's own epochs (``epoch_key``'s value there)."""
+    report.x_unit = "step"
+    onsets = run_epochs(hist, epoch_key, [c.breakthrough_epoch for c in report.candidates])
+    for c, epoch in zip(report.candidates, onsets, strict=True):
+        c.details["run_epoch"] = epoch
+        c.reason = in_steps(c.reason)
+    report.boundary_epochs = run_epochs(hist, epoch_key, report.boundaries)
+    report.answers = {q: in_steps(a) for q, a in report.answers.items()}
