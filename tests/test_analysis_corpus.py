@@ -267,10 +267,3 @@ def test_a_slow_steady_fall_is_one_rise_not_pieces_too_small_to_count(view):
     lo, hi = window(SLOW)
     assert len(rep.confirmed) == 1, rep.summary()
     assert lo <= rep.confirmed[0].breakthrough_epoch <= hi
-
-
-def test_the_event_lies_in_a_fast_phase_on_a_training_run_where_it_once_did_not():
-    rep = analyze(load_run("s4_f60_wd1_s103"), roles("acc+loss"))
-    ev = rep.confirmed[0]
-    (phase,) = [p for p in rep.phases if p.start <= ev.breakthrough_epoch <= p.end]
-    assert phase.character == "fast improvement"

@@ -75,5 +75,3 @@ def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracki
     answers = " ".join(outcome.report.answers.values())
     assert f"step {event.breakthrough_epoch:g}" in answers  # a step is not called an epoch
     assert f"epoch {event.breakthrough_epoch:g}" not in answers
-    (phase,) = [p for p in outcome.report.phases if p.start <= event.breakthrough_epoch <= p.end]
-    assert phase.character == "fast improvement"

@@ -2,9 +2,7 @@
 
 The key metrics are bin-averaged onto a fixed grid (so 100k epochs cost the same as 1k),
 oriented so up = better and scaled to [0, 1]; PELT finds level changes, then neighbouring
-segments of the same character are merged (a long ramp is one phase, not many). A segment's
-character is the pace of the key that moved most in it, so a training loss falling steadily in
-log scale all run long cannot mask a validation accuracy's jump.
+segments of the same character are merged (a long ramp is one phase, not many).
 """
 
 from __future__ import annotations
@@ -120,11 +118,9 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
     total = grid[-1] - grid[0] if n > 1 else 1.0
 
     def describe(a: int, b: int) -> tuple[str, float]:
-        # from the previous segment's end, so a level shift at the boundary counts; the key
-        # that moved most says what the segment is
+        # from the previous segment's end, so a level shift at the boundary counts
         last, first = b - 1, max(a - 1, 0)
-        moves = sig[last] - sig[first] if last > first else np.zeros(sig.shape[1])
-        delta = float(moves[np.argmax(np.abs(moves))])
+        delta = float(np.mean(sig[last] - sig[first])) if last > first else 0.0
         frac = (grid[last] - grid[first]) / total if total > 0 else 1.0
         return _character(delta, frac, t), delta
 
