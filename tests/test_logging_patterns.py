@@ -95,6 +95,10 @@ def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri
     assert tags[C.GROKKING_EVENTS] == "1"
     # found at K x its by-epoch step, and tagged and said with the run's own epoch
     assert float(tags[C.GROKKING_FIRST_EPOCH]) == event.breakthrough_epoch
+    bounds = [float(b) for b in tags[C.PHASES_BOUNDARIES].split(",") if b]
+    steps = [p.start for p in outcome.report.phases[1:]]
+    assert bounds and len(bounds) == len(steps)
+    assert bounds == [float(frame.loc[:s, "epoch"].iloc[-1]) for s in steps]  # epochs there
     assert any("steps per epoch" in note for note in outcome.report.notes)
     summary = outcome.report.summary()
     epoch = event.breakthrough_epoch
