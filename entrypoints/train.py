@@ -71,6 +71,7 @@ def _check_runtime(config: TVAEConfig, nproc: int = 1) -> None:
 def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     """Resume run, the `mlflow run` run, or a new run in the config's experiment."""
     import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     from mlflow_plugins.runs import (
         ensure_experiment,
@@ -94,7 +95,7 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     if launcher:
         run = mlflow.start_run(run_id=launcher, log_system_metrics=False)
         mark_model_training(client, run.info.experiment_id)
-        mlflow.set_tag("mlflow.runName", run_name(config))
+        mlflow.set_tag(MLFLOW_RUN_NAME, run_name(config))
         return run
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") or not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment_name(config)))

@@ -108,11 +108,13 @@ def parent_run(client: Any, spec: SweepSpec, study: Any, launcher: str | None) -
         client.set_tag(launcher, "mlflow.note.content", f"Joined study {spec.study}: see {parent}")
         client.set_terminated(launcher, "FINISHED")
     if parent is None:
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
         if launcher:
             parent = launcher
-            client.set_tag(parent, "mlflow.runName", f"sweep-{spec.study}")
+            client.set_tag(parent, MLFLOW_RUN_NAME, f"sweep-{spec.study}")
         else:
-            tags = resolve_tags({"mlflow.runName": f"sweep-{spec.study}"})
+            tags = resolve_tags({MLFLOW_RUN_NAME: f"sweep-{spec.study}"})
             parent = client.create_run(experiment_id_for(client, spec), tags=tags).info.run_id
         study.set_user_attr(PARENT_ATTR, parent)
     elif client.get_run(parent).info.status != "RUNNING":
