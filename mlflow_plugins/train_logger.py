@@ -388,6 +388,10 @@ class MlflowTrainLogger(TrainLogger):
         finally:
             if self.sampler is not None:  # it samples while the end waits for the server too
                 self.sampler.stop()
+                with self._order:  # the aggregate it published on stopping may still be held
+                    self._release_held()
+                    jobs, self._jobs = self._jobs, []
+                self._wait(jobs)
             self._worker.shutdown(wait=True)
             if self._prewarm is not None:  # two torch.export calls at once corrupt its state
                 self._prewarm.join()

@@ -400,3 +400,20 @@ def test_short_epochs_share_store_calls_in_journal_order(store, tmp_path):
         assert sorted(m.step for m in history) == list(range(1, 61))
     assert logger.pending() == 0
     assert client.get_run(run.info.run_id).data.tags[C.GROKKING_LIVE_STATE] == "plateau"
+
+
+def test_the_system_sample_taken_at_the_end_reaches_the_store(store, tmp_path, monkeypatch):
+    """The sampler publishes what it took when it is stopped, right after the last epoch's
+    metrics went out: that aggregate is sent, not left held in the journal."""
+    from mlflow_plugins.system_sampler import CPU_KEY
+    from mlflow_plugins.train_logger import MlflowTrainLogger
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "60")  # only the stop publishes
+    client = MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    logger = MlflowTrainLogger(run.info.run_id, tmp_path, client)
+    logger.on_train_start({"device": "cpu"})
+    logger.on_epoch_end(1, {C.TRAIN_LOSS: 1.0})
+    logger.close()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, CPU_KEY)] == [0]
+    assert logger.pending() == 0
