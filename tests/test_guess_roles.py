@@ -39,6 +39,19 @@ from tvae.analysis.guess_roles import guess_roles
             ["train_loss", "val_acc", "val_acc_top5", "test_acc", "valid_loss"],
             "accuracy=val_acc,val_loss=valid_loss,loss=train_loss,lr=",
         ),
+        (  # TensorBoard-style names
+            ["epoch_loss", "epoch_accuracy", "epoch_val_loss", "epoch_val_accuracy"],
+            "accuracy=epoch_val_accuracy,val_loss=epoch_val_loss,loss=epoch_loss,lr=",
+        ),
+        (  # a loss named for what it is; a loss word after `loss` loses to it
+            ["train_mse", "val_mse", "test_mse", "val_mae"],
+            "accuracy=,val_loss=val_mse,loss=train_mse,lr=",
+        ),
+        (["nll", "val_nll", "val_ppl"], "accuracy=,val_loss=val_nll,loss=nll,lr="),
+        (
+            ["loss", "mse", "val_loss", "val_mse", "test_accuracy"],
+            "accuracy=test_accuracy,val_loss=val_loss,loss=loss,lr=",
+        ),
     ],
 )
 def test_common_key_names_map_to_roles(keys, want):
@@ -57,6 +70,7 @@ def test_a_key_logged_once_loses_to_a_series_once_the_rows_are_known():
 
 def test_no_held_out_metric_is_no_guess():
     assert guess_roles(["train_loss", "lr", "system/gpu_utilization_percentage"]) is None
+    assert guess_roles(["loss", "val_error", "train_error"]) is None  # an error rate is neither
 
 
 def _log(client: MlflowClient, frame) -> str:

@@ -3,12 +3,15 @@
 Other trainers name their metrics alike: HF Trainer `eval_accuracy`, `eval_loss`, `loss`,
 `learning_rate`; Keras `val_accuracy`, `val_loss`, `loss`, `lr`; Lightning whatever the
 `self.log` calls say, often `val_acc`, `val/loss`, `train_loss` (`train_loss_step` and
-`train_loss_epoch` when logged both ways), and `lr-AdamW` from its LearningRateMonitor.
-A key is split into lower-case words; the held-out accuracy and loss are the keys naming a
-held-out split and what they measure, the training loss one naming training (or a bare
-`loss`), the LR `lr` or `learning rate`. Of several, a series beats a key logged once (HF
-Trainer's end-of-run `train_loss` beside its per-log `loss`), then the first held-out word
-below wins, then a per-epoch key over a per-step one, then the shortest key.
+`train_loss_epoch` when logged both ways), and `lr-AdamW` from its LearningRateMonitor;
+TensorBoard-style names add `epoch_` (`epoch_loss`). A loss may be named for what it is
+(`test_nll`, `val_mse`, `val_ppl`). A key is split into lower-case words; the held-out accuracy
+and loss are the keys naming a held-out split and what they measure, the training loss one
+naming training (or a bare loss word), the LR `lr` or `learning rate`. Of several, a series
+beats a key logged once (HF Trainer's end-of-run `train_loss` beside its per-log `loss`), then
+the first held-out word below wins, then the first measure word below (`val_loss` over
+`val_mse`), then a per-epoch key over a per-step one, then the shortest key. An error rate
+(`val_error`) is neither: read as a loss, its zeros would be lost to the log scale.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 HELD_OUT = ("val", "valid", "validation", "eval", "test", "dev")
 TRAINING = ("train", "training")
 ACCURACY = ("acc", "accuracy", "top1", "acc1")
+LOSS = ("loss", "nll", "ce", "xent", "bce", "mse", "rmse", "mae", "ppl", "perplexity")
+WHEN = ("epoch", "step")  # words that say when a value was logged, not what it measures
 #: Our own roles a guessed map unsets (no other trainer logs them).
 UNSET = ("hierarchy", "quality", "grad_norm")
 
@@ -42,20 +47,28 @@ def _pick(keys: list[str], rank, rows: Mapping[str, int]) -> str | None:
     return min(ranked)[-1] if ranked else None
 
 
+def _measure(words: list[str], what: tuple[str, ...]) -> int | None:
+    """The first of ``what`` that ``words`` name, by its place in ``what``."""
+    found = [what.index(w) for w in words if w in what]
+    return min(found) if found else None
+
+
 def _held_out(what: tuple[str, ...]):
-    def rank(words: list[str]) -> int | None:
-        if not any(w in what for w in words):
-            return None
+    def rank(words: list[str]) -> tuple[int, int] | None:
+        measure = _measure(words, what)
         split = [HELD_OUT.index(w) for w in words if w in HELD_OUT]
-        return min(split) if split else None
+        return None if measure is None or not split else (min(split), measure)
 
     return rank
 
 
-def _training_loss(words: list[str]) -> int | None:
-    if "loss" not in words or any(w in HELD_OUT for w in words):
+def _training_loss(words: list[str]) -> tuple[int, int] | None:
+    measure = _measure(words, LOSS)
+    if measure is None or any(w in HELD_OUT for w in words):
         return None
-    return 0 if any(w in TRAINING for w in words) else 1 if words == ["loss"] else None
+    if any(w in TRAINING for w in words):
+        return 0, measure
+    return (1, measure) if len([w for w in words if w not in WHEN]) == 1 else None
 
 
 def _lr(words: list[str]) -> int | None:
@@ -74,7 +87,7 @@ def guess_roles(
     rows = rows or {}
     found = {
         "accuracy": _pick(keys, _held_out(ACCURACY), rows),
-        "val_loss": _pick(keys, _held_out(("loss",)), rows),
+        "val_loss": _pick(keys, _held_out(LOSS), rows),
         "loss": _pick(keys, _training_loss, rows),
         "lr": _pick(keys, _lr, rows),
     }
