@@ -64,7 +64,8 @@ def check_inputs(
     """Everything the user gave, checked; keyword arguments for `Watch` (plus echo)."""
     from mlflow.exceptions import MlflowException
 
-    from mlflow_plugins.watch import DEFAULT_INTERVAL, RUNNING, is_tool_run
+    from mlflow_plugins.analyze_inputs import named_run
+    from mlflow_plugins.watch import DEFAULT_INTERVAL, RUNNING
     from tvae.analysis import Roles, load_thresholds
 
     kwargs: dict = {
@@ -86,16 +87,7 @@ def check_inputs(
     if bool(run_id) == bool(experiment):
         raise WatchInputError("give --run-id (one run) or --experiment (its RUNNING runs)")
     if run_id:
-        if run_id == own_run_id:
-            raise WatchInputError("--run-id names this watch run itself")
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise WatchInputError(f"--run-id: no run '{run_id}' in {client.tracking_uri}") from None
-        if run.info.lifecycle_stage == "deleted":
-            raise WatchInputError(f"--run-id: run '{run_id}' is deleted")
-        if is_tool_run(run.data.tags):
-            raise WatchInputError(f"--run-id: run '{run_id}' is one of this tool's own runs")
+        run = named_run(client, run_id, own_run_id, WatchInputError)
         if run.info.status != RUNNING:
             raise WatchInputError(
                 f"--run-id: run '{run_id}' is {run.info.status}, not RUNNING; "

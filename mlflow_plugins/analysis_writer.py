@@ -26,18 +26,23 @@ REPORT_FILE = "report.json"
 SOURCE_RUN_TAG = "analysis.source_run_id"
 COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
+SOURCE_NAME_TAG = "mlflow.source.name"  # set by MLflow: the program that made the run
 TOOL_ENTRY_POINTS = ("analyze", "compare", "promote", "watch")
+TOOL_SOURCES = ("tvae-analyze", "tvae-compare", "tvae-watch")  # console scripts' source names
 RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 
 
 def tool_run(tags: Mapping[str, str]) -> str | None:
-    """What a run is when it is one of this tool's own (an analyze or compare run), else None."""
+    """What a run is when it is one of this tool's own (analyze, compare, promote, watch),
+    else None: never a training run."""
     if SOURCE_RUN_TAG in tags:
         return f"an analyze run (of training run {tags[SOURCE_RUN_TAG]})"
     if COMPARE_RUN_TAG in tags:
         return "a compare run"
     if tags.get(ENTRY_POINT_TAG) in TOOL_ENTRY_POINTS:
         return f"a `mlflow run -e {tags[ENTRY_POINT_TAG]}` run"
+    if tags.get(SOURCE_NAME_TAG) in TOOL_SOURCES:
+        return f"a `{tags[SOURCE_NAME_TAG]}` run"
     return None
 
 

@@ -97,23 +97,30 @@ def _thresholds(config: str) -> Thresholds | None:
         raise AnalyzeInputError(f"--config: {err}") from None
 
 
-def _training_run(client: MlflowClient, run_id: str, analyze_run_id: str | None) -> Run:
-    """The run to analyse: it exists, is active, is not one of this tool's and has metrics."""
-    if not run_id:
-        raise AnalyzeInputError("--run-id is required")
-    if run_id == analyze_run_id:
-        raise AnalyzeInputError("--run-id names this analyze run itself")
+def named_run(client: MlflowClient, run_id: str, own_run_id: str | None, error: type) -> Run:
+    """The training run `--run-id` names, for analyze and watch; else ``error`` with one line:
+    the caller's own run, no such run, a deleted one, or one of this tool's own runs."""
+    if run_id == own_run_id:
+        raise error("--run-id names the run this command logs into")
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise AnalyzeInputError(f"--run-id: no run '{run_id}' in {client.tracking_uri}") from None
+        raise error(f"--run-id: no run '{run_id}' in {client.tracking_uri}") from None
     if run.info.lifecycle_stage == "deleted":
-        raise AnalyzeInputError(f"--run-id: run '{run_id}' is deleted")
+        raise error(f"--run-id: run '{run_id}' is deleted")
     kind = tool_run(run.data.tags)
     if kind:
-        raise AnalyzeInputError(
+        raise error(
             f"--run-id: run '{run_id}' is {kind}, not a training run; pass the run to analyse"
         )
+    return run
+
+
+def _training_run(client: MlflowClient, run_id: str, analyze_run_id: str | None) -> Run:
+    """The run to analyse: named, a training run of this store, and with metrics."""
+    if not run_id:
+        raise AnalyzeInputError("--run-id is required")
+    run = named_run(client, run_id, analyze_run_id, AnalyzeInputError)
     if not run.data.metrics:
         raise AnalyzeInputError(f"--run-id: run '{run_id}' has no metrics to analyse")
     return run

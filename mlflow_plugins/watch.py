@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 RUNNING = "RUNNING"
 DEFAULT_INTERVAL = 5.0  # seconds between polls
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves, for stores that are not a server
-#: Runs of these sources are this project's own tools, never watched in experiment mode.
-TOOL_SOURCES = ("tvae-analyze", "tvae-compare", "tvae-watch")
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -56,11 +54,6 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
         tracking_uri if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
     )
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def is_tool_run(tags: dict[str, str]) -> bool:
-    """An analyze, compare, promote or watch run of this project (never a training run)."""
-    return bool(tool_run(tags)) or tags.get("mlflow.source.name") in TOOL_SOURCES
 
 
 @dataclass
@@ -186,7 +179,7 @@ class Watch:
                 run_id = run.info.run_id
                 if run_id in self.runs or run_id in self.exclude:
                     continue
-                if is_tool_run(run.data.tags):
+                if tool_run(run.data.tags):  # never watched in experiment mode
                     self.exclude.add(run_id)
                     continue
                 self._new_watch(run)

@@ -214,11 +214,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tracking_uri, tmp_path):
     log_rows(client, running, textbook(n=20))
     done = new_run("done")
     client.set_terminated(done, "FINISHED")
+    watcher = new_run("watch-x", tags={"mlflow.source.name": "tvae-watch"})  # a console script's
     bad_yaml = tmp_path / "t.yaml"
     bad_yaml.write_text("plateau: {min_epochs: -x}\n")
     cases = [
         (["--run-id", "nope"], "--run-id: no run 'nope'"),
         (["--run-id", done], "is FINISHED, not RUNNING"),
+        (["--run-id", watcher], "is a `tvae-watch` run, not a training run"),
         (["--run-id", running, "--interval", "0"], "--interval: '0' is not a positive number"),
         (["--run-id", running, "--interval", "abc"], "--interval: 'abc' is not a number"),
         (["--run-id", running, "--until", "-5"], "--until: '-5' is not a positive number"),
@@ -234,7 +236,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tracking_uri, tmp_path):
     for args, message in cases:
         result = CliRunner().invoke(watch_main, args)
         assert_one_line_error(result, message)
-    assert not live_tags(running) and not live_tags(done)
+    assert not live_tags(running) and not live_tags(done) and not live_tags(watcher)
 
 
 def test_cli_watches_until_and_prints_lines(tracking_uri, monkeypatch):
