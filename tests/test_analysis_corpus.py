@@ -193,6 +193,9 @@ def test_irregular_gappy_logging_still_finds_the_event():
     lo, hi = window(GROKS)
     assert len(rep.confirmed) == 1 and lo <= rep.confirmed[0].breakthrough_epoch <= hi
     assert all(b in set(sub.index) for b in rep.boundaries)
+    span = f"{sub.index[0]:g}-{sub.index[-1]:g}"
+    assert rep.summary().splitlines()[0] == f"{len(sub)} logged rows analysed, epochs {span}"
+    assert analyze(df, roles("acc+loss")).summary().splitlines()[0] == f"{len(df)} epochs analysed"
 
 
 def test_phases_separate_memorisation_plateau_and_grokking():

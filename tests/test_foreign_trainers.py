@@ -71,6 +71,10 @@ def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracki
     (event,) = outcome.report.confirmed
     assert event.breakthrough_epoch > 5 * lo  # found on the run's own axis: its global steps
     summary = outcome.report.summary()
+    logged = rows.step.drop_duplicates()  # the history's rows: every step any key was logged at
+    assert summary.splitlines()[0] == (
+        f"{len(logged)} logged rows analysed, steps {logged.min()}-{logged.max()}"
+    )
     assert f"grokking event at step {event.breakthrough_epoch:g} (epoch {first:g})" in summary
     answers = " ".join(outcome.report.answers.values())
     assert f"step {event.breakthrough_epoch:g}" in answers  # a step is not called an epoch

@@ -94,6 +94,8 @@ def analyze(
         )
     present = {c for c in hist.columns if np.isfinite(hist[c].to_numpy(dtype=float)).any()}
     report = AnalysisReport(run_status=run_status, n_epochs=int(len(hist)))
+    if len(hist):
+        report.span = (float(hist.index[0]), float(hist.index[-1]))
     t, axis_note = on_axis(hist, roles, t)
     report.notes += [note for note in (unit_note, axis_note) if note]
     for role, key in roles.mapping().items():

@@ -36,7 +36,8 @@ class AnalysisReport:
     skipped_roles: dict[str, str] = field(default_factory=dict)
     answers: dict[str, str] = field(default_factory=dict)
     run_status: str | None = None
-    n_epochs: int = 0
+    n_epochs: int = 0  # logged rows: a run logged every k epochs or by step has fewer or more
+    span: tuple[float, float] | None = None  # the first and last position (epoch or step) logged
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.0  # run-level grokking score in [0, 1] (tvae.analysis.confidence)
     #: "step" on a run logged against optimizer steps with its epoch beside them: positions
@@ -92,10 +93,20 @@ class AnalysisReport:
             return f"epoch {at}"
         return f"step {at} (epoch {_fmt_epoch(self.run_epoch(c))})"
 
+    def _extent(self) -> str:
+        """``50 epochs analysed``; where rows and positions differ, both."""
+        if self.span is None or (
+            self.x_unit == "epoch" and self.span[1] - self.span[0] + 1 == self.n_epochs
+        ):
+            return f"{self.n_epochs} {self.x_unit}s analysed"
+        first, last = (_fmt_epoch(x) for x in self.span)
+        return f"{self.n_epochs} logged rows analysed, {self.x_unit}s {first}-{last}"
+
     def to_dict(self) -> dict:
         return _jsonable(
             {
                 "n_epochs": self.n_epochs,
+                "span": list(self.span) if self.span else None,
                 "x_unit": self.x_unit,
                 "run_status": self.run_status,
                 "tags": self.tags(),
@@ -116,7 +127,7 @@ class AnalysisReport:
         lines = []
         if self.run_status and self.run_status.upper() == "RUNNING":
             lines.append("run still RUNNING: analysis so far")
-        lines.append(f"{self.n_epochs} {self.x_unit}s analysed")
+        lines.append(self._extent())
         if self.confirmed:
             for c in self.confirmed:
                 lines.append(f"grokking event at {self._at(c)} ({c.severity}): {c.reason}")
