@@ -76,6 +76,9 @@ def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracki
         f"{len(logged)} logged rows analysed, steps {logged.min()}-{logged.max()}"
     )
     assert f"grokking event at step {event.breakthrough_epoch:g} (epoch {first:g})" in summary
+    # the jump is a phase of its own, though the training loss falls steadily all run long
+    (jump,) = [p for p in outcome.report.phases if p.start <= event.breakthrough_epoch < p.end]
+    assert jump.character == "fast improvement" and outcome.report.phases[0] is not jump
     answers = " ".join(outcome.report.answers.values())
     assert f"step {event.breakthrough_epoch:g}" in answers  # a step is not called an epoch
     assert f"epoch {event.breakthrough_epoch:g}" not in answers

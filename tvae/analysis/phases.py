@@ -3,6 +3,11 @@
 The key metrics are bin-averaged onto a fixed grid (so 100k epochs cost the same as 1k),
 oriented so up = better and scaled to [0, 1]; PELT finds level changes, then neighbouring
 segments of the same character are merged (a long ramp is one phase, not many).
+
+A segment's character is the pace of its held-out metrics where they move: a generalisation
+jump is fast even while the training loss hardly moves. While they stay flat or worsen as the
+training loss falls fast, it is memorisation; while all are flat or slow, the mean of every
+key's move decides.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import numpy as np
 import pandas as pd
 import ruptures as rpt
 
-from tvae.analysis.roles import DIRECTION, LOG_ROLES, Roles
+from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
 from tvae.analysis.thresholds import Thresholds
 
 PHASE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality")
@@ -23,6 +28,7 @@ LABELS = {
     "slow improvement": "refinement",
     "plateau": "plateau",
     "regression": "degradation",
+    "memorisation": "memorisation",
 }
 
 
@@ -42,13 +48,14 @@ class Phase:
 
 
 def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
-    """Bin means of each key on a uniform epoch grid: (grid epochs, matrix, raw matrix, keys)."""
+    """Bin means of each key on a uniform epoch grid: (grid epochs, matrix, raw matrix, keys,
+    whether each key is a held-out one)."""
     epochs = history.index.to_numpy(dtype=float)
     e0, e1 = float(epochs[0]), float(epochs[-1])
     n_bins = int(min(points, len(epochs)))
     edges = np.linspace(e0, e1, n_bins + 1)
     centers = 0.5 * (edges[:-1] + edges[1:])
-    cols, raws, used = [], [], []
+    cols, raws, used, held = [], [], [], []
     for role, key in keys.items():
         v = history[key].to_numpy(dtype=float)
         ok = np.isfinite(v)
@@ -71,9 +78,10 @@ def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
         cols.append((oriented - lo) / (hi - lo))
         raws.append(rawm)
         used.append(key)
+        held.append(role in GENERALISATION_ROLES)
     if not cols:
-        return centers, None, None, []
-    return centers, np.column_stack(cols), np.column_stack(raws), used
+        return centers, None, None, [], np.zeros(0, bool)
+    return centers, np.column_stack(cols), np.column_stack(raws), used, np.array(held)
 
 
 def _character(delta: float, frac_time: float, t: Thresholds) -> str:
@@ -86,12 +94,27 @@ def _character(delta: float, frac_time: float, t: Thresholds) -> str:
     return "fast improvement" if rate >= t.phases.fast_rate else "slow improvement"
 
 
+def _segment_character(delta: np.ndarray, held: np.ndarray, frac_time: float, t: Thresholds):
+    """Character of one segment from each key's move ``delta`` (``held``: held-out keys)."""
+    mean = _character(float(np.mean(delta)), frac_time, t)
+    if not held.any():
+        return mean
+    held_out = _character(float(np.mean(delta[held])), frac_time, t)
+    if held_out == "fast improvement":
+        return held_out
+    if held_out in ("plateau", "regression") and (~held).any():
+        training = _character(float(np.mean(delta[~held])), frac_time, t)
+        if training == "fast improvement":
+            return "memorisation"
+    return mean if held_out == "plateau" else held_out
+
+
 def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
     """Phases over the run, or [] when no key metric has data."""
     keys = {r: getattr(roles, r) for r in PHASE_ROLES if getattr(roles, r) in present}
     if not keys or len(history) < 2:
         return []
-    grid, sig, raw, used = _grid_signal(history, keys, t.phases.grid_points)
+    grid, sig, raw, used, held = _grid_signal(history, keys, t.phases.grid_points)
     n = len(grid)
     if sig is None or n < 6:
         if sig is None:
@@ -120,9 +143,11 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
     def describe(a: int, b: int) -> tuple[str, float]:
         # from the previous segment's end, so a level shift at the boundary counts
         last, first = b - 1, max(a - 1, 0)
-        delta = float(np.mean(sig[last] - sig[first])) if last > first else 0.0
+        if last <= first:
+            return _character(0.0, 1.0, t), 0.0
+        delta = sig[last] - sig[first]
         frac = (grid[last] - grid[first]) / total if total > 0 else 1.0
-        return _character(delta, frac, t), delta
+        return _segment_character(delta, held, frac, t), float(np.mean(delta))
 
     merged: list[list] = []
     for a, b in segs:

@@ -23,6 +23,7 @@ PHASE_COLORS = {
     "slow improvement": "#cfe8cf",
     "plateau": "#e6e6e6",
     "regression": "#f2b8b8",
+    "memorisation": "#f5deb3",
 }
 
 
