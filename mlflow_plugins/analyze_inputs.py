@@ -110,9 +110,7 @@ def named_run(client: MlflowClient, run_id: str, own_run_id: str | None, error: 
         raise error(f"--run-id: run '{run_id}' is deleted")
     kind = tool_run(run.data.tags)
     if kind:
-        raise error(
-            f"--run-id: run '{run_id}' is {kind}, not a training run; pass the run to analyse"
-        )
+        raise error(f"--run-id: run '{run_id}' is {kind}, not a training run")
     return run
 
 

@@ -94,7 +94,7 @@ def _character(delta: float, frac_time: float, t: Thresholds) -> str:
     return "fast improvement" if rate >= t.phases.fast_rate else "slow improvement"
 
 
-def _segment_character(delta: np.ndarray, held: np.ndarray, frac_time: float, t: Thresholds):
+def _segment_character(delta: np.ndarray, held: np.ndarray, frac_time: float, t: Thresholds) -> str:
     """Character of one segment from each key's move ``delta`` (``held``: held-out keys)."""
     mean = _character(float(np.mean(delta)), frac_time, t)
     if not held.any():
