@@ -42,7 +42,6 @@ from tvae.embedding_head import (
 
 MODEL_NAME = "model"
 PYFUNC_FILE = Path(pyfunc_model.__file__)
-PREDICT_COLUMNS = predict_columns(16)  # the default config's latent_dim
 
 
 def predictions_to_frame(raw: Any) -> pd.DataFrame:

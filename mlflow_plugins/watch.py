@@ -74,7 +74,6 @@ class RunWatch:
     final: LiveState | None = None  # the state at the run's end
     mapped: bool = True  # roles settled (False: read by key names once a held-out key is seen)
     done: bool = False
-    end_reason: str = ""
 
     @property
     def label(self) -> str:
@@ -280,7 +279,6 @@ class Watch:
         state = watch.detector.update(ended=True)
         watch.final = state
         watch.done = True
-        watch.end_reason = status
         if watch.written:
             watch.client.set_tag(watch.run_id, C.GROKKING_LIVE_STATE, state.state)
             watch.written[C.GROKKING_LIVE_STATE] = state.state
@@ -288,7 +286,6 @@ class Watch:
 
     def _stop(self, watch: RunWatch, message: str) -> None:
         watch.done = True
-        watch.end_reason = "deleted"
         self.echo(f"watch: {message}")
 
     def _report(self, watch: RunWatch, state: LiveState, ended: str | None = None) -> None:

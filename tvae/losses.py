@@ -67,8 +67,7 @@ class LossComputer:
         self.targets = radial_targets(cfg, device)
         self.level_ids = torch.arange(N_LEVELS, device=device)
         gap = (self.level_ids.view(1, -1) - self.level_ids.view(-1, 1)).to(torch.float32)
-        self.level_gap = gap  # gap[a, b] = b - a
-        self.upper = gap > 0
+        self.upper = gap > 0  # gap[a, b] = b - a
         self.sep_margin = cfg.separation.margin * gap
         # geodesic target by shared prefix k = 0..9: scale * 3^-k
         k = torch.arange(N_LEVELS, dtype=torch.float32, device=device)
