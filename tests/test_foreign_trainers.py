@@ -1,6 +1,8 @@
 """Real runs of other trainers (tests/data: their metric rows as the trainers' own MLflow
-integrations wrote them, and the scripts that made them) analysed as a user would: no
-metric_map, every key on the global step, the epoch logged beside it."""
+integrations wrote them, and the scripts that made them) analysed as a user would, with no
+metric_map: Lightning's MLFlowLogger and HF Trainer's MLflowCallback (every key on the global
+step, the epoch logged beside it), and MLflow's own autologging of Keras and Lightning (on the
+epoch; Keras also logs the validation keys again without a step)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ RUNS = {  # fixture: (held-out accuracy key, what the guessed map must say)
     # HF's end-of-run `train_loss` (logged once) must lose to its per-log `loss`
     "hf_add53": ("eval_accuracy", ("accuracy=eval_accuracy,", ",loss=loss,", "lr=learning_rate")),
 }
+AUTOLOGGED = {  # by epoch, no epoch key, no LR
+    # `validation_accuracy` (logged again at step 0 each epoch) loses to `val_accuracy`
+    "keras_add53": ("val_accuracy", ("accuracy=val_accuracy,val_loss=val_loss,loss=loss,",)),
+    "lightning_autolog_add53": ("val_acc", ("accuracy=val_acc,val_loss=val_loss,loss=train_loss",)),
+}
 
 
 def log_fixture(client: MlflowClient, name: str) -> tuple[str, pd.DataFrame]:
@@ -44,9 +51,12 @@ def log_fixture(client: MlflowClient, name: str) -> tuple[str, pd.DataFrame]:
 def window(rows: pd.DataFrame, key: str) -> tuple[float, float]:
     """The corpus's labelling rule (tests/corpus/label.py) on the run's own epochs: from the
     last near-chance epoch to the first that generalised."""
-    epochs = rows[rows.key == "epoch"].groupby("step").value.max()
     acc = rows[rows.key == key].set_index("step").value
-    epoch = epochs.reindex(acc.index, method="ffill").to_numpy()
+    if "epoch" in set(rows.key):
+        epochs = rows[rows.key == "epoch"].groupby("step").value.max()
+        epoch = epochs.reindex(acc.index, method="ffill").to_numpy()
+    else:  # logged by epoch
+        epoch = acc.index.to_numpy(dtype=float)
     v = acc.to_numpy()
     top = float(pd.Series(v).rolling(5, center=True).median().max())
     done = int(np.argmax(v >= CHANCE + 0.95 * (top - CHANCE)))
@@ -82,3 +92,24 @@ def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracki
     answers = " ".join(outcome.report.answers.values())
     assert f"step {event.breakthrough_epoch:g}" in answers  # a step is not called an epoch
     assert f"epoch {event.breakthrough_epoch:g}" not in answers
+
+
+@pytest.mark.parametrize("name", sorted(AUTOLOGGED))
+def test_a_run_logged_by_mlflow_autolog_is_read_by_its_key_names(tracking_uri, name):
+    accuracy, guessed = AUTOLOGGED[name]
+    client = MlflowClient()
+    run_id, rows = log_fixture(client, name)
+    outcome = analyze_run(client, run_id, register=False)
+    notes = " | ".join(outcome.report.notes)
+    assert all(part in notes for part in guessed), notes
+    tags = client.get_run(run_id).data.tags
+    assert tags[C.GROKKING_EVENTS] == "1" and tags[C.GROKKING_SEVERITY] == "major"
+    lo, hi = window(rows, accuracy)
+    assert lo <= float(tags[C.GROKKING_FIRST_EPOCH]) <= hi, (lo, tags[C.GROKKING_FIRST_EPOCH], hi)
+    report = outcome.report
+    assert report.x_unit == "epoch"
+    assert report.summary().splitlines()[0] == f"{rows.step.max() + 1} epochs analysed"
+    (event,) = report.confirmed
+    (jump,) = [p for p in report.phases if p.start <= event.breakthrough_epoch < p.end]
+    assert jump.character == "fast improvement"
+    assert report.phases[0].character == "memorisation"
