@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlflow_plugins.analyze_run import analyze_run
+from mlflow_plugins.watch import Watch
 from tvae import contract as C
 
 DATA = Path(__file__).parent / "data"
@@ -113,3 +114,30 @@ def test_a_run_logged_by_mlflow_autolog_is_read_by_its_key_names(tracking_uri, n
     (jump,) = [p for p in report.phases if p.start <= event.breakthrough_epoch < p.end]
     assert jump.character == "fast improvement"
     assert report.phases[0].character == "memorisation"
+
+
+def test_the_watcher_follows_an_autologged_keras_run_as_it_is_logged(tracking_uri):
+    """The Keras rows replayed in the order they were logged (the validation keys' second copy
+    at step 0 among them) into a RUNNING run, 50 polls: read by its key names, a plateau first,
+    then the event confirmed live, and at the end the state the final analysis gives."""
+    with gzip.open(DATA / "keras_add53" / "metrics.csv.gz", "rt", newline="") as f:
+        rows = pd.DataFrame(list(csv.DictReader(f))).astype({"step": int, "value": float})
+    rows = rows.astype({"ms": int}).sort_values("ms", kind="stable")
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    watch = Watch(client, run_id=run_id, roles=None, echo=lambda line: None)
+    t0 = int(time.time() * 1000)
+    per_poll = -(-len(rows) // 50)
+    for part in (rows.iloc[i : i + per_poll] for i in range(0, len(rows), per_poll)):
+        metrics = [Metric(k, v, t0 + ms, s) for k, s, v, ms in part.itertuples(index=False)]
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        watch.poll()
+    states = [s.state for s in watch.runs[run_id].changes]
+    assert "plateau" in states and states.index("plateau") < states.index("confirmed")
+    client.set_terminated(run_id, "FINISHED")
+    assert watch.poll() is False
+    (event,) = analyze_run(client, run_id, register=False).report.confirmed
+    tags = client.get_run(run_id).data.tags
+    assert tags[C.GROKKING_LIVE_STATE] == "confirmed"
+    assert float(tags[C.GROKKING_LIVE_FIRST_EPOCH]) == event.breakthrough_epoch
