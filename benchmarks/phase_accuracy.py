@@ -21,8 +21,7 @@ from corpus import VIEWS, index, load_run, metric_map  # noqa: E402
 from detection_accuracy import split_names  # noqa: E402
 
 from tvae.analysis import Roles, analyze  # noqa: E402
-
-FAST = "fast improvement"
+from tvae.analysis.phases import FAST  # noqa: E402
 
 
 def score(name: str, label: dict, view: str) -> tuple[bool, bool, int]:

@@ -26,9 +26,10 @@ REPORT_FILE = "report.json"
 SOURCE_RUN_TAG = "analysis.source_run_id"
 COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
-SOURCE_NAME_TAG = "mlflow.source.name"  # set by MLflow: the program that made the run
+SOURCE_NAME_TAG = "mlflow.source.name"  # set by MLflow: the path of the program that made it
 TOOL_ENTRY_POINTS = ("analyze", "compare", "promote", "watch")
-TOOL_SOURCES = ("tvae-analyze", "tvae-compare", "tvae-watch")  # console scripts' source names
+ANALYZE_SOURCE = "tvae-analyze"  # the source name of the analyze runs `analyze_run` creates
+TOOL_SOURCES = (ANALYZE_SOURCE, "tvae-compare", "tvae-promote", "tvae-watch")  # console scripts
 RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 
 
@@ -41,8 +42,9 @@ def tool_run(tags: Mapping[str, str]) -> str | None:
         return "a compare run"
     if tags.get(ENTRY_POINT_TAG) in TOOL_ENTRY_POINTS:
         return f"a `mlflow run -e {tags[ENTRY_POINT_TAG]}` run"
-    if tags.get(SOURCE_NAME_TAG) in TOOL_SOURCES:
-        return f"a `{tags[SOURCE_NAME_TAG]}` run"
+    source = Path(tags.get(SOURCE_NAME_TAG, "")).name
+    if source in TOOL_SOURCES:
+        return f"a `{source}` run"
     return None
 
 

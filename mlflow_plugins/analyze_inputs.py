@@ -97,11 +97,13 @@ def _thresholds(config: str) -> Thresholds | None:
         raise AnalyzeInputError(f"--config: {err}") from None
 
 
-def named_run(client: MlflowClient, run_id: str, own_run_id: str | None, error: type) -> Run:
+def named_run(
+    client: MlflowClient, run_id: str, own_run_id: str | None, error: type[Exception]
+) -> Run:
     """The training run `--run-id` names, for analyze and watch; else ``error`` with one line:
     the caller's own run, no such run, a deleted one, or one of this tool's own runs."""
     if run_id == own_run_id:
-        raise error("--run-id names the run this command logs into")
+        raise error("--run-id names this command's own run")
     try:
         run = client.get_run(run_id)
     except MlflowException:

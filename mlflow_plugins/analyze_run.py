@@ -20,9 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
-from mlflow_plugins.analysis_writer import ARTIFACT_DIR, save_figures, write_analysis, write_report
+from mlflow_plugins.analysis_writer import (
+    ANALYZE_SOURCE,
+    ARTIFACT_DIR,
+    save_figures,
+    write_analysis,
+    write_report,
+)
 from mlflow_plugins.analyze_inputs import AnalyzeInputError, AnalyzeInputs, check_inputs
 from mlflow_plugins.history import load_history
 from mlflow_plugins.registry import (
@@ -99,7 +105,7 @@ def _own_run(client: MlflowClient, run: Run, analyze_run_id: str | None) -> tupl
     """
     if analyze_run_id:
         return analyze_run_id, False
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "tvae-analyze"}
+    tags = {MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_SOURCE_NAME: ANALYZE_SOURCE}
     created = client.create_run(run.info.experiment_id, run_name=analyze_run_name(run), tags=tags)
     return created.info.run_id, True
 

@@ -217,15 +217,20 @@ def analyse(
 ) -> Any:
     """`analyze`'s analysis of the training run, its analyze run nested under the parent too;
     its outcome (None when it failed)."""
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_PARENT_RUN_ID,
+        MLFLOW_RUN_NAME,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+    )
 
     from mlflow_plugins.analyze_run import analyze_run, analyze_run_name
 
     run = client.get_run(run_id)
     tags = {
-        "mlflow.parentRunId": parent,
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": "tvae-sweep",
+        MLFLOW_PARENT_RUN_ID: parent,
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_SOURCE_NAME: "tvae-sweep",
         MLFLOW_RUN_NAME: analyze_run_name(run),
         C.SWEEP_STUDY: spec.study,
         C.SWEEP_ANALYSIS_OF_TRIAL: str(trial),

@@ -48,6 +48,10 @@ from tvae.analysis.guess_roles import guess_roles
             "accuracy=,val_loss=val_mse,loss=train_mse,lr=",
         ),
         (["nll", "val_nll", "val_ppl"], "accuracy=,val_loss=val_nll,loss=nll,lr="),
+        (  # a key naming an accuracy and a loss is neither; an LR key naming a loss is no LR
+            ["val_acc", "val_acc_ce", "train_loss", "lr_loss", "lr"],
+            "accuracy=val_acc,val_loss=,loss=train_loss,lr=lr",
+        ),
         (
             ["loss", "mse", "val_loss", "val_mse", "test_accuracy"],
             "accuracy=test_accuracy,val_loss=val_loss,loss=loss,lr=",

@@ -409,6 +409,7 @@ def test_the_system_sample_taken_at_the_end_reaches_the_store(store, tmp_path, m
     from mlflow_plugins.train_logger import MlflowTrainLogger
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "60")  # only the stop publishes
+    monkeypatch.setattr("mlflow_plugins.train_logger.METRICS_HOLD_S", 60.0)  # ... and is held
     client = MlflowClient()
     run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
     logger = MlflowTrainLogger(run.info.run_id, tmp_path, client)

@@ -214,7 +214,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tracking_uri, tmp_path):
     log_rows(client, running, textbook(n=20))
     done = new_run("done")
     client.set_terminated(done, "FINISHED")
-    watcher = new_run("watch-x", tags={"mlflow.source.name": "tvae-watch"})  # a console script's
+    watcher = new_run("watch-x", tags={"mlflow.source.name": "/usr/local/bin/tvae-watch"})
     bad_yaml = tmp_path / "t.yaml"
     bad_yaml.write_text("plateau: {min_epochs: -x}\n")
     cases = [
@@ -236,6 +236,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tracking_uri, tmp_path):
     for args, message in cases:
         result = CliRunner().invoke(watch_main, args)
         assert_one_line_error(result, message)
+    own = CliRunner().invoke(watch_main, ["--run-id", running], env={"MLFLOW_RUN_ID": running})
+    assert_one_line_error(own, "-P run_id names this command's own run")  # as `mlflow run` runs it
     assert not live_tags(running) and not live_tags(done) and not live_tags(watcher)
 
 

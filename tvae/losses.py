@@ -66,8 +66,8 @@ class LossComputer:
         self.cfg = cfg
         self.targets = radial_targets(cfg, device)
         self.level_ids = torch.arange(N_LEVELS, device=device)
-        gap = (self.level_ids.view(1, -1) - self.level_ids.view(-1, 1)).to(torch.float32)
-        self.upper = gap > 0  # gap[a, b] = b - a
+        gap = (self.level_ids.view(1, -1) - self.level_ids.view(-1, 1)).to(torch.float32)  # b - a
+        self.upper = gap > 0
         self.sep_margin = cfg.separation.margin * gap
         # geodesic target by shared prefix k = 0..9: scale * 3^-k
         k = torch.arange(N_LEVELS, dtype=torch.float32, device=device)

@@ -40,7 +40,7 @@ def _pick(keys: list[str], rank, rows: Mapping[str, int]) -> str | None:
     (not None): Lightning logs ``x_step`` and ``x_epoch`` for a metric logged both ways; the
     epoch's wins. ``rows``: rows per key, where known."""
     ranked = [
-        (rows.get(k, 2) <= 1, r, "step" in words, len(k), k)
+        (rows.get(k, 2) <= 1, r, WHEN[1] in words, len(k), k)
         for k in keys
         if (r := rank(words := _words(k))) is not None
     ]
@@ -53,18 +53,23 @@ def _measure(words: list[str], what: tuple[str, ...]) -> int | None:
     return min(found) if found else None
 
 
+def _both(words: list[str]) -> bool:
+    """A key naming an accuracy and a loss (`val_acc_ce`) is neither: which it is, is unsaid."""
+    return _measure(words, ACCURACY) is not None and _measure(words, LOSS) is not None
+
+
 def _held_out(what: tuple[str, ...]):
     def rank(words: list[str]) -> tuple[int, int] | None:
         measure = _measure(words, what)
         split = [HELD_OUT.index(w) for w in words if w in HELD_OUT]
-        return None if measure is None or not split else (min(split), measure)
+        return None if measure is None or not split or _both(words) else (min(split), measure)
 
     return rank
 
 
 def _training_loss(words: list[str]) -> tuple[int, int] | None:
     measure = _measure(words, LOSS)
-    if measure is None or any(w in HELD_OUT for w in words):
+    if measure is None or _both(words) or any(w in HELD_OUT for w in words):
         return None
     if any(w in TRAINING for w in words):
         return 0, measure
@@ -72,6 +77,8 @@ def _training_loss(words: list[str]) -> tuple[int, int] | None:
 
 
 def _lr(words: list[str]) -> int | None:
+    if _measure(words, LOSS + ACCURACY) is not None:  # `lr_loss`: a loss, not the LR
+        return None
     if "lr" in words:
         return 0
     return 1 if "learning" in words and "rate" in words else None

@@ -6,8 +6,8 @@ segments of the same character are merged (a long ramp is one phase, not many).
 
 A segment's character is the pace of its held-out metrics where they move: a generalisation
 jump is fast even while the training loss hardly moves. While they stay flat or worsen as the
-training loss falls fast, it is memorisation; while all are flat or slow, the mean of every
-key's move decides.
+training loss falls fast, it is memorisation; where they are flat, the mean of every key's
+move decides.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Role
 from tvae.analysis.thresholds import Thresholds
 
 PHASE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality")
-LABELS = {
-    "fast improvement": "structure learning",
-    "slow improvement": "refinement",
-    "plateau": "plateau",
-    "regression": "degradation",
-    "memorisation": "memorisation",
+FAST, SLOW, PLATEAU = "fast improvement", "slow improvement", "plateau"
+REGRESSION, MEMORISATION = "regression", "memorisation"
+LABELS = {  # each character's name in the grokking literature
+    FAST: "structure learning",
+    SLOW: "refinement",
+    PLATEAU: "plateau",
+    REGRESSION: "degradation",
+    MEMORISATION: "memorisation",
 }
 
 
@@ -88,10 +90,10 @@ def _character(delta: float, frac_time: float, t: Thresholds) -> str:
     """Classify by pace: ``rate`` 1.0 covers the run's whole range over the whole run."""
     rate = delta / max(frac_time, 1e-9)
     if abs(delta) < t.phases.min_delta or abs(rate) < t.phases.plateau_rate:
-        return "plateau"
+        return PLATEAU
     if rate < 0:
-        return "regression"
-    return "fast improvement" if rate >= t.phases.fast_rate else "slow improvement"
+        return REGRESSION
+    return FAST if rate >= t.phases.fast_rate else SLOW
 
 
 def _segment_character(delta: np.ndarray, held: np.ndarray, frac_time: float, t: Thresholds) -> str:
@@ -100,13 +102,12 @@ def _segment_character(delta: np.ndarray, held: np.ndarray, frac_time: float, t:
     if not held.any():
         return mean
     held_out = _character(float(np.mean(delta[held])), frac_time, t)
-    if held_out == "fast improvement":
+    if held_out == FAST:
         return held_out
-    if held_out in ("plateau", "regression") and (~held).any():
-        training = _character(float(np.mean(delta[~held])), frac_time, t)
-        if training == "fast improvement":
-            return "memorisation"
-    return mean if held_out == "plateau" else held_out
+    if held_out in (PLATEAU, REGRESSION) and (~held).any():
+        if _character(float(np.mean(delta[~held])), frac_time, t) == FAST:
+            return MEMORISATION
+    return mean if held_out == PLATEAU else held_out
 
 
 def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thresholds):
@@ -119,9 +120,7 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
     if sig is None or n < 6:
         if sig is None:
             return [
-                Phase(
-                    float(history.index[0]), float(history.index[-1]), "plateau", "plateau", 0.0, {}
-                )
+                Phase(float(history.index[0]), float(history.index[-1]), PLATEAU, PLATEAU, 0.0, {})
             ]
         bkps = [n]
     else:
@@ -140,18 +139,17 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
         start = b
     total = grid[-1] - grid[0] if n > 1 else 1.0
 
-    def describe(a: int, b: int) -> tuple[str, float]:
+    def describe(a: int, b: int) -> str:
         # from the previous segment's end, so a level shift at the boundary counts
         last, first = b - 1, max(a - 1, 0)
         if last <= first:
-            return _character(0.0, 1.0, t), 0.0
-        delta = sig[last] - sig[first]
+            return PLATEAU
         frac = (grid[last] - grid[first]) / total if total > 0 else 1.0
-        return _segment_character(delta, held, frac, t), float(np.mean(delta))
+        return _segment_character(sig[last] - sig[first], held, frac, t)
 
     merged: list[list] = []
     for a, b in segs:
-        ch, _ = describe(a, b)
+        ch = describe(a, b)
         if merged and merged[-1][2] == ch:
             merged[-1][1] = b
         else:
@@ -171,6 +169,6 @@ def detect_phases(history: pd.DataFrame, roles: Roles, present: set[str], t: Thr
         span = max(grid[b - 1] - grid[a], 1e-9)
         slopes = {k: float((raw[b - 1, j] - raw[a, j]) / span) for j, k in enumerate(used)}
         mean_slope = float(np.mean(sig[b - 1] - sig[a]) / span) if b - 1 > a else 0.0
-        ch, _ = describe(a, b)
+        ch = describe(a, b)
         phases.append(Phase(ea, eb, ch, LABELS[ch], mean_slope, slopes))
     return phases

@@ -13,17 +13,18 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from tvae.analysis.confounds import control_changes  # noqa: E402
+from tvae.analysis.phases import FAST, MEMORISATION, PLATEAU, REGRESSION, SLOW  # noqa: E402
 from tvae.analysis.report import AnalysisReport  # noqa: E402
 from tvae.analysis.roles import LOG_ROLES, Roles  # noqa: E402
 from tvae.analysis.thresholds import Thresholds  # noqa: E402
 
 PLOT_ROLES = ("loss", "val_loss", "accuracy", "hierarchy", "quality")
 PHASE_COLORS = {
-    "fast improvement": "#8fd18f",
-    "slow improvement": "#cfe8cf",
-    "plateau": "#e6e6e6",
-    "regression": "#f2b8b8",
-    "memorisation": "#f5deb3",
+    FAST: "#8fd18f",
+    SLOW: "#cfe8cf",
+    PLATEAU: "#e6e6e6",
+    REGRESSION: "#f2b8b8",
+    MEMORISATION: "#f5deb3",
 }
 
 
