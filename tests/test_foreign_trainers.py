@@ -35,16 +35,25 @@ AUTOLOGGED = {  # by epoch, no epoch key, no LR
 }
 
 
-def log_fixture(client: MlflowClient, name: str) -> tuple[str, pd.DataFrame]:
-    """The run's rows logged into a new run of this store, ended FINISHED; and the rows."""
+def fixture_rows(name: str) -> pd.DataFrame:
+    """The run's metric rows (key, step, value, ms since its first row)."""
     with gzip.open(DATA / name / "metrics.csv.gz", "rt", newline="") as f:
         rows = pd.DataFrame(list(csv.DictReader(f)))
-    rows = rows.astype({"step": int, "value": float, "ms": int})
-    run_id = client.create_run("0").info.run_id
-    t0 = int(time.time() * 1000)
+    return rows.astype({"step": int, "value": float, "ms": int})
+
+
+def log_rows(client: MlflowClient, run_id: str, rows: pd.DataFrame, t0: int) -> None:
+    """``rows`` logged into ``run_id`` as they were, ``t0`` the first row's time (ms)."""
     metrics = [Metric(k, v, t0 + ms, s) for k, s, v, ms in rows.itertuples(index=False)]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def log_fixture(client: MlflowClient, name: str) -> tuple[str, pd.DataFrame]:
+    """The run's rows logged into a new run of this store, ended FINISHED; and the rows."""
+    rows = fixture_rows(name)
+    run_id = client.create_run("0").info.run_id
+    log_rows(client, run_id, rows, int(time.time() * 1000))
     client.set_terminated(run_id, "FINISHED")
     return run_id, rows
 
@@ -65,21 +74,28 @@ def window(rows: pd.DataFrame, key: str) -> tuple[float, float]:
     return float(epoch[near[-1]]), float(epoch[done])
 
 
-@pytest.mark.parametrize("name", sorted(RUNS))
-def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracking_uri, name):
-    accuracy, guessed = RUNS[name]
+def analysed(name: str, accuracy: str, guessed: tuple[str, ...]):
+    """The fixture logged and analysed with no map: its map guessed as ``guessed`` says, one
+    major event tagged inside the labelling window on the run's own epochs. (outcome, rows,
+    that tagged epoch, the window's start, the event)."""
     client = MlflowClient()
     run_id, rows = log_fixture(client, name)
     outcome = analyze_run(client, run_id, register=False)
     notes = " | ".join(outcome.report.notes)
     assert all(part in notes for part in guessed), notes
-    assert "5 steps per epoch by epoch" in notes
     tags = client.get_run(run_id).data.tags
     assert tags[C.GROKKING_EVENTS] == "1" and tags[C.GROKKING_SEVERITY] == "major"
     lo, hi = window(rows, accuracy)
     first = float(tags[C.GROKKING_FIRST_EPOCH])
     assert lo <= first <= hi, (lo, first, hi)  # an epoch of the run, not a step
     (event,) = outcome.report.confirmed
+    return outcome, rows, first, lo, event
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracking_uri, name):
+    outcome, rows, first, lo, event = analysed(name, *RUNS[name])
+    assert "5 steps per epoch by epoch" in " | ".join(outcome.report.notes)
     assert event.breakthrough_epoch > 5 * lo  # found on the run's own axis: its global steps
     summary = outcome.report.summary()
     logged = rows.step.drop_duplicates()  # the history's rows: every step any key was logged at
@@ -97,20 +113,11 @@ def test_a_real_run_is_read_by_its_key_names_and_tagged_in_its_own_epochs(tracki
 
 @pytest.mark.parametrize("name", sorted(AUTOLOGGED))
 def test_a_run_logged_by_mlflow_autolog_is_read_by_its_key_names(tracking_uri, name):
-    accuracy, guessed = AUTOLOGGED[name]
-    client = MlflowClient()
-    run_id, rows = log_fixture(client, name)
-    outcome = analyze_run(client, run_id, register=False)
-    notes = " | ".join(outcome.report.notes)
-    assert all(part in notes for part in guessed), notes
-    tags = client.get_run(run_id).data.tags
-    assert tags[C.GROKKING_EVENTS] == "1" and tags[C.GROKKING_SEVERITY] == "major"
-    lo, hi = window(rows, accuracy)
-    assert lo <= float(tags[C.GROKKING_FIRST_EPOCH]) <= hi, (lo, tags[C.GROKKING_FIRST_EPOCH], hi)
+    outcome, rows, first, _, event = analysed(name, *AUTOLOGGED[name])
+    assert first == event.breakthrough_epoch  # by epoch: the position is the epoch
     report = outcome.report
     assert report.x_unit == "epoch"
     assert report.summary().splitlines()[0] == f"{rows.step.max() + 1} epochs analysed"
-    (event,) = report.confirmed
     (jump,) = [p for p in report.phases if p.start <= event.breakthrough_epoch < p.end]
     assert jump.character == "fast improvement"
     assert report.phases[0].character == "memorisation"
@@ -120,18 +127,14 @@ def test_the_watcher_follows_an_autologged_keras_run_as_it_is_logged(tracking_ur
     """The Keras rows replayed in the order they were logged (the validation keys' second copy
     at step 0 among them) into a RUNNING run, 50 polls: read by its key names, a plateau first,
     then the event confirmed live, and at the end the state the final analysis gives."""
-    with gzip.open(DATA / "keras_add53" / "metrics.csv.gz", "rt", newline="") as f:
-        rows = pd.DataFrame(list(csv.DictReader(f))).astype({"step": int, "value": float})
-    rows = rows.astype({"ms": int}).sort_values("ms", kind="stable")
+    rows = fixture_rows("keras_add53").sort_values("ms", kind="stable")
     client = MlflowClient()
     run_id = client.create_run("0").info.run_id
     watch = Watch(client, run_id=run_id, roles=None, echo=lambda line: None)
     t0 = int(time.time() * 1000)
     per_poll = -(-len(rows) // 50)
-    for part in (rows.iloc[i : i + per_poll] for i in range(0, len(rows), per_poll)):
-        metrics = [Metric(k, v, t0 + ms, s) for k, s, v, ms in part.itertuples(index=False)]
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    for i in range(0, len(rows), per_poll):
+        log_rows(client, run_id, rows.iloc[i : i + per_poll], t0)
         watch.poll()
     states = [s.state for s in watch.runs[run_id].changes]
     assert "plateau" in states and states.index("plateau") < states.index("confirmed")
