@@ -40,7 +40,7 @@ def _pick(keys: list[str], rank, rows: Mapping[str, int]) -> str | None:
     (not None): Lightning logs ``x_step`` and ``x_epoch`` for a metric logged both ways; the
     epoch's wins. ``rows``: rows per key, where known."""
     ranked = [
-        (rows.get(k, 2) <= 1, r, WHEN[1] in words, len(k), k)
+        (rows.get(k, 2) <= 1, r, "step" in words, len(k), k)
         for k in keys
         if (r := rank(words := _words(k))) is not None
     ]
