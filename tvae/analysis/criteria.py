@@ -15,7 +15,6 @@ import numpy as np
 
 from tvae.analysis.confounds import nonfinite_in, quantised_jump
 from tvae.analysis.context import RunContext
-from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.transitions import Transition
 
 
@@ -154,25 +153,16 @@ def plateau(ctx: RunContext, tr: Transition) -> Rejection | None:
     return None
 
 
-def is_sudden(plateau_start: float, plateau_end: float, rise_end: float, t: Thresholds) -> bool:
-    """Whether a rise from ``plateau_end`` to ``rise_end`` is short: within the seed's
-    epochs, or next to its plateau (in epochs, or in log-epochs after a long plateau)."""
-    b = t.breakthrough
-    rise, flat = rise_end - plateau_end, plateau_end - plateau_start
-    if rise <= b.epochs or rise <= b.sudden_ratio * flat:
-        return True
-    log_rise = math.log((rise_end + 1) / (plateau_end + 1))
-    log_flat = math.log((plateau_end + 1) / (plateau_start + 1))
-    return flat >= 100 * b.epochs / 3 and log_rise <= b.sudden_ratio * log_flat
-
-
 def sudden(ctx: RunContext, tr: Transition) -> Rejection | None:
     """The rise is short: within the seed's epochs, or next to the plateau (epochs or log)."""
-    if is_sudden(tr.plateau_start, tr.plateau_end, tr.epoch(tr.end), ctx.t):
-        return None
+    b = ctx.t.breakthrough
     rise, flat = tr.rise_len, tr.plateau_len
+    if rise <= b.epochs or rise <= b.sudden_ratio * flat:
+        return None
     log_rise = math.log((tr.epoch(tr.end) + 1) / (tr.plateau_end + 1))
     log_flat = math.log((tr.plateau_end + 1) / (tr.plateau_start + 1))
+    if flat >= 100 * b.epochs / 3 and log_rise <= b.sudden_ratio * log_flat:
+        return None
     return Rejection(
         "sudden",
         f"not sudden: rise took {rise:g} epochs after a {flat:g}-epoch plateau "

@@ -14,8 +14,7 @@ detector, with no criteria of their own:
   criterion, and it still holds at the last row. It may be withdrawn later (the level falls
   back, or the full detector rejects it for another reason); the state says so. An event
   `analyze` confirms stays one too while a scheduled change still to come could make analyze
-  reject it as a partial rise (`_schedule_hold`), or while its loss, still falling at the last
-  row, would make analyze reject it as a slow rise if it fell on so (`_falling_hold`);
+  reject it as a partial rise (`_schedule_hold`);
 - ``confirmed``: `analyze` confirms an event; it can only be raised after its sustain period.
 
 `assess` is that judgement for one history (the state itself: `tvae.analysis.live_state`);
@@ -32,7 +31,6 @@ import pandas as pd
 
 from tvae.analysis.confounds import control_changes, nonfinite_stretches
 from tvae.analysis.context import RunContext
-from tvae.analysis.criteria import is_sudden
 from tvae.analysis.engine import _clean
 from tvae.analysis.grokking import SEVERITIES, Candidate, detect_grokking, source_roles
 from tvae.analysis.live_state import LiveState, fmt_epoch
@@ -147,37 +145,6 @@ def _schedule_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float,
     return due, why
 
 
-def _falling_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float, str] | None:
-    """(the step at which confirmed event ``c`` is judged again, why) while its metric is a
-    loss still falling at the last row that, falling on at its pace, would make analyze reject
-    it as not sudden. A loss's rise is placed on its first `loss_span_log10` decades: until it
-    has fallen 90 % of them, its end of rise is only where the data stop, and a longer history
-    moves it later. The pace is that of the last `TAIL_ROWS` rows (at least a sustain period).
-    A loss that has fallen that far, or turned, or whose rise stays sudden when continued to
-    the span at that pace, is judged as analyze judges it."""
-    role = _role_of(ctx.roles, c.primary)
-    if role is None or not ctx.has(role) or c.details.get("shape") == "collapse":
-        return None
-    m = ctx.metric(role)
-    left = 0.9 * t.breakthrough.loss_span_log10 - c.size
-    if m.unit != "log10" or left <= 0 or float(m.wide_med[-1]) < float(c.details["peak"]):
-        return None  # fallen far enough, or its lowest was before the last row
-    need = max(t.sustain.epochs, t.sustain.rise_frac * float(c.details["rise_epochs"]))
-    last = float(m.e[-1])
-    k = max(0, min(len(m.e) - TAIL_ROWS, int(np.searchsorted(m.e, last - need, "right")) - 1))
-    fell = float(m.wide_med[-1]) - float(m.wide_med[k])
-    if fell <= 0:
-        return None  # flat over the last rows: its end of rise is where it is
-    if is_sudden(c.plateau_start, c.plateau_end, last + left * float(last - m.e[k]) / fell, t):
-        return None
-    why = (
-        f"{c.primary} is still falling, {c.size:.2g} of the first "
-        f"{t.breakthrough.loss_span_log10:g} decades its rise is judged on; falling on so, its "
-        f"rise would be too slow (judged again at step {fmt_epoch(last + need)}): "
-    )
-    return last + need, why
-
-
 def _scheduled(ctx: RunContext) -> bool:
     """Whether a control signal has changed value (an LR by more than
     `confounds.lr_change_rel` of its smallest value: a schedule, not float noise)."""
@@ -284,17 +251,12 @@ def assess(
     last = int(hist.index[-1]) if len(hist) else None
     pad = t.sustain.epochs
     events = list(report.confirmed)
-    # (candidate, due step, what it waits for, why)
-    pending: list[tuple[Candidate, float, str, str]] = []
+    pending: list[tuple[Candidate, float, str]] = []  # (candidate, due step, why it waits)
     if not ended:
         for c in events:
-            if any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
-                continue
-            hold, waits = _schedule_hold(c, ctx, t), "schedule"
-            if hold is None:
-                hold, waits = _falling_hold(c, ctx, t), "rise"
-            if hold is not None:
-                pending.append((c, hold[0], waits, hold[1]))
+            hold = _schedule_hold(c, ctx, t)
+            if hold and not any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
+                pending.append((c, *hold))
         events = [c for c in events if all(c is not h for h, *_ in pending)]
     unsure = [
         (e, r) for e, r in _seen(prev) if not any(same_transition(c, e, r, pad) for c in events)
@@ -308,7 +270,7 @@ def assess(
             if any(same_transition(c, e, r, pad) for e, r in unsure):
                 events.append(c)  # confirmed before, still rising or holding: stays confirmed
             else:
-                pending.append((c, due, "sustain", ""))
+                pending.append((c, due, ""))
         events.sort(key=lambda c: c.breakthrough_epoch)
     after = max((c.rise_end for c in events), default=-math.inf)
     pending = [p for p in pending if p[0].breakthrough_epoch > after]
@@ -324,24 +286,18 @@ def assess(
         "event_rises": tuple((c.plateau_end, c.rise_end) for c in events),
     }
     if pending:
-        c, due, waits_for, why = pending[-1]
+        c, due, why = pending[-1]
         state = LiveState(
             "breakthrough",
             since=c.breakthrough_epoch,
             metric=c.primary,
             due=due,
-            waits_for=waits_for,
+            waits_for="schedule" if why else "sustain",
             detail=(
                 f"{c.primary} rose {c.size:+.3g} {c.size_unit} after a "
                 f"{c.plateau_end - c.plateau_start:g}-epoch plateau (onset epoch "
                 f"{fmt_epoch(c.breakthrough_epoch)}), held {c.sustained_for:g} epochs so far: "
-                f"{why}confirmed "
-                + (
-                    "once its end of rise is known"
-                    if waits_for == "rise"
-                    else f"at step {fmt_epoch(due)}"
-                )
-                + " if it holds, withdrawn if not"
+                f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
             ),
             **common,
         )
