@@ -71,7 +71,7 @@ def _check_runtime(config: TVAEConfig, nproc: int = 1) -> None:
 def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     """Resume run, the `mlflow run` run, or a new run in the config's experiment."""
     import mlflow
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
     from mlflow_plugins.runs import (
         ensure_experiment,
@@ -88,7 +88,7 @@ def _start_run(config: TVAEConfig, resume_from: str | None) -> Any:
     if resume_from:
         if launcher and launcher != resume_from:
             client.set_tag(launcher, C.CONTINUED_IN, resume_from)
-            client.set_tag(launcher, "mlflow.note.content", f"Training continued in {resume_from}")
+            client.set_tag(launcher, MLFLOW_RUN_NOTE, f"Training continued in {resume_from}")
             client.set_terminated(launcher, "FINISHED")
         # system metrics: the train logger's own sampler, which an outage does not stop
         return mlflow.start_run(run_id=resume_from, log_system_metrics=False)

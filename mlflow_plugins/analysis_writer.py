@@ -25,8 +25,6 @@ ARTIFACT_DIR = "analysis"
 REPORT_FILE = "report.json"
 SOURCE_RUN_TAG = "analysis.source_run_id"
 COMPARE_RUN_TAG = "compare.runs"  # on compare runs: the runs compared
-ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run`
-SOURCE_NAME_TAG = "mlflow.source.name"  # set by MLflow: the path of the program that made it
 TOOL_ENTRY_POINTS = ("analyze", "compare", "promote", "watch")
 ANALYZE_SOURCE = "tvae-analyze"  # the source name of the analyze runs `analyze_run` creates
 TOOL_SOURCES = (ANALYZE_SOURCE, "tvae-compare", "tvae-promote", "tvae-watch")  # console scripts
@@ -36,13 +34,15 @@ RESULT_PREFIX = "result."  # the analyze run's copy of the contract tags
 def tool_run(tags: Mapping[str, str]) -> str | None:
     """What a run is when it is one of this tool's own (analyze, compare, promote, watch),
     else None: never a training run."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT, MLFLOW_SOURCE_NAME
+
     if SOURCE_RUN_TAG in tags:
         return f"an analyze run (of training run {tags[SOURCE_RUN_TAG]})"
     if COMPARE_RUN_TAG in tags:
         return "a compare run"
-    if tags.get(ENTRY_POINT_TAG) in TOOL_ENTRY_POINTS:
-        return f"a `mlflow run -e {tags[ENTRY_POINT_TAG]}` run"
-    source = Path(tags.get(SOURCE_NAME_TAG, "")).name
+    if tags.get(MLFLOW_PROJECT_ENTRY_POINT) in TOOL_ENTRY_POINTS:
+        return f"a `mlflow run -e {tags[MLFLOW_PROJECT_ENTRY_POINT]}` run"
+    source = Path(tags.get(MLFLOW_SOURCE_NAME, "")).name  # MLflow stores the path
     if source in TOOL_SOURCES:
         return f"a `{source}` run"
     return None

@@ -90,6 +90,7 @@ def parent_run(client: Any, spec: SweepSpec, study: Any, launcher: str | None) -
     """The study's parent run: the one recorded in the study (a joining worker), else the
     `mlflow run` run, else a new run. A joining `mlflow run` run is tagged and ended."""
     from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
     from mlflow_plugins.runs import mark_model_training
 
@@ -105,11 +106,9 @@ def parent_run(client: Any, spec: SweepSpec, study: Any, launcher: str | None) -
     if parent and launcher and launcher != parent:
         client.set_tag(launcher, C.SWEEP_STUDY, spec.study)
         client.set_tag(launcher, C.SWEEP_PARENT_RUN, parent)
-        client.set_tag(launcher, "mlflow.note.content", f"Joined study {spec.study}: see {parent}")
+        client.set_tag(launcher, MLFLOW_RUN_NOTE, f"Joined study {spec.study}: see {parent}")
         client.set_terminated(launcher, "FINISHED")
     if parent is None:
-        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-
         if launcher:
             parent = launcher
             client.set_tag(parent, MLFLOW_RUN_NAME, f"sweep-{spec.study}")
