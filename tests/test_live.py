@@ -255,3 +255,23 @@ def test_a_fall_that_drifts_on_below_its_rise_is_confirmed_on_time():
     _, changes = follow(frame, roles, per_update=25)
     confirmed = next(s for s in changes if s.state == "confirmed")
     assert confirmed.seen_at_step <= event.rise_end + Thresholds().sustain.epochs + 25
+
+
+@pytest.mark.parametrize(
+    "name", ["par25_k3_n1500_s147", "par20_k3_n1000_s148", "add47_f70_mb256_s149"]
+)
+def test_a_loss_fall_delayed_only_by_its_end_waits_for_the_run_s_end(name):
+    """Fast runs whose validation loss falls on for hundreds of epochs: prefixes confirm the
+    fall's start as delayed by where its end of rise stands so far, and the whole run ends it
+    earlier or finds the training fitted later, so analyze rejects it. Live it waits, never
+    confirmed, and the run's end says none."""
+    roles = Roles.from_metric_map(metric_map("loss-only"))
+    frame = load_run(name)
+    assert any(analyze(frame.loc[:cut], roles).confirmed for cut in range(100, 300, 25))
+    det, changes = follow(frame, roles, per_update=25)
+    assert not analyze(frame, roles).confirmed
+    assert "confirmed" not in [s.state for s in changes]
+    waited = [s for s in changes if s.waits_for == "delay"]
+    assert waited and waited[0].due is None
+    assert "analyze decides when the run ends" in waited[0].detail
+    assert det.update(ended=True).state == "none"

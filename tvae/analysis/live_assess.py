@@ -14,7 +14,8 @@ detector, with no criteria of their own:
   criterion, and it still holds at the last row. It may be withdrawn later (the level falls
   back, or the full detector rejects it for another reason); the state says so. An event
   `analyze` confirms stays one too while a scheduled change still to come could make analyze
-  reject it as a partial rise (`_schedule_hold`);
+  reject it as a partial rise (`_schedule_hold`), and until the run ends while only the end of a
+  loss's rise still under way makes it delayed (`_delay_hold`);
 - ``confirmed``: `analyze` confirms an event; it can only be raised after its sustain period.
 
 `assess` is that judgement for one history (the state itself: `tvae.analysis.live_state`);
@@ -145,6 +146,26 @@ def _schedule_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float,
     return due, why
 
 
+def _delay_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> str | None:
+    """Why confirmed event ``c`` stays a breakthrough until the run ends, or None: ``c`` is a
+    loss's jump whose onset came before `delay.factor` x the epochs the training took to fit,
+    so only its end of rise makes it delayed. A loss has no ceiling: a prefix ends the rise
+    where the fall in progress stands, and a longer history can end it earlier or find the
+    training fitted later, either of which makes analyze reject it as not delayed. The onset
+    is what a longer history leaves in place, so an event delayed by its onset is not held."""
+    fit = c.details.get("fit_epoch")
+    if c.size_unit != "log10" or c.details.get("shape") != "jump" or fit is None:
+        return None
+    ratio = ctx.elapsed(c.breakthrough_epoch) / ctx.elapsed(fit)
+    if ratio >= t.delay.factor:
+        return None
+    return (
+        f"its onset came at {ratio:.2f}x the epochs the training took to fit (epoch "
+        f"{fmt_epoch(fit)}), so only its end makes it {t.delay.factor:g}x delayed, and a fall "
+        "still under way can yet end earlier: analyze decides when the run ends"
+    )
+
+
 def _scheduled(ctx: RunContext) -> bool:
     """Whether a control signal has changed value (an LR by more than
     `confounds.lr_change_rel` of its smallest value: a schedule, not float noise)."""
@@ -251,12 +272,16 @@ def assess(
     last = int(hist.index[-1]) if len(hist) else None
     pad = t.sustain.epochs
     events = list(report.confirmed)
-    pending: list[tuple[Candidate, float, str]] = []  # (candidate, due step, why it waits)
+    # (candidate, the step it is due, what it waits for, why)
+    pending: list[tuple[Candidate, float | None, str, str]] = []
     if not ended:
         for c in events:
-            hold = _schedule_hold(c, ctx, t)
-            if hold and not any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
-                pending.append((c, *hold))
+            if any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
+                continue  # confirmed before: stays confirmed
+            if hold := _schedule_hold(c, ctx, t):
+                pending.append((c, hold[0], "schedule", hold[1]))
+            elif why := _delay_hold(c, ctx, t):
+                pending.append((c, None, "delay", why))
         events = [c for c in events if all(c is not h for h, *_ in pending)]
     unsure = [
         (e, r) for e, r in _seen(prev) if not any(same_transition(c, e, r, pad) for c in events)
@@ -270,7 +295,7 @@ def assess(
             if any(same_transition(c, e, r, pad) for e, r in unsure):
                 events.append(c)  # confirmed before, still rising or holding: stays confirmed
             else:
-                pending.append((c, due, ""))
+                pending.append((c, due, "sustain", ""))
         events.sort(key=lambda c: c.breakthrough_epoch)
     after = max((c.rise_end for c in events), default=-math.inf)
     pending = [p for p in pending if p[0].breakthrough_epoch > after]
@@ -286,18 +311,23 @@ def assess(
         "event_rises": tuple((c.plateau_end, c.rise_end) for c in events),
     }
     if pending:
-        c, due, why = pending[-1]
+        c, due, waits_for, why = pending[-1]
+        then = (
+            f"{why}, withdrawn before then if the detector rejects it"
+            if due is None
+            else f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
+        )
         state = LiveState(
             "breakthrough",
             since=c.breakthrough_epoch,
             metric=c.primary,
             due=due,
-            waits_for="schedule" if why else "sustain",
+            waits_for=waits_for,
             detail=(
                 f"{c.primary} rose {c.size:+.3g} {c.size_unit} after a "
                 f"{c.plateau_end - c.plateau_start:g}-epoch plateau (onset epoch "
                 f"{fmt_epoch(c.breakthrough_epoch)}), held {c.sustained_for:g} epochs so far: "
-                f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
+                f"{then}"
             ),
             **common,
         )
