@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from corpus import load_run, metric_map
 from live_curves import METRIC_MAP, textbook
@@ -260,18 +261,42 @@ def test_a_fall_that_drifts_on_below_its_rise_is_confirmed_on_time():
 @pytest.mark.parametrize(
     "name", ["par25_k3_n1500_s147", "par20_k3_n1000_s148", "add47_f70_mb256_s149"]
 )
-def test_a_loss_fall_delayed_only_by_its_end_waits_for_the_run_s_end(name):
-    """Fast runs whose validation loss falls on for hundreds of epochs: prefixes confirm the
-    fall's start as delayed by where its end of rise stands so far, and the whole run ends it
-    earlier or finds the training fitted later, so analyze rejects it. Live it waits, never
-    confirmed, and the run's end says none."""
+def test_an_event_before_the_fit_gap_opens_waits_for_the_run_s_end(name):
+    """Fast runs: prefixes confirm the validation loss's fall, judged by where the training
+    loss bent, before it is 10x below the validation loss; hundreds of epochs later it gets
+    there, analyze takes that as the fit, after the event's plateau, and the whole run rejects
+    the event (not fitted, among others). Live it waits, never confirmed; the end says none."""
     roles = Roles.from_metric_map(metric_map("loss-only"))
     frame = load_run(name)
     assert any(analyze(frame.loc[:cut], roles).confirmed for cut in range(100, 300, 25))
     det, changes = follow(frame, roles, per_update=25)
     assert not analyze(frame, roles).confirmed
     assert "confirmed" not in [s.state for s in changes]
-    waited = [s for s in changes if s.waits_for == "delay"]
+    waited = [s for s in changes if s.waits_for == "fit"]
     assert waited and waited[0].due is None
     assert "analyze decides when the run ends" in waited[0].detail
     assert det.update(ended=True).state == "none"
+
+
+def test_a_loss_fall_that_starts_before_twice_the_fit_is_confirmed_while_training():
+    """Grokking seen in the losses only: the training loss fits by epoch ~100, 10x below the
+    validation loss, which drops 0.7 decades from epoch 150 (before twice the fit) and falls
+    1.5 more over 300 epochs. The fit cannot move once the gap is open, so live confirms the
+    event analyze confirms while the run trains."""
+    n = 2000
+    e = np.arange(1, n + 1, dtype=float)
+    rng = np.random.default_rng(0)
+    drop = 0.5 - 0.5 * np.cos(np.pi * np.clip((e - 150) / 35, 0, 1))
+    tail = np.clip((e - 185) / 315, 0, 1) ** 0.7
+    frame = pd.DataFrame(
+        {
+            "train_loss": (4 * np.exp(-e / 45) + 2e-4) * np.exp(rng.normal(0, 0.02, n)),
+            "val_loss": 10 ** (0.65 - 0.7 * drop - 1.5 * tail + rng.normal(0, 0.01, n)),
+        },
+        index=pd.Index(e.astype(int), name="epoch"),
+    )
+    roles = Roles.from_metric_map("loss=train_loss,val_loss=val_loss")
+    (event,) = analyze(frame, roles).confirmed
+    assert event.breakthrough_epoch < 2 * event.details["fit_epoch"] < event.rise_end
+    _, changes = follow(frame, roles, per_update=25)
+    assert "confirmed" in [s.state for s in changes]

@@ -14,8 +14,8 @@ detector, with no criteria of their own:
   criterion, and it still holds at the last row. It may be withdrawn later (the level falls
   back, or the full detector rejects it for another reason); the state says so. An event
   `analyze` confirms stays one too while a scheduled change still to come could make analyze
-  reject it as a partial rise (`_schedule_hold`), and until the run ends while only the end of a
-  loss's rise still under way makes it delayed (`_delay_hold`);
+  reject it as a partial rise (`_schedule_hold`), and until the run ends while the training loss
+  has not opened its gap below a logged validation loss (`_fit_hold`);
 - ``confirmed``: `analyze` confirms an event; it can only be raised after its sustain period.
 
 `assess` is that judgement for one history (the state itself: `tvae.analysis.live_state`);
@@ -146,23 +146,18 @@ def _schedule_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float,
     return due, why
 
 
-def _delay_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> str | None:
-    """Why confirmed event ``c`` stays a breakthrough until the run ends, or None: ``c`` is a
-    loss's jump whose onset came before `delay.factor` x the epochs the training took to fit,
-    so only its end of rise makes it delayed. A loss has no ceiling: a prefix ends the rise
-    where the fall in progress stands, and a longer history can end it earlier or find the
-    training fitted later, either of which makes analyze reject it as not delayed. The onset
-    is what a longer history leaves in place, so an event delayed by its onset is not held."""
-    fit = c.details.get("fit_epoch")
-    if c.size_unit != "log10" or c.details.get("shape") != "jump" or fit is None:
-        return None
-    ratio = ctx.elapsed(c.breakthrough_epoch) / ctx.elapsed(fit)
-    if ratio >= t.delay.factor:
+def _fit_hold(ctx: RunContext, t: Thresholds) -> str | None:
+    """Why an event confirmed now waits until the run ends, or None: the run logs a validation
+    loss and the training loss has not fallen `delay.fit_gap`-fold below it yet, so the fit it
+    was judged by is the training loss's own bend (`RunContext.fit_epoch`). If the gap opens
+    later, analyze takes that later epoch as the fit, and an event before it was not on a
+    fitted plateau; whether it opens cannot be known while the run trains."""
+    if ctx.train_loss is None or not ctx.has("val_loss") or ctx.gap_fit is not None:
         return None
     return (
-        f"its onset came at {ratio:.2f}x the epochs the training took to fit (epoch "
-        f"{fmt_epoch(fit)}), so only its end makes it {t.delay.factor:g}x delayed, and a fall "
-        "still under way can yet end earlier: analyze decides when the run ends"
+        f"{ctx.roles.loss} is not yet {t.delay.fit_gap:g}x below {ctx.roles.val_loss}: if it "
+        "gets there later, analyze takes that as the fit and rejects an event before it as "
+        "not fitted, so analyze decides when the run ends"
     )
 
 
@@ -280,8 +275,8 @@ def assess(
                 continue  # confirmed before: stays confirmed
             if hold := _schedule_hold(c, ctx, t):
                 pending.append((c, hold[0], "schedule", hold[1]))
-            elif why := _delay_hold(c, ctx, t):
-                pending.append((c, None, "delay", why))
+            elif why := _fit_hold(ctx, t):
+                pending.append((c, None, "fit", why))
         events = [c for c in events if all(c is not h for h, *_ in pending)]
     unsure = [
         (e, r) for e, r in _seen(prev) if not any(same_transition(c, e, r, pad) for c in events)
