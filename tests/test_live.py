@@ -263,9 +263,10 @@ def test_a_fall_that_drifts_on_below_its_rise_is_confirmed_on_time():
 )
 def test_an_event_before_the_fit_gap_opens_waits_for_the_run_s_end(name):
     """Fast runs: prefixes confirm the validation loss's fall, judged by where the training
-    loss bent, before it is 10x below the validation loss; hundreds of epochs later it gets
-    there, analyze takes that as the fit, after the event's plateau, and the whole run rejects
-    the event (not fitted, among others). Live it waits, never confirmed; the end says none."""
+    loss bent, while the training loss, not yet 10x below the validation loss, falls on toward
+    it; hundreds of epochs later it gets there, analyze takes that as the fit, after the
+    event's plateau, and the whole run rejects the event (not fitted, among others). Live it
+    waits, never confirmed; the end says none."""
     roles = Roles.from_metric_map(metric_map("loss-only"))
     frame = load_run(name)
     assert any(analyze(frame.loc[:cut], roles).confirmed for cut in range(100, 300, 25))
@@ -300,3 +301,27 @@ def test_a_loss_fall_that_starts_before_twice_the_fit_is_confirmed_while_trainin
     assert event.breakthrough_epoch < 2 * event.details["fit_epoch"] < event.rise_end
     _, changes = follow(frame, roles, per_update=25)
     assert "confirmed" in [s.state for s in changes]
+
+
+def test_a_training_loss_on_a_floor_does_not_hold_a_real_event():
+    """Label smoothing puts a floor under the training loss (0.8 here), so it never gets 10x
+    below the validation loss (6 on the plateau) and the fit cannot move: the event analyze
+    confirms is confirmed live while the run trains."""
+    n = 2000
+    e = np.arange(1, n + 1, dtype=float)
+    rng = np.random.default_rng(0)
+    drop = 0.5 - 0.5 * np.cos(np.pi * np.clip((e - 1200) / 200, 0, 1))
+    val = np.interp(e, [1, 150], [4.6, 6.0]) - 5.1 * drop
+    frame = pd.DataFrame(
+        {
+            "train_loss": (0.8 + 3.8 * np.exp(-e / 30)) * np.exp(rng.normal(0, 0.02, n)),
+            "val_loss": val * np.exp(rng.normal(0, 0.02, n)),
+        },
+        index=pd.Index(e.astype(int), name="epoch"),
+    )
+    roles = Roles.from_metric_map("loss=train_loss,val_loss=val_loss")
+    assert (frame["val_loss"] / frame["train_loss"]).max() < Thresholds().delay.fit_gap
+    (event,) = analyze(frame, roles).confirmed
+    _, changes = follow(frame, roles, per_update=25)
+    confirmed = next(s for s in changes if s.state == "confirmed")
+    assert confirmed.seen_at_step <= event.rise_end + Thresholds().sustain.epochs + 25

@@ -15,7 +15,7 @@ detector, with no criteria of their own:
   back, or the full detector rejects it for another reason); the state says so. An event
   `analyze` confirms stays one too while a scheduled change still to come could make analyze
   reject it as a partial rise (`_schedule_hold`), and until the run ends while the training loss
-  has not opened its gap below a logged validation loss (`_fit_hold`);
+  is on its way to opening its gap below a logged validation loss (`_fit_hold`);
 - ``confirmed``: `analyze` confirms an event; it can only be raised after its sustain period.
 
 `assess` is that judgement for one history (the state itself: `tvae.analysis.live_state`);
@@ -148,16 +148,28 @@ def _schedule_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float,
 
 def _fit_hold(ctx: RunContext, t: Thresholds) -> str | None:
     """Why an event confirmed now waits until the run ends, or None: the run logs a validation
-    loss and the training loss has not fallen `delay.fit_gap`-fold below it yet, so the fit it
-    was judged by is the training loss's own bend (`RunContext.fit_epoch`). If the gap opens
-    later, analyze takes that later epoch as the fit, and an event before it was not on a
-    fitted plateau; whether it opens cannot be known while the run trains."""
+    loss, the training loss is not `delay.fit_gap`-fold below it yet, and at its pace over the
+    last half of the history it would get there within as long again. Then the fit the event
+    was judged by (the training loss's bend, `RunContext.fit_epoch`) is likely to move: analyze
+    takes the epoch the gap opens as the fit, and an event before it was not on a fitted
+    plateau. A training loss that has stopped falling (a floor: label smoothing, a regulariser
+    in the loss) cannot open the gap, so its events are not held."""
     if ctx.train_loss is None or not ctx.has("val_loss") or ctx.gap_fit is not None:
         return None
+    both = ctx.history[[ctx.roles.loss, ctx.roles.val_loss]].to_numpy(dtype=float)
+    ok = np.all(np.isfinite(both) & (both > 0), axis=1)  # the rows a gap fit is read from
+    e, train, val = ctx.history.index.to_numpy(dtype=float)[ok], both[ok, 0], both[ok, 1]
+    if len(e) < 2 * TAIL_ROWS:
+        return None
+    gap = math.log10(float(np.median(val[-TAIL_ROWS:]) / np.median(train[-TAIL_ROWS:])))
+    half = train[e >= (e[0] + e[-1]) / 2]
+    fall = math.log10(float(np.median(half[:TAIL_ROWS]) / np.median(half[-TAIL_ROWS:])))
+    if 2 * fall < math.log10(t.delay.fit_gap) - gap:
+        return None
     return (
-        f"{ctx.roles.loss} is not yet {t.delay.fit_gap:g}x below {ctx.roles.val_loss}: if it "
-        "gets there later, analyze takes that as the fit and rejects an event before it as "
-        "not fitted, so analyze decides when the run ends"
+        f"{ctx.roles.loss} is {10**gap:.3g}x below {ctx.roles.val_loss} and falling: once it is "
+        f"{t.delay.fit_gap:g}x below, analyze takes that as the fit and rejects an event before "
+        "it as not fitted, so analyze decides when the run ends"
     )
 
 
