@@ -258,27 +258,6 @@ def test_a_fall_that_drifts_on_below_its_rise_is_confirmed_on_time():
     assert confirmed.seen_at_step <= event.rise_end + Thresholds().sustain.epochs + 25
 
 
-@pytest.mark.parametrize(
-    "name", ["par25_k3_n1500_s147", "par20_k3_n1000_s148", "add47_f70_mb256_s149"]
-)
-def test_an_event_before_the_fit_gap_opens_waits_for_the_run_s_end(name):
-    """Fast runs: prefixes confirm the validation loss's fall, judged by where the training
-    loss bent, while the training loss, not yet 10x below the validation loss, falls on toward
-    it; hundreds of epochs later it gets there, analyze takes that as the fit, after the
-    event's plateau, and the whole run rejects the event (not fitted, among others). Live it
-    waits, never confirmed; the end says none."""
-    roles = Roles.from_metric_map(metric_map("loss-only"))
-    frame = load_run(name)
-    assert any(analyze(frame.loc[:cut], roles).confirmed for cut in range(100, 300, 25))
-    det, changes = follow(frame, roles, per_update=25)
-    assert not analyze(frame, roles).confirmed
-    assert "confirmed" not in [s.state for s in changes]
-    waited = [s for s in changes if s.waits_for == "fit"]
-    assert waited and waited[0].due is None
-    assert "analyze decides when the run ends" in waited[0].detail
-    assert det.update(ended=True).state == "none"
-
-
 def test_a_loss_fall_that_starts_before_twice_the_fit_is_confirmed_while_training():
     """Grokking seen in the losses only: the training loss fits by epoch ~100, 10x below the
     validation loss, which drops 0.7 decades from epoch 150 (before twice the fit) and falls
@@ -303,7 +282,7 @@ def test_a_loss_fall_that_starts_before_twice_the_fit_is_confirmed_while_trainin
     assert "confirmed" in [s.state for s in changes]
 
 
-def test_a_training_loss_on_a_floor_does_not_hold_a_real_event():
+def test_an_event_over_a_training_loss_on_a_floor_is_confirmed_while_training():
     """Label smoothing puts a floor under the training loss (0.8 here), so it never gets 10x
     below the validation loss (6 on the plateau) and the fit cannot move: the event analyze
     confirms is confirmed live while the run trains."""

@@ -14,8 +14,7 @@ detector, with no criteria of their own:
   criterion, and it still holds at the last row. It may be withdrawn later (the level falls
   back, or the full detector rejects it for another reason); the state says so. An event
   `analyze` confirms stays one too while a scheduled change still to come could make analyze
-  reject it as a partial rise (`_schedule_hold`), and until the run ends while the training loss
-  is on its way to opening its gap below a logged validation loss (`_fit_hold`);
+  reject it as a partial rise (`_schedule_hold`);
 - ``confirmed``: `analyze` confirms an event; it can only be raised after its sustain period.
 
 `assess` is that judgement for one history (the state itself: `tvae.analysis.live_state`);
@@ -146,33 +145,6 @@ def _schedule_hold(c: Candidate, ctx: RunContext, t: Thresholds) -> tuple[float,
     return due, why
 
 
-def _fit_hold(ctx: RunContext, t: Thresholds) -> str | None:
-    """Why an event confirmed now waits until the run ends, or None: the run logs a validation
-    loss, the training loss is not `delay.fit_gap`-fold below it yet, and at its pace over the
-    last half of the history it would get there within as long again. Then the fit the event
-    was judged by (the training loss's bend, `RunContext.fit_epoch`) is likely to move: analyze
-    takes the epoch the gap opens as the fit, and an event before it was not on a fitted
-    plateau. A training loss that has stopped falling (a floor: label smoothing, a regulariser
-    in the loss) cannot open the gap, so its events are not held."""
-    if ctx.train_loss is None or not ctx.has("val_loss") or ctx.gap_fit is not None:
-        return None
-    both = ctx.history[[ctx.roles.loss, ctx.roles.val_loss]].to_numpy(dtype=float)
-    ok = np.all(np.isfinite(both) & (both > 0), axis=1)  # the rows a gap fit is read from
-    e, train, val = ctx.history.index.to_numpy(dtype=float)[ok], both[ok, 0], both[ok, 1]
-    if len(e) < 2 * TAIL_ROWS:
-        return None
-    gap = math.log10(float(np.median(val[-TAIL_ROWS:]) / np.median(train[-TAIL_ROWS:])))
-    half = train[e >= (e[0] + e[-1]) / 2]
-    fall = math.log10(float(np.median(half[:TAIL_ROWS]) / np.median(half[-TAIL_ROWS:])))
-    if 2 * fall < math.log10(t.delay.fit_gap) - gap:
-        return None
-    return (
-        f"{ctx.roles.loss} is {10**gap:.3g}x below {ctx.roles.val_loss} and falling: once it is "
-        f"{t.delay.fit_gap:g}x below, analyze takes that as the fit and rejects an event before "
-        "it as not fitted, so analyze decides when the run ends"
-    )
-
-
 def _scheduled(ctx: RunContext) -> bool:
     """Whether a control signal has changed value (an LR by more than
     `confounds.lr_change_rel` of its smallest value: a schedule, not float noise)."""
@@ -279,16 +251,12 @@ def assess(
     last = int(hist.index[-1]) if len(hist) else None
     pad = t.sustain.epochs
     events = list(report.confirmed)
-    # (candidate, the step it is due, what it waits for, why)
-    pending: list[tuple[Candidate, float | None, str, str]] = []
+    pending: list[tuple[Candidate, float, str]] = []  # (candidate, due step, why it waits)
     if not ended:
         for c in events:
-            if any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
-                continue  # confirmed before: stays confirmed
-            if hold := _schedule_hold(c, ctx, t):
-                pending.append((c, hold[0], "schedule", hold[1]))
-            elif why := _fit_hold(ctx, t):
-                pending.append((c, None, "fit", why))
+            hold = _schedule_hold(c, ctx, t)
+            if hold and not any(same_transition(c, e, r, pad) for e, r in _seen(prev)):
+                pending.append((c, *hold))
         events = [c for c in events if all(c is not h for h, *_ in pending)]
     unsure = [
         (e, r) for e, r in _seen(prev) if not any(same_transition(c, e, r, pad) for c in events)
@@ -302,7 +270,7 @@ def assess(
             if any(same_transition(c, e, r, pad) for e, r in unsure):
                 events.append(c)  # confirmed before, still rising or holding: stays confirmed
             else:
-                pending.append((c, due, "sustain", ""))
+                pending.append((c, due, ""))
         events.sort(key=lambda c: c.breakthrough_epoch)
     after = max((c.rise_end for c in events), default=-math.inf)
     pending = [p for p in pending if p[0].breakthrough_epoch > after]
@@ -318,23 +286,18 @@ def assess(
         "event_rises": tuple((c.plateau_end, c.rise_end) for c in events),
     }
     if pending:
-        c, due, waits_for, why = pending[-1]
-        then = (
-            f"{why}, withdrawn before then if the detector rejects it"
-            if due is None
-            else f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
-        )
+        c, due, why = pending[-1]
         state = LiveState(
             "breakthrough",
             since=c.breakthrough_epoch,
             metric=c.primary,
             due=due,
-            waits_for=waits_for,
+            waits_for="schedule" if why else "sustain",
             detail=(
                 f"{c.primary} rose {c.size:+.3g} {c.size_unit} after a "
                 f"{c.plateau_end - c.plateau_start:g}-epoch plateau (onset epoch "
                 f"{fmt_epoch(c.breakthrough_epoch)}), held {c.sustained_for:g} epochs so far: "
-                f"{then}"
+                f"{why}confirmed at step {fmt_epoch(due)} if it holds, withdrawn if not"
             ),
             **common,
         )

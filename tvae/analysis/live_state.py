@@ -34,7 +34,7 @@ class LiveState:
     event_epochs: tuple[float, ...] = ()  # every confirmed event's breakthrough epoch
     event_rises: tuple[tuple[float, float], ...] = ()  # and its rise: (plateau end, rise end)
     due: float | None = None  # breakthrough: the step by which it is confirmed if it holds
-    waits_for: str | None = None  # breakthrough: "sustain", "schedule" or "fit" (the run's end)
+    waits_for: str | None = None  # breakthrough: "sustain", or "schedule" (`_schedule_hold`)
 
     def change_key(self) -> tuple:
         """What makes a new state worth a line and a notification: the state, the number of
