@@ -7,6 +7,7 @@
     python benchmarks/detection_accuracy.py --steps-per-epoch 50 --log-epoch --loss-rows 5
     python benchmarks/detection_accuracy.py --log-spaced 300  # rows at log-spaced epochs only
     python benchmarks/detection_accuracy.py --eval-every 10   # val_* keys every 10th row only
+    python benchmarks/detection_accuracy.py --eval-every 2 --eval-apart  # no row holds both
     python benchmarks/detection_accuracy.py --no-steps        # log_metric(key, value), no step
     python benchmarks/detection_accuracy.py --train-steps 50  # train keys by step, val by epoch
 
@@ -108,7 +109,7 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
     """``frame`` as the options log it; ``entry``'s onset window moved onto that axis."""
     k = args.steps_per_epoch
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
-    frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every)
+    frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every, args.eval_apart)
     frame = in_percent(frame) if args.percent else frame
     window = entry["label"].get("window")
     if args.no_steps:
@@ -188,6 +189,12 @@ def main() -> None:
         default=1,
         help="keep the val_* keys on every this-many-th row only (evaluation every few epochs, "
         "the training keys every epoch); a window widens by that many rows",
+    )
+    parser.add_argument(
+        "--eval-apart",
+        action="store_true",
+        help="with --eval-every: the training keys on the other rows only, so no row holds a "
+        "training and a validation key (evaluation logged at steps of its own)",
     )
     parser.add_argument(
         "--percent", action="store_true", help="log the accuracies in percent (97.3, not 0.973)"

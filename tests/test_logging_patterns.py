@@ -5,6 +5,8 @@
 - At log-spaced epochs (for log-x plots): a plateau's level is its median over epochs, not over
   rows, so the dense early rows do not outweigh the rest of it.
 - With the accuracy in percent (97.3, not 0.973): it is read as the fraction it is.
+- With the evaluation logged at steps of its own (no row holds both losses): the training loss
+  is read against the validation loss last logged.
 """
 
 from __future__ import annotations
@@ -173,6 +175,22 @@ def test_a_partial_rise_that_a_warm_restart_completes_is_the_restart_s():
     lo, hi = index()["sub47_f60_cos1000"]["label"]["window"]
     events = analyze(eval_every(load_run("sub47_f60_cos1000"), 10), roles).confirmed
     assert len(events) == 1 and lo - 10 <= events[0].breakthrough_epoch <= hi + 10
+
+
+@pytest.mark.parametrize("name", ["add47_f70_mb256_s149", "par25_k3_n1500_s147", GROKS])
+def test_evaluation_logged_at_steps_of_its_own_reads_the_fit_as_logged_together(name):
+    """Training keys on even epochs, validation keys on odd ones: no row holds both losses.
+    The training loss is read against the validation loss last logged, so the fit is where it
+    is by epoch, and the fast runs (training split) stay without an event (read on shared rows
+    only, of which there are none, the fit would fall back to the training loss's bend and
+    both would be confirmed)."""
+    roles = Roles.from_metric_map(metric_map("loss-only"))
+    whole, apart = load_run(name), eval_every(load_run(name), 2, apart=True)
+    assert not apart[["train_loss", "val_loss"]].notna().all(axis=1).any()
+    by_epoch, split = analyze(whole, roles), analyze(apart, roles)
+    fits = [[c.details["fit_epoch"] for c in r.candidates] for r in (by_epoch, split)]
+    assert fits[0] and all(abs(a - b) <= 1 for a, b in zip(*fits, strict=False))
+    assert len(split.confirmed) == len(by_epoch.confirmed) == (name == GROKS)
 
 
 def test_an_event_that_a_later_lr_drop_lifts_further_stays_an_event():

@@ -59,12 +59,15 @@ def in_percent(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def eval_every(df: pd.DataFrame, every: int) -> pd.DataFrame:
-    """``df`` with its val_* keys on every ``every``-th row only."""
+def eval_every(df: pd.DataFrame, every: int, apart: bool = False) -> pd.DataFrame:
+    """``df`` with its val_* keys on every ``every``-th row only; ``apart``: its train_* keys
+    on the other rows only, so no row holds both (evaluation logged at its own steps)."""
     if every > 1:
         drop = np.arange(len(df)) % every != every - 1
         for key in [c for c in df.columns if c.startswith("val_")]:
             df.loc[drop, key] = np.nan
+        for key in [c for c in df.columns if apart and c.startswith("train_")]:
+            df.loc[~drop, key] = np.nan
     return df
 
 

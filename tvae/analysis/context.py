@@ -71,10 +71,15 @@ class RunContext:
     @cached_property
     def gap_fit(self) -> float | None:
         """First epoch the training loss is `delay.fit_gap`-fold below the validation loss:
-        the training set is memorised beyond what generalises (None without both losses)."""
+        the training set is memorised beyond what generalises (None without both losses).
+        Read on the rows that hold both; a run that logs its evaluation at steps of its own,
+        so that no row does, is read against the validation loss last logged."""
         if self.train_loss is None or not self.has("val_loss"):
             return None
-        both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float)
+        both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float, copy=True)
+        if not np.all(np.isfinite(both), axis=1).any():
+            val = self.history[self.roles.val_loss].astype(float)
+            both[:, 1] = val.where(np.isfinite(val)).ffill().to_numpy()
         ok = np.all(np.isfinite(both), axis=1) & (both[:, 0] > 0)
         epochs = self.history.index.to_numpy(dtype=float)[ok]
         hit = np.nonzero(both[ok, 0] * self.t.delay.fit_gap <= both[ok, 1])[0]
