@@ -214,6 +214,8 @@ def main() -> None:
         "against epochs, read back as load_history places them",
     )
     args = parser.parse_args()
+    if args.eval_apart and args.eval_every < 2:
+        parser.error("--eval-apart needs --eval-every 2 or more")
     thresholds = load_thresholds(args.thresholds)
     splits = split_names(runs) if args.split == "all" else [args.split]
     histories = {name: replay(entry, load_run(name), args) for name, entry in runs.items()}

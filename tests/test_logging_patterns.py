@@ -178,18 +178,23 @@ def test_a_partial_rise_that_a_warm_restart_completes_is_the_restart_s():
 
 
 @pytest.mark.parametrize("name", ["add47_f70_mb256_s149", "par25_k3_n1500_s147", GROKS])
-def test_evaluation_logged_at_steps_of_its_own_reads_the_fit_as_logged_together(name):
-    """Training keys on even epochs, validation keys on odd ones: no row holds both losses.
-    The training loss is read against the validation loss last logged, so the fit is where it
-    is by epoch, and the fast runs (training split) stay without an event (read on shared rows
-    only, of which there are none, the fit would fall back to the training loss's bend and
-    both would be confirmed)."""
+@pytest.mark.parametrize("last_shared", [False, True])
+def test_evaluation_logged_at_steps_of_its_own_reads_the_fit_as_logged_together(name, last_shared):
+    """Validation keys on every 2nd row, training keys on the others (and, as a final
+    evaluation at the last training step, both on the last row). The training loss is read
+    against the validation loss last logged, so the fit is where it is by epoch, and the fast
+    runs (training split) stay without an event (read on shared rows only, the fit would fall
+    back to the training loss's bend, or to the last row, and the verdicts would change)."""
     roles = Roles.from_metric_map(metric_map("loss-only"))
     whole, apart = load_run(name), eval_every(load_run(name), 2, apart=True)
-    assert not apart[["train_loss", "val_loss"]].notna().all(axis=1).any()
+    if last_shared:
+        apart.iloc[-1] = whole.iloc[-1]
+    shared = apart[["train_loss", "val_loss"]].notna().all(axis=1)
+    assert shared.sum() == last_shared
     by_epoch, split = analyze(whole, roles), analyze(apart, roles)
     fits = [[c.details["fit_epoch"] for c in r.candidates] for r in (by_epoch, split)]
-    assert fits[0] and all(abs(a - b) <= 1 for a, b in zip(*fits, strict=False))
+    assert fits[0] and len(fits[0]) == len(fits[1])
+    assert all(abs(a - b) <= 1 for a, b in zip(*fits, strict=True))
     assert len(split.confirmed) == len(by_epoch.confirmed) == (name == GROKS)
 
 

@@ -72,14 +72,17 @@ class RunContext:
     def gap_fit(self) -> float | None:
         """First epoch the training loss is `delay.fit_gap`-fold below the validation loss:
         the training set is memorised beyond what generalises (None without both losses).
-        Read on the rows that hold both; a run that logs its evaluation at steps of its own,
-        so that no row does, is read against the validation loss last logged."""
+        Read on the rows that hold both; when most validation rows hold no training loss (a
+        run that logs its evaluation at steps of its own), against the validation loss last
+        logged, carried no further than the usual interval between evaluations."""
         if self.train_loss is None or not self.has("val_loss"):
             return None
         both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float, copy=True)
-        if not np.all(np.isfinite(both), axis=1).any():
-            val = self.history[self.roles.val_loss].astype(float)
-            both[:, 1] = val.where(np.isfinite(val)).ffill().to_numpy()
+        evals = np.flatnonzero(np.isfinite(both[:, 1]))
+        if np.isfinite(both[evals, 0]).mean() < 0.5:
+            every = int(np.median(np.diff(evals))) if len(evals) > 1 else 1
+            val = pd.Series(np.where(np.isfinite(both[:, 1]), both[:, 1], np.nan))
+            both[:, 1] = val.ffill(limit=every).to_numpy()
         ok = np.all(np.isfinite(both), axis=1) & (both[:, 0] > 0)
         epochs = self.history.index.to_numpy(dtype=float)[ok]
         hit = np.nonzero(both[ok, 0] * self.t.delay.fit_gap <= both[ok, 1])[0]
