@@ -79,7 +79,7 @@ class RunContext:
             return None
         both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float, copy=True)
         evals = np.flatnonzero(np.isfinite(both[:, 1]))
-        if np.isfinite(both[evals, 0]).mean() < 0.5:
+        if len(evals) and np.isfinite(both[evals, 0]).mean() < 0.5:
             every = int(np.median(np.diff(evals))) if len(evals) > 1 else 1
             val = pd.Series(np.where(np.isfinite(both[:, 1]), both[:, 1], np.nan))
             both[:, 1] = val.ffill(limit=every).to_numpy()
