@@ -19,6 +19,7 @@ from tvae.analysis.live import LiveDetector
 from tvae.analysis.live_assess import _detect, same_transition
 
 ROLES = Roles.from_metric_map(METRIC_MAP)
+LOSSES = Roles.from_metric_map("loss=train_loss,val_loss=val_loss")  # the two losses only
 
 
 def follow(frame, roles=ROLES, per_update: int = 1):
@@ -250,12 +251,18 @@ def test_a_fall_that_drifts_on_below_its_rise_is_confirmed_on_time():
     e = frame.index.to_numpy()
     up = np.clip((e - 100 + 1) / 3, 0.0, 1.0)
     frame["val_loss"] = 10 ** (0.6 - 1.0 * up - 0.003 * np.clip(e - 103, 0, None))
-    roles = Roles.from_metric_map("loss=train_loss,val_loss=val_loss")
+    roles = LOSSES
     (event,) = analyze(frame, roles).confirmed
     assert all(analyze(frame.loc[:cut], roles).confirmed for cut in (125, 300, 600))
     _, changes = follow(frame, roles, per_update=25)
     confirmed = next(s for s in changes if s.state == "confirmed")
     assert confirmed.seen_at_step <= event.rise_end + Thresholds().sustain.epochs + 25
+
+
+def _losses(e: np.ndarray, train: np.ndarray, val: np.ndarray) -> pd.DataFrame:
+    """A run that logs only its two losses, one row an epoch."""
+    index = pd.Index(e.astype(int), name="epoch")
+    return pd.DataFrame({"train_loss": train, "val_loss": val}, index=index)
 
 
 def test_a_loss_fall_that_starts_before_twice_the_fit_is_confirmed_while_training():
@@ -268,14 +275,12 @@ def test_a_loss_fall_that_starts_before_twice_the_fit_is_confirmed_while_trainin
     rng = np.random.default_rng(0)
     drop = 0.5 - 0.5 * np.cos(np.pi * np.clip((e - 150) / 35, 0, 1))
     tail = np.clip((e - 185) / 315, 0, 1) ** 0.7
-    frame = pd.DataFrame(
-        {
-            "train_loss": (4 * np.exp(-e / 45) + 2e-4) * np.exp(rng.normal(0, 0.02, n)),
-            "val_loss": 10 ** (0.65 - 0.7 * drop - 1.5 * tail + rng.normal(0, 0.01, n)),
-        },
-        index=pd.Index(e.astype(int), name="epoch"),
+    frame = _losses(
+        e,
+        (4 * np.exp(-e / 45) + 2e-4) * np.exp(rng.normal(0, 0.02, n)),
+        10 ** (0.65 - 0.7 * drop - 1.5 * tail + rng.normal(0, 0.01, n)),
     )
-    roles = Roles.from_metric_map("loss=train_loss,val_loss=val_loss")
+    roles = LOSSES
     (event,) = analyze(frame, roles).confirmed
     assert event.breakthrough_epoch < 2 * event.details["fit_epoch"] < event.rise_end
     _, changes = follow(frame, roles, per_update=25)
@@ -291,14 +296,12 @@ def test_an_event_over_a_training_loss_on_a_floor_is_confirmed_while_training():
     rng = np.random.default_rng(0)
     drop = 0.5 - 0.5 * np.cos(np.pi * np.clip((e - 1200) / 200, 0, 1))
     val = np.interp(e, [1, 150], [4.6, 6.0]) - 5.1 * drop
-    frame = pd.DataFrame(
-        {
-            "train_loss": (0.8 + 3.8 * np.exp(-e / 30)) * np.exp(rng.normal(0, 0.02, n)),
-            "val_loss": val * np.exp(rng.normal(0, 0.02, n)),
-        },
-        index=pd.Index(e.astype(int), name="epoch"),
+    frame = _losses(
+        e,
+        (0.8 + 3.8 * np.exp(-e / 30)) * np.exp(rng.normal(0, 0.02, n)),
+        val * np.exp(rng.normal(0, 0.02, n)),
     )
-    roles = Roles.from_metric_map("loss=train_loss,val_loss=val_loss")
+    roles = LOSSES
     assert (frame["val_loss"] / frame["train_loss"]).max() < Thresholds().delay.fit_gap
     (event,) = analyze(frame, roles).confirmed
     _, changes = follow(frame, roles, per_update=25)
