@@ -47,6 +47,7 @@ from corpus import (  # noqa: E402
 
 from mlflow_plugins.stepless import place_stepless  # noqa: E402
 from tvae.analysis import Roles, analyze, load_thresholds  # noqa: E402
+from tvae.analysis.confounds import LOGGED_NAN  # noqa: E402
 
 
 def auroc(pos: list[float], neg: list[float]) -> float:
@@ -128,6 +129,13 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
             hi = x[min(np.searchsorted(x, window[1]), len(x) - 1)]
             window = [float(lo), float(hi)]
         entry["label"]["window"] = window
+    return frame
+
+
+def as_read(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as `load_history` returns it: the corpus logs no NaN, so each NaN cell is a
+    step its key was not logged at, which the reader knows (``attrs[LOGGED_NAN]``)."""
+    frame.attrs[LOGGED_NAN] = {}
     return frame
 
 
@@ -218,7 +226,7 @@ def main() -> None:
         parser.error("--eval-apart needs --eval-every 2 or more")
     thresholds = load_thresholds(args.thresholds)
     splits = split_names(runs) if args.split == "all" else [args.split]
-    histories = {name: replay(entry, load_run(name), args) for name, entry in runs.items()}
+    histories = {n: as_read(replay(entry, load_run(n), args)) for n, entry in runs.items()}
     started, analysed = time.perf_counter(), 0
     for split in splits:
         names = [n for n in sorted(runs) if runs[n]["split"] == split]

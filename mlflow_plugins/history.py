@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mlflow_plugins.stepless import Rows, place_stepless
+from tvae.analysis.confounds import history_frame
 from tvae.contract import SYSTEM_PREFIX
 
 if TYPE_CHECKING:
@@ -97,29 +98,22 @@ def load_history(
     never see them; everything else goes to history_df. `fast=False` forces the public
     `get_metric_history` path (the benchmark's baseline). Keys logged without a step, or on
     another kind of step than the rest, are placed by when they were logged (`stepless`), and
-    `history.attrs["notes"]` says so.
+    `history.attrs["notes"]` says so. The steps each key logged as NaN are in
+    `history.attrs[LOGGED_NAN]` (`tvae.analysis.confounds`): the frame's NaN cells include steps
+    a key was not logged at.
     """
     run = client.get_run(run_id)
     engine = _sql_engine(client) if fast else None
     read = partial(_read_sql, engine) if engine is not None else partial(_client_rows, client)
     rows = {key: read(run_id, key) for key in sorted(run.data.metrics)}
     logged, note = place_stepless({k: r for k, r in rows.items() if not _system(k)})
-    history = _frame({key: _series(*r) for key, r in logged.items()})
+    history = history_frame({key: _series(*r) for key, r in logged.items()})
     history.attrs["notes"] = [note] if note else []
-    return history, _frame({key: _series(*r) for key, r in rows.items() if _system(key)})
+    return history, history_frame({key: _series(*r) for key, r in rows.items() if _system(key)})
 
 
 def _system(key: str) -> bool:
     return key.startswith(SYSTEM_PREFIX)
-
-
-def _frame(columns: dict[str, pd.Series]) -> pd.DataFrame:
-    if not columns:
-        return pd.DataFrame(index=pd.Index([], dtype=np.int64, name="epoch"))
-    frame = pd.concat(columns, axis=1).sort_index()
-    frame.index = frame.index.astype(np.int64)
-    frame.index.name = "epoch"
-    return frame
 
 
 # -- incremental reads: only the rows logged since the last read --------------------------------

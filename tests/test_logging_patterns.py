@@ -78,19 +78,28 @@ def test_the_live_state_on_steps_is_the_by_epoch_state():
     assert [s.state for s in changes][-1] == "confirmed"
 
 
-def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri):
-    """As HF Trainer's MLflow callback logs it: every key against the global step, `epoch` too."""
-    client = MlflowClient()
+def logged_run(client: MlflowClient, frame: pd.DataFrame, nan: dict | None = None) -> str:
+    """A FINISHED run holding ``frame``'s finite cells (a NaN cell is a step its key was not
+    logged at) and a NaN logged at each ``nan`` key's steps."""
     run_id = client.create_run("0").info.run_id
-    frame, ts = stepped(GROKS), int(time.time() * 1000)
+    ts = int(time.time() * 1000)
     rows = [
         Metric(key, float(v), ts, int(step))
         for key in frame.columns
         for step, v in frame[key].dropna().items()
     ]
+    rows += [Metric(key, float("nan"), ts, int(s)) for key, at in (nan or {}).items() for s in at]
     for i in range(0, len(rows), 1000):
         client.log_batch(run_id, metrics=rows[i : i + 1000])
     client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def test_analyze_of_a_step_logged_mlflow_run_reads_its_epoch_metric(tracking_uri):
+    """As HF Trainer's MLflow callback logs it: every key against the global step, `epoch` too."""
+    client = MlflowClient()
+    frame = stepped(GROKS)
+    run_id = logged_run(client, frame)
     outcome = analyze_run(client, run_id, metric_map=metric_map("val_acc"), register=False)
     event = analyze(load_run(GROKS), VAL_ACC).confirmed[0]
     tags = client.get_run(run_id).data.tags
@@ -196,6 +205,37 @@ def test_evaluation_logged_at_steps_of_its_own_reads_the_fit_as_logged_together(
     assert fits[0] and len(fits[0]) == len(fits[1])
     assert all(abs(a - b) <= 1 for a, b in zip(*fits, strict=True))
     assert len(split.confirmed) == len(by_epoch.confirmed) == (name == GROKS)
+
+
+def test_steps_a_key_was_not_logged_at_are_not_logged_nans(tracking_uri):
+    """Training keys on 9 rows in 10 and the evaluation on the 10th, at steps of its own (a
+    trainer logging every n steps and validating between them). The training keys, finite on
+    90 % of the rows, read as logged every row, so in the frame alone each evaluation row looks
+    like a NaN they logged and every candidate is rejected on `nan`. The reader knows which
+    steps a key logged NaN at: the run keeps its by-epoch event and passes `no_nan_inf`, live
+    too, and a NaN it did log still rejects the event."""
+    client = MlflowClient()
+    view = metric_map("acc+loss")
+    roles = Roles.from_metric_map(view)
+    apart = eval_every(load_run(GROKS), 10, apart=True)
+    assert apart["train_loss"].notna().mean() == pytest.approx(0.9, abs=0.01)
+    assert analyze(apart, roles).confirmed == []  # the frame alone
+    outcome = analyze_run(client, logged_run(client, apart), metric_map=view, register=False)
+    lo, hi = index()[GROKS]["label"]["window"]
+    event = outcome.report.confirmed
+    assert len(event) == 1 and lo <= event[0].breakthrough_epoch <= hi
+    assert next(c for c in outcome.report.checks if c.name == "no_nan_inf").status == "pass"
+    det, changes = follow(apart, roles, per_update=25)  # rows fed as logged: no NaN among them
+    assert changes[-1].state == "confirmed"
+    assert det.update(ended=True).first_epoch == event[0].breakthrough_epoch
+
+    at = event[0].breakthrough_epoch
+    nan_at = [s for s in apart.index[apart["train_loss"].notna()] if at - 5 <= s < at]
+    apart.loc[nan_at, "train_loss"] = np.nan
+    logged_nan = logged_run(client, apart, nan={"train_loss": nan_at})
+    report = analyze_run(client, logged_nan, metric_map=view, register=False).report
+    assert report.confirmed == [] and report.rejected[0].confound == "nan"
+    assert next(c for c in report.checks if c.name == "no_nan_inf").status == "fail"
 
 
 def test_an_event_that_a_later_lr_drop_lifts_further_stays_an_event():

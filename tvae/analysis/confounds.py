@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,30 +67,58 @@ def _lr_steps(prev: np.ndarray, cur: np.ndarray, rel: float) -> np.ndarray:
     return big & breaks
 
 
-def nonfinite_stretches(history: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
+#: ``history.attrs`` key a reader of each key's own rows sets: {key: steps it logged as NaN}.
+#: In the frame a NaN cell is ambiguous (a step the key was not logged at reads as NaN too).
+LOGGED_NAN = "logged_nan"
+
+
+def history_frame(columns: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Each key's logged rows (a Series by step) as one frame (index = step, named epoch), with
+    the steps each key logged as NaN in ``attrs[LOGGED_NAN]``."""
+    if not columns:
+        frame = pd.DataFrame(index=pd.Index([], dtype=np.int64))
+    else:
+        frame = pd.concat(columns, axis=1).sort_index()
+    frame.index = frame.index.astype(np.int64)
+    frame.index.name = "epoch"
+    frame.attrs[LOGGED_NAN] = {
+        key: s.index.to_numpy()[np.isnan(v)]
+        for key, s in columns.items()
+        if np.isnan(v := s.to_numpy(dtype=float)).any()
+    }
+    return frame
+
+
+def nonfinite_stretches(
+    history: pd.DataFrame, logged_nan: Mapping[str, np.ndarray] | None = None
+) -> dict[str, list[tuple[float, float]]]:
     """Per column, epoch ranges holding logged NaN/Inf.
 
-    Inf is always a logged value. NaN is ambiguous (an un-logged epoch reads as NaN), so it
-    counts only in densely logged columns (finite at >= 90% of rows within its span).
+    Inf is always a logged value. NaN is ambiguous (an un-logged epoch reads as NaN): with
+    ``logged_nan`` (a reader's ``attrs[LOGGED_NAN]``) it counts at the steps listed there;
+    without, only in densely logged columns (finite at >= 90% of rows within its span).
     """
     out: dict[str, list[tuple[float, float]]] = {}
     epochs = history.index.to_numpy(dtype=float)
     for key in history.columns:
         col = history[key].to_numpy(dtype=float)
         fin = np.isfinite(col)
-        if not fin.any():
-            continue
-        first, last = np.argmax(fin), len(fin) - 1 - np.argmax(fin[::-1])
-        span = slice(first, last + 1)
         bad = np.isinf(col)
-        if fin[span].mean() >= 0.9:
-            bad = bad | np.isnan(col)
-            bad[:first] = False
+        if logged_nan is not None:
+            bad |= np.isnan(col) & np.isin(epochs, logged_nan.get(key, ()))
+        elif fin.any():
+            first, last = np.argmax(fin), len(fin) - 1 - np.argmax(fin[::-1])
+            if fin[first : last + 1].mean() >= 0.9:
+                bad |= np.isnan(col)
+                bad[:first] = False
         if not bad.any():
             continue
+        # over the key's own rows: a step it was not logged at does not split a stretch
+        rows = np.nonzero(~np.isnan(col) | bad)[0]
+        at, bad = epochs[rows], bad[rows]
         edges = np.diff(np.concatenate([[0], bad.astype(np.int8), [0]]))
         starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
-        out[key] = [(float(epochs[a]), float(epochs[b])) for a, b in zip(starts, ends, strict=True)]
+        out[key] = [(float(at[a]), float(at[b])) for a, b in zip(starts, ends, strict=True)]
     return out
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 
 from tvae import contract as C
 from tvae.analysis.checks import run_checks
-from tvae.analysis.confounds import control_changes, nonfinite_stretches
+from tvae.analysis.confounds import LOGGED_NAN, control_changes, nonfinite_stretches
 from tvae.analysis.grokking import detect_grokking
 from tvae.analysis.phases import detect_phases
 from tvae.analysis.questions import answer_questions
@@ -20,7 +20,8 @@ from tvae.analysis.units import as_fraction
 
 
 def _clean(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Numeric metrics sorted by epoch (duplicates: last wins), and the ``system/`` columns."""
+    """Numeric metrics sorted by epoch (duplicates: last wins), and the ``system/`` columns;
+    both keep ``history.attrs`` (a reader's `LOGGED_NAN`)."""
     if not isinstance(history, pd.DataFrame):
         raise TypeError("history must be a pandas DataFrame (index = epoch)")
     df = history.copy()
@@ -103,7 +104,7 @@ def analyze(
             report.skipped_roles[role] = f"{key} not logged"
         elif key not in present:
             report.skipped_roles[role] = f"{key} has no finite values"
-    nonfinite = nonfinite_stretches(hist)
+    nonfinite = nonfinite_stretches(hist, hist.attrs.get(LOGGED_NAN))
     controls = control_changes(hist, roles.control_columns(present), roles.lr, t)
     if len(hist):
         report.candidates, report.confidence = detect_grokking(

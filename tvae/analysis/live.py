@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tvae import contract as C
+from tvae.analysis.confounds import history_frame
 from tvae.analysis.live_assess import TAIL_ROWS, Assessment, assess
 from tvae.analysis.live_state import LiveState
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
@@ -27,8 +28,8 @@ PERIODIC_FRAC = 0.5
 #: ... and never more often than every this many rows (the first run waits for as many): the
 #: detector needs a few rows (3- and 7-point medians, `plateau.candidate_min_epochs` = 5).
 PERIODIC_MIN_ROWS = 10
-#: Keys with at least this share of the longest key's rows count as logged every row, as
-#: `nonfinite_stretches` counts them (finite at >= 90 % of rows) when it reads a NaN as logged.
+#: Keys with at least this share of the longest key's rows count as logged every row (the
+#: density `nonfinite_stretches` reads a frame by when no reader says which NaN were logged).
 DENSE_FRAC = 0.9
 
 
@@ -193,20 +194,13 @@ class LiveDetector:
     def history(self) -> pd.DataFrame:
         """The rows so far as `analyze` takes them (index = step, one column per key)."""
         if self._frame is None:
-            cols = {k: c.series() for k, c in self._cols.items() if c.n}
-            if cols:
-                frame = pd.concat(cols, axis=1).sort_index()
-            else:
-                frame = pd.DataFrame(index=pd.Index([], dtype=np.int64))
-            frame.index = frame.index.astype(np.int64)
-            frame.index.name = "epoch"
-            self._frame = frame
+            self._frame = history_frame({k: c.series() for k, c in self._cols.items() if c.n})
         return self._frame
 
     def _ready_step(self) -> int:
         """The last step every densely logged key has reached. A read between two keys'
-        writes (or a callback mid-epoch) leaves a last row with some keys missing, which the
-        detector would read as a NaN in a dense column; such rows wait for the next update."""
+        writes (or a callback mid-epoch) leaves a last row with some keys missing; such rows
+        wait for the next update, so a row is judged once, whole, as the final analysis does."""
         dense = [c for c in self._cols.values() if c.n >= DENSE_FRAC * self._rows]
         return min(int(c.steps[: c.n].max()) for c in dense)
 

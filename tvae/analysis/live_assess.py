@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from tvae.analysis.confounds import control_changes, nonfinite_stretches
+from tvae.analysis.confounds import LOGGED_NAN, control_changes, nonfinite_stretches
 from tvae.analysis.context import RunContext
 from tvae.analysis.engine import _clean
 from tvae.analysis.grokking import SEVERITIES, Candidate, detect_grokking, source_roles
@@ -62,7 +62,7 @@ def _detect(hist: pd.DataFrame, roles: Roles, t: Thresholds) -> AnalysisReport:
     present = {c for c in hist.columns if np.isfinite(hist[c].to_numpy(dtype=float)).any()}
     report = AnalysisReport(n_epochs=int(len(hist)))
     if len(hist):
-        nonfinite = nonfinite_stretches(hist)
+        nonfinite = nonfinite_stretches(hist, hist.attrs.get(LOGGED_NAN))
         controls = control_changes(hist, roles.control_columns(present), roles.lr, t)
         report.candidates, report.confidence = detect_grokking(
             hist, roles, present, controls, nonfinite, t
