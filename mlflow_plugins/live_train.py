@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from tvae import contract as C
+from tvae.analysis.confounds import logged_rows
 from tvae.analysis.live import LiveDetector
 from tvae.analysis.live_state import LiveState, fmt_epoch
 from tvae.analysis.roles import Roles
@@ -48,7 +49,7 @@ class LiveTrainFollower(TrainLogger):
         #: pruning reporter
         self.listeners: list[Callable[[int, dict[str, float], LiveState], None]] = []
         for key in history.columns if history is not None else ():
-            rows = history[key].dropna()
+            rows = logged_rows(history, key)
             self.detector.add(key, rows.index.to_numpy(), rows.to_numpy())
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -166,6 +166,24 @@ def test_compare_logs_plots_table_and_html_to_its_own_run_and_leaves_runs_alone(
         assert client.list_artifacts(run_id) == []
 
 
+def test_runs_that_logged_nan_are_compared(store):
+    """Two seeds that diverged alike (the training loss logged as NaN at the same steps): their
+    histories carry the same logged-NaN ranges, and the overlays line them up."""
+    client, exp = store
+    runs = []
+    for name in ("s1", "s2"):
+        history = synthetic_history(list(range(1, 21)), 8, 0.3)
+        history["train/loss"].update({19: float("nan"), 20: float("nan")})
+        runs.append(log_run(client, exp, name, history, analysed("Good", 8)))
+    selected = select_runs(client, runs).runs
+    result = compare_runs(client, selected, analyzer=_no_analysis)
+    listed = {f.path for f in client.list_artifacts(result.compare_run_id, "compare")}
+    assert "compare/loss.png" in listed
+    compared = load_compared_runs(client, selected, analyzer=_no_analysis)
+    aligned = align_by_epoch(compared, "train/loss")
+    assert aligned.loc[19:].isna().all().all() and aligned.loc[:18].notna().all().all()
+
+
 def test_experiment_and_filter_select_only_matching_training_runs(store):
     client, exp = store
     good = log_run(client, exp, "g", synthetic_history([1, 2, 3], 2, 0.2), analysed("Good", 2))

@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from test_live import follow
 
 from mlflow_plugins.analyze_run import analyze_run
+from mlflow_plugins.history import load_history
+from mlflow_plugins.live_train import LiveTrainFollower
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
 from tvae.analysis.live_assess import assess
@@ -236,6 +238,11 @@ def test_steps_a_key_was_not_logged_at_are_not_logged_nans(tracking_uri):
     report = analyze_run(client, logged_nan, metric_map=view, register=False).report
     assert report.confirmed == [] and report.rejected[0].confound == "nan"
     assert next(c for c in report.checks if c.name == "no_nan_inf").status == "fail"
+    # live, from the history a resumed training re-reads: the logged NaN go in, as rows
+    resumed = load_history(client, logged_nan)[0]
+    follower = LiveTrainFollower(lambda *_: None, history=resumed, roles=roles)
+    assert follower.detector.update(ended=True).state == "none"
+    assert follower.detector.assessment.report.rejected[0].confound == "nan"
 
 
 def test_an_event_that_a_later_lr_drop_lifts_further_stays_an_event():

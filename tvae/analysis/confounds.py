@@ -67,14 +67,18 @@ def _lr_steps(prev: np.ndarray, cur: np.ndarray, rel: float) -> np.ndarray:
     return big & breaks
 
 
-#: ``history.attrs`` key a reader of each key's own rows sets: {key: steps it logged as NaN}.
-#: In the frame a NaN cell is ambiguous (a step the key was not logged at reads as NaN too).
+#: ``history.attrs`` key a reader of each key's own rows sets: {key: ((first, last), ...)},
+#: the step ranges over which every row the key logged is NaN. In the frame a NaN cell is
+#: ambiguous (a step the key was not logged at reads as NaN too). Ranges, not every step:
+#: pandas copies and compares (``==``) attrs in its operations.
 LOGGED_NAN = "logged_nan"
+
+Ranges = tuple[tuple[int, int], ...]
 
 
 def history_frame(columns: Mapping[str, pd.Series]) -> pd.DataFrame:
     """Each key's logged rows (a Series by step) as one frame (index = step, named epoch), with
-    the steps each key logged as NaN in ``attrs[LOGGED_NAN]``."""
+    the ranges each key logged NaN over in ``attrs[LOGGED_NAN]``."""
     if not columns:
         frame = pd.DataFrame(index=pd.Index([], dtype=np.int64))
     else:
@@ -82,20 +86,46 @@ def history_frame(columns: Mapping[str, pd.Series]) -> pd.DataFrame:
     frame.index = frame.index.astype(np.int64)
     frame.index.name = "epoch"
     frame.attrs[LOGGED_NAN] = {
-        key: s.index.to_numpy()[np.isnan(v)]
+        key: _runs(s.index.to_numpy(dtype=np.int64), np.isnan(v))
         for key, s in columns.items()
         if np.isnan(v := s.to_numpy(dtype=float)).any()
     }
     return frame
 
 
+def _runs(at: np.ndarray, flag: np.ndarray) -> tuple:
+    """(first, last) of ``at`` over each run of consecutive True in ``flag``."""
+    edges = np.diff(np.concatenate([[0], flag.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
+    return tuple((at[a].item(), at[b].item()) for a, b in zip(starts, ends, strict=True))
+
+
+def _within(x: np.ndarray, ranges: Ranges) -> np.ndarray:
+    """Which of ``x`` lie in one of the sorted, disjoint ``ranges``."""
+    if not ranges:
+        return np.zeros(len(x), dtype=bool)
+    first, last = np.array(ranges, dtype=float).T
+    i = np.searchsorted(first, x, side="right") - 1
+    return (i >= 0) & (x <= last[np.maximum(i, 0)])
+
+
+def logged_rows(history: pd.DataFrame, key: str) -> pd.Series:
+    """``key``'s rows as logged: its non-NaN cells and, where ``history.attrs`` says which,
+    its NaN stretches (without them every NaN cell reads as a step it was not logged at)."""
+    col = history[key]
+    nan = _within(
+        history.index.to_numpy(dtype=float), history.attrs.get(LOGGED_NAN, {}).get(key, ())
+    )
+    return col[col.notna().to_numpy() | nan]
+
+
 def nonfinite_stretches(
-    history: pd.DataFrame, logged_nan: Mapping[str, np.ndarray] | None = None
+    history: pd.DataFrame, logged_nan: Mapping[str, Ranges] | None = None
 ) -> dict[str, list[tuple[float, float]]]:
     """Per column, epoch ranges holding logged NaN/Inf.
 
     Inf is always a logged value. NaN is ambiguous (an un-logged epoch reads as NaN): with
-    ``logged_nan`` (a reader's ``attrs[LOGGED_NAN]``) it counts at the steps listed there;
+    ``logged_nan`` (a reader's ``attrs[LOGGED_NAN]``) it counts within the ranges listed there;
     without, only in densely logged columns (finite at >= 90% of rows within its span).
     """
     out: dict[str, list[tuple[float, float]]] = {}
@@ -105,7 +135,7 @@ def nonfinite_stretches(
         fin = np.isfinite(col)
         bad = np.isinf(col)
         if logged_nan is not None:
-            bad |= np.isnan(col) & np.isin(epochs, logged_nan.get(key, ()))
+            bad |= np.isnan(col) & _within(epochs, logged_nan.get(key, ()))
         elif fin.any():
             first, last = np.argmax(fin), len(fin) - 1 - np.argmax(fin[::-1])
             if fin[first : last + 1].mean() >= 0.9:
@@ -113,12 +143,8 @@ def nonfinite_stretches(
                 bad[:first] = False
         if not bad.any():
             continue
-        # over the key's own rows: a step it was not logged at does not split a stretch
-        rows = np.nonzero(~np.isnan(col) | bad)[0]
-        at, bad = epochs[rows], bad[rows]
-        edges = np.diff(np.concatenate([[0], bad.astype(np.int8), [0]]))
-        starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
-        out[key] = [(float(at[a]), float(at[b])) for a, b in zip(starts, ends, strict=True)]
+        rows = ~np.isnan(col) | bad  # the key's own: a step it was not at splits no stretch
+        out[key] = [(float(a), float(b)) for a, b in _runs(epochs[rows], bad[rows])]
     return out
 
 
