@@ -64,7 +64,7 @@ def check_inputs(
     """Everything the user gave, checked; keyword arguments for `Watch` (plus echo)."""
     from mlflow.exceptions import MlflowException
 
-    from mlflow_plugins.analyze_inputs import named_run
+    from mlflow_plugins.analyze_inputs import mapped_keys, named_run
     from mlflow_plugins.watch import DEFAULT_INTERVAL, RUNNING
     from tvae.analysis import Roles, load_thresholds
 
@@ -77,6 +77,7 @@ def check_inputs(
         kwargs["roles"] = Roles.from_metric_map(metric_map) if metric_map else None
     except ValueError as err:
         raise WatchInputError(f"--metric-map: {err}") from None
+    kwargs["mapped"] = mapped_keys(metric_map or "")
     if config:
         if not Path(config).is_file():
             raise WatchInputError(f"--config: thresholds file not found: {config}")

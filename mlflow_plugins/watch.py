@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,7 @@ class RunWatch:
     changes: list[LiveState] = field(default_factory=list)  # every state printed, in order
     final: LiveState | None = None  # the state at the run's end
     mapped: bool = True  # roles settled (False: read by key names once a held-out key is seen)
+    waiting: bool = False  # said that it has not logged every key of the metric_map yet
     done: bool = False
 
     @property
@@ -88,6 +89,8 @@ class Watch:
     ``roles`` None (no metric_map): TernaryVAE's, or for a run that logs none of their
     generalisation keys, read off its key names as `analyze` reads them (`roles_for`).
     ``exclude``: run ids never to watch (the `mlflow run` launcher run of the watcher itself).
+    ``mapped``: {role: key} the metric_map names; a run is judged once it has logged them all
+    (`analyze` refuses a run without them), and one line says which it waits for.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Watch:
         notifier: Notifier | None = None,
         echo: Callable[[str], None] = print,
         exclude: tuple[str, ...] = (),
+        mapped: Mapping[str, str] | None = None,
     ) -> None:
         if (run_id is None) == (experiment_id is None):
             raise ValueError("watch one run_id or one experiment_id")
@@ -114,6 +118,7 @@ class Watch:
         self.echo = echo
         self.notifier = notifier or Notifier(echo=echo)
         self.exclude = set(exclude)
+        self.mapped = dict(mapped or {})
         self.runs: dict[str, RunWatch] = {}
         self.cpu_seconds = 0.0  # thread CPU time spent polling (not sleeping)
         self.polls = 0
@@ -233,8 +238,12 @@ class Watch:
             watch.detector.add(key, steps, values)
         if not watch.mapped:
             self._map_by_names(watch)
+        missing = sorted(f"{r}={k}" for r, k in self.mapped.items() if k not in watch.detector.keys)
         if status.status != RUNNING:
-            self._finish(watch, status.status)
+            self._finish(watch, status.status, missing)
+            return
+        if missing:
+            self._wait_for(watch, missing)
             return
         state = watch.detector.update()
         if state.seen_at_step is None:
@@ -255,6 +264,16 @@ class Watch:
                 f'metric_map="{guessed}"'
             )
 
+    def _wait_for(self, watch: RunWatch, missing: list[str]) -> None:
+        """Once the run logs anything: one line naming the metric_map keys it has not."""
+        if watch.waiting or not watch.detector.rows:
+            return
+        watch.waiting = True
+        self.echo(
+            f"watch: {watch.label} has not logged {', '.join(missing)} of the metric_map (it "
+            f"logs {', '.join(sorted(watch.detector.keys))}): judged once it does"
+        )
+
     def _publish(self, watch: RunWatch, state: LiveState) -> None:
         update = state.tag_update(watch.written)
         if update is not None:
@@ -274,8 +293,15 @@ class Watch:
             and (status.lifecycle_stage != "deleted")
         )
 
-    def _finish(self, watch: RunWatch, status: str) -> None:
+    def _finish(self, watch: RunWatch, status: str, missing: list[str]) -> None:
         """The run ended: one last judgement on everything, only the state tag written."""
+        if missing:  # never judged, so never tagged
+            self._stop(
+                watch,
+                f"{watch.label} ended {status} without logging {', '.join(missing)} of the "
+                "metric_map: not judged (analyze refuses it too)",
+            )
+            return
         state = watch.detector.update(ended=True)
         watch.final = state
         watch.done = True

@@ -23,6 +23,7 @@ from mlflow_server import mlflow_server
 from test_analyze_cli import assert_one_line_error
 
 from entrypoints.watch import main as watch_main
+from mlflow_plugins.analyze_inputs import mapped_keys
 from mlflow_plugins.history import load_history
 from mlflow_plugins.notify import Notifier
 from mlflow_plugins.watch import Watch
@@ -225,7 +226,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tracking_uri, tmp_path):
         (["--run-id", running, "--interval", "abc"], "--interval: 'abc' is not a number"),
         (["--run-id", running, "--until", "-5"], "--until: '-5' is not a positive number"),
         (["--experiment", "no-such-experiment"], "--experiment: no experiment"),
-        (["--run-id", running, "--metric-map", "acc"], "--metric-map: metric_map entry 'acc'"),
+        (["--run-id", running, "--metric-map", "acc"], "--metric-map: entry 'acc' is not role=key"),
         (["--run-id", running, "--metric-map", "speed=x"], "unknown role 'speed'"),
         (["--run-id", running, "--config", str(tmp_path / "none.yaml")], "not found"),
         (["--run-id", running, "--config", str(bad_yaml)], "--config:"),
@@ -257,6 +258,43 @@ def test_cli_watches_until_and_prints_lines(tracking_uri, monkeypatch):
     assert live_tags(run_id)[C.GROKKING_LIVE_STATE] == "plateau"
     assert client.get_run(run_id).info.status == "RUNNING"
     assert client.get_run(launcher).info.run_name == f"watch-{run_id[:8]}"
+
+
+def test_a_run_is_judged_once_it_logs_every_key_the_metric_map_names(tracking_uri):
+    """As `analyze` refuses a run without a key its metric_map names: the watcher waits for
+    such a key (one that appears late), saying once which; a run that never logs one (a typo)
+    is never judged nor tagged, and its end says why."""
+    client = MlflowClient()
+    frame = textbook()
+    run_id = new_run()
+    lines: list[str] = []
+    watch = Watch(
+        client, run_id=run_id, roles=ROLES, mapped=mapped_keys(METRIC_MAP), echo=lines.append
+    )
+    lockstep(watch, client, run_id, frame.loc[:20].drop(columns="val_loss"), pace=10, end=None)
+    assert live_tags(run_id) == {} and watch.runs[run_id].changes == []
+    (said,) = [line for line in lines if "of the metric_map" in line]
+    assert "has not logged val_loss=val_loss" in said and "logs lr, train_loss, val_acc" in said
+    lockstep(watch, client, run_id, frame.loc[21:], pace=25)
+    assert live_tags(run_id)[C.GROKKING_LIVE_STATE] == "confirmed"
+
+    typo = new_run()
+    log_rows(client, typo, frame)
+    wrong = METRIC_MAP.replace("=train_loss", "=train_los")
+    result = CliRunner().invoke(
+        watch_main, ["--run-id", typo, "--metric-map", wrong, "--interval", "0.1", "--until", "0.3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "has not logged loss=train_los of the metric_map" in result.output
+    lines.clear()
+    roles = Roles.from_metric_map(wrong)
+    watch = Watch(client, run_id=typo, roles=roles, mapped=mapped_keys(wrong), echo=lines.append)
+    assert watch.poll() is True
+    client.set_terminated(typo)
+    assert watch.poll() is False and live_tags(typo) == {}
+    assert (
+        "ended FINISHED without logging loss=train_los of the metric_map: not judged" in lines[-1]
+    )
 
 
 def test_deleted_run_ends_the_watch_cleanly(tracking_uri):

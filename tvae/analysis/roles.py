@@ -52,14 +52,12 @@ class Roles:
             if not item:
                 continue
             if "=" not in item:
-                raise ValueError(f"metric_map entry {item!r} is not role=key")
+                raise ValueError(f"entry {item!r} is not role=key")
             role, key = (part.strip() for part in item.split("=", 1))
             if role not in known:
-                raise ValueError(
-                    f"metric_map: unknown role {role!r} (known: {', '.join(sorted(known))})"
-                )
+                raise ValueError(f"unknown role {role!r} (known: {', '.join(sorted(known))})")
             if role in updates:
-                raise ValueError(f"metric_map: role {role!r} given twice")
+                raise ValueError(f"role {role!r} given twice")
             if role == "controls":
                 updates[role] = tuple(k.strip() for k in key.split("|") if k.strip())
             else:
