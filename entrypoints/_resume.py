@@ -33,9 +33,10 @@ class Resume:
         return f"run {self.run_id} already FINISHED its {epochs} epochs: nothing to do ({more})"
 
 
-def resume_run(target: str, overrides: dict[str, Any]) -> Resume:
+def resume_run(target: str, overrides: dict[str, Any], given: dict[str, str]) -> Resume:
     """Find the run and its newest last.pt (the store's or its work folder's, or the file
-    given) and rebuild its config (plus overrides) from that checkpoint."""
+    given) and rebuild its config (plus overrides, from the options ``given`` names) from
+    that checkpoint."""
     import torch
     from mlflow import MlflowClient
 
@@ -59,7 +60,8 @@ def resume_run(target: str, overrides: dict[str, Any]) -> Resume:
             _fetch_log(client, run_id, workdir)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     check_resumable(state, f"--resume-from: run {run_id} last.pt")
-    config = config_from_dict(state["config"], overrides, source=f"run {run_id} last.pt config")
+    source = f"run {run_id} last.pt config"
+    config = config_from_dict(state["config"], overrides, source=source, given=given)
     for line in notes:
         click.echo(line, err=True)
     owner = run.data.tags.get(C.OWNER) if notes else None

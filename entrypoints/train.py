@@ -26,8 +26,10 @@ from entrypoints._cli import (
     EXIT_KILLED,
     Blank,
     exit_with_error,
+    name_launcher_run,
     permission_denied,
     run_as_program,
+    under_mlflow_run,
 )
 from entrypoints._ranks import join_group, launch_ranks, train_other_rank
 from entrypoints._resume import Resume, resume_run
@@ -37,32 +39,43 @@ from tvae.config import ConfigError, TVAEConfig, load_config
 DEFAULT_CONFIG = "configs/v5_12_4_extended_grokking.yaml"
 
 
-def _overrides(**values: Any) -> dict[str, Any]:
-    return {f"train.{k}": v for k, v in values.items() if v is not None}
+def _overrides(**values: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The options given, as dotted config overrides, and the option each came from (errors
+    blame the option, not the config file)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return (
+        {f"train.{k}": v for k, v in given.items()},
+        {f"train.{k}": f"--{k.replace('_', '-')}" for k in given},
+    )
 
 
-def _check_runtime(config: TVAEConfig, nproc: int = 1) -> None:
+def _check_runtime(config: TVAEConfig, given: dict[str, str], nproc: int = 1) -> None:
     """Device and AMP mode must exist on this machine, and a GPU for each of `nproc` CUDA
-    processes (ValueError with one line otherwise): a tensor is placed on the device, so one
-    this torch build or machine lacks fails here, before anything is logged."""
+    processes (ValueError with one line otherwise, naming the option that gave the value):
+    a tensor is placed on the device, so one this torch build or machine lacks fails here,
+    before anything is logged."""
     import torch
 
     from tvae.device import resolve_amp, resolve_device
 
-    device = resolve_device(config.train.device)
+    name = given.get("train.device", "train.device")
     try:
+        device = resolve_device(config.train.device)
         torch.empty(1, device=device)
-    except (RuntimeError, AssertionError):
+    except (RuntimeError, AssertionError, ValueError):
         have = ["cpu"]
         if torch.cuda.is_available():
             have.append(f"cuda:0-{torch.cuda.device_count() - 1}")
         if torch.backends.mps.is_available():
             have.append("mps")
         raise ValueError(
-            f"device {config.train.device!r} is not available here (this machine has: "
+            f"{name}: device {config.train.device!r} is not available here (this machine has: "
             f"{', '.join(have)})"
         ) from None
-    resolve_amp(config.train.amp, device)
+    try:
+        resolve_amp(config.train.amp, device)
+    except ValueError as err:
+        raise ValueError(f"{given['train.amp']}: {err}" if "train.amp" in given else err) from None
     gpus = torch.cuda.device_count() if device.type == "cuda" else nproc
     if nproc > gpus:
         raise ValueError(f"--nproc {nproc}: one GPU per process, and this machine has {gpus}")
@@ -209,13 +222,16 @@ def _next_steps(run_id: str, status: str) -> str:
     exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
     uri = mlflow.get_tracking_uri()
     lines = [f"experiment {exp.name!r} (id {exp.experiment_id}), store {uri}"]
-    if status == "FINISHED":
-        lines.append(f"analyse:  mlflow run . -e analyze --env-manager local -P run_id={run_id}")
+    if under_mlflow_run():  # as the user started it; the console scripts work from any folder
+        analyse = f"mlflow run . -e analyze --env-manager local -P run_id={run_id}"
+        resume = f"mlflow run . -e train --env-manager local -P resume_from={run_id}"
+        compare = f"mlflow run . -e compare --env-manager local -P experiment='{exp.name}'"
     else:
-        lines.append(f"resume:   mlflow run . -e train --env-manager local -P resume_from={run_id}")
-    lines.append(
-        f"compare:  mlflow run . -e compare --env-manager local -P experiment='{exp.name}'"
-    )
+        analyse = f"tvae-analyze --run-id {run_id}"
+        resume = f"tvae-train --resume-from {run_id}"
+        compare = f"tvae-compare --experiment '{exp.name}'"
+    lines.append(f"analyse:  {analyse}" if status == "FINISHED" else f"resume:   {resume}")
+    lines.append(f"compare:  {compare}")
     if uri.startswith(("http://", "https://")):
         ui = f"open {uri} in a browser"  # a tracking server already serves the UI
     elif uri.startswith("sqlite:///mlflow.db"):
@@ -278,7 +294,7 @@ def cli(
     parallel = join_group()
     if parallel is not None and not parallel.is_main:
         sys.exit(train_other_rank(parallel))
-    overrides = _overrides(
+    overrides, given = _overrides(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp, device=device, live=live
     )
     resume = None
@@ -289,13 +305,13 @@ def cli(
 
             folder = resume_target(resume_from)[1]
             made = None if folder.exists() else folder
-            resume = resume_run(resume_from, overrides)
+            resume = resume_run(resume_from, overrides, given)
             config = resume.config
         else:
             if config_path and not Path(config_path).is_file():
                 raise ConfigError(f"--config: config file not found: {config_path}")
-            config = load_config(config_path or DEFAULT_CONFIG, overrides)
-        _check_runtime(config, nproc or 1)
+            config = load_config(config_path or DEFAULT_CONFIG, overrides, given)
+        _check_runtime(config, given, nproc or 1)
     except (ConfigError, ValueError) as err:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
@@ -303,6 +319,7 @@ def cli(
     if parallel is None and resume is not None and (line := resume.nothing_to_do()):
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+        _note_launcher_run(resume.run_id, line)
         click.echo(line)
         sys.exit(0)
     if (nproc or 1) > 1 and parallel is None:
@@ -320,6 +337,20 @@ def cli(
     if parallel is not None:
         parallel.close()
     sys.exit(code)
+
+
+def _note_launcher_run(resumed: str, line: str) -> None:
+    """Under `mlflow run` a resume with nothing to do still leaves the run the launcher made:
+    its name and note say why it is empty (the resumed run is left as it is)."""
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if not launcher or launcher == resumed:
+        return
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    client = MlflowClient()
+    name_launcher_run(client, f"resume-{resumed[:8]}-nothing-to-do")
+    client.set_tag(launcher, MLFLOW_RUN_NOTE, line)
 
 
 def _unreachable(err: BaseException) -> str | None:

@@ -127,8 +127,9 @@ def test_train_ends_by_naming_the_run_its_experiment_and_the_next_commands(train
     assert f"run {run.info.run_id} FINISHED" in text
     assert f"experiment 'tiny' (id {run.info.experiment_id})" in text
     assert f"store {mlflow.get_tracking_uri()}" in text
-    assert f"mlflow run . -e analyze --env-manager local -P run_id={run.info.run_id}" in text
-    assert "-P experiment='tiny'" in text
+    # the trainer was started directly: the console scripts, which work from any folder
+    assert f"analyse:  tvae-analyze --run-id {run.info.run_id}" in text
+    assert "compare:  tvae-compare --experiment 'tiny'" in text
 
 
 def test_contract_metrics_at_every_step_one_batch_per_epoch(trained):
@@ -196,6 +197,11 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     assert run_cli("--config", str(tiny_config(store / "mps.yaml")), "--device", "mps") == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
     assert len(err) == 1 and "device 'mps' is not available" in err[0]
+    # the option that gave a bad device is blamed, not the config file
+    for device, says in (("gpu", "--device: invalid value 'gpu'"), ("cuda", "--device: device")):
+        assert run_cli("--config", str(tiny_config(store / "d.yaml")), "--device", device) == 2
+        err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
+        assert len(err) == 1 and err[0].startswith(f"error: {says}") and "yaml" not in err[0]
     after = MlflowClient().search_runs(search_all_experiments_ids(), max_results=1000)
     assert len(after) == before
     assert not [r for r in after if r.info.status == "RUNNING"]
@@ -277,6 +283,21 @@ def test_resume_of_a_run_with_nothing_left_to_train_says_so_and_writes_nothing(t
     assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
     assert after.data.tags == before.data.tags and after.data.metrics == before.data.metrics
     assert [m.model_id for m in client.search_logged_models([run.info.experiment_id])] == models
+
+
+def test_a_launcher_run_with_nothing_to_resume_says_why_it_is_empty(trained, monkeypatch):
+    """`mlflow run -P resume_from=<finished run>` made a run before the trainer started: it
+    is named for what it did and its note holds the line, and the resumed run is untouched."""
+    client, run = trained
+    rid = run.info.run_id
+    launcher = client.create_run(run.info.experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)  # as `mlflow run` exports it
+    before = client.get_run(rid).data
+    assert run_cli("--resume-from", rid) == 0
+    tags = client.get_run(launcher).data.tags
+    assert tags["mlflow.runName"] == f"resume-{rid[:8]}-nothing-to-do"
+    assert tags["mlflow.note.content"].startswith(f"run {rid} already FINISHED its ")
+    assert client.get_run(rid).data.tags == before.tags
 
 
 def test_resume_of_unknown_run_is_bad_input(store, capsys):

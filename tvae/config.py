@@ -6,11 +6,20 @@ rejected with one line naming the dotted field, so a typo never trains silently.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -47,7 +56,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    device: str = "auto"
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1)
     # CPU threads: with 2 or more, branches A and B train at once, B on a worker thread
@@ -57,6 +66,13 @@ class TrainConfig(_Section):
     live: bool = True
     # stop this many epochs after the live detector confirms grokking (FINISHED); None: never
     stop_after_grokking: int | None = Field(None, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+            raise ValueError("not one of auto, cpu, cuda, cuda:N, mps")
+        return device
 
 
 class ScheduleConfig(_Section):
@@ -161,13 +177,19 @@ class TVAEConfig(_Section):
 RETIRED_KEYS = (("train", "branch_workers"),)
 
 
-def _one_line(err: ValidationError, source: str) -> str:
+def _one_line(err: ValidationError, source: str, given: Mapping[str, str]) -> str:
+    """The first error in one line, blaming where its value came from: the option that gave
+    it (``given``: dotted field -> option), else ``source``."""
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "<root>"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first["type"] == "value_error":  # a validator's own words, without pydantic's prefix
+        msg = str(first["ctx"]["error"])
     extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if field in given:
+        return f"{given[field]}: invalid value {first.get('input')!r}: {msg}{extra}"
     return f"{source}: invalid config field '{field}': {msg}{extra}"
 
 
@@ -182,9 +204,13 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def config_from_dict(
-    data: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config"
+    data: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    source: str = "config",
+    given: Mapping[str, str] | None = None,
 ) -> TVAEConfig:
-    """Validate a raw mapping plus dotted overrides (e.g. {"train.lr": 1e-3})."""
+    """Validate a raw mapping plus dotted overrides (e.g. {"train.lr": 1e-3}); ``given``
+    names the option each override came from, for the error."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
     merged = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
@@ -197,11 +223,16 @@ def config_from_dict(
     try:
         return TVAEConfig.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, source)) from None
+        raise ConfigError(_one_line(err, source, given or {})) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TVAEConfig:
-    """Read a YAML config file, apply dotted overrides, validate."""
+def load_config(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    given: Mapping[str, str] | None = None,
+) -> TVAEConfig:
+    """Read a YAML config file, apply dotted overrides, validate (``given``: as in
+    `config_from_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -211,7 +242,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TV
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not data:  # an empty file would silently train every default
         raise ConfigError(f"config file {path} is empty (give at least its name, or omit --config)")
-    return config_from_dict(data, overrides, source=str(path))
+    return config_from_dict(data, overrides, source=str(path), given=given)
 
 
 def flatten_config(config: TVAEConfig) -> dict[str, str]:
