@@ -145,6 +145,8 @@ def _register(
     tier = report.tier.name if report.tier else "None"
     if not inputs.register:
         return RegistryOutcome("skipped", "register=false", inputs.model_name)
+    if report.tier is None:  # a run without the tier's roles (another trainer's): no model
+        return RegistryOutcome("skipped", "tier not judged", inputs.model_name)
     return register_if_earned(
         client,
         inputs.run.info.run_id,

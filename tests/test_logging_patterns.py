@@ -209,6 +209,17 @@ def test_evaluation_logged_at_steps_of_its_own_reads_the_fit_as_logged_together(
     assert len(split.confirmed) == len(by_epoch.confirmed) == (name == GROKS)
 
 
+def test_a_run_without_the_tier_s_metrics_is_not_registered_for_a_tier(tracking_uri):
+    """Another trainer's run logs no coverage, hierarchy or quality: its tier is not judged,
+    and the registry step says so (not that tier None is below min_tier)."""
+    client = MlflowClient()
+    run_id = logged_run(client, load_run(FAST).loc[:60])
+    outcome = analyze_run(client, run_id, metric_map=metric_map("val_acc"))
+    assert outcome.report.tier is None
+    assert "Registry: skipped - tier not judged" in outcome.summary()
+    assert client.search_registered_models() == []
+
+
 def test_steps_a_key_was_not_logged_at_are_not_logged_nans(tracking_uri):
     """Training keys on 9 rows in 10 and the evaluation on the 10th, at steps of its own (a
     trainer logging every n steps and validating between them). The training keys, finite on
