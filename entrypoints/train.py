@@ -29,7 +29,6 @@ from entrypoints._cli import (
     name_launcher_run,
     permission_denied,
     run_as_program,
-    under_mlflow_run,
 )
 from entrypoints._ranks import join_group, launch_ranks, train_other_rank
 from entrypoints._resume import Resume, resume_run
@@ -188,7 +187,7 @@ def train(config: TVAEConfig, resume: Resume | None, parallel: Any = None) -> in
         f"run {run_id} {status}: epoch {result.last_epoch}, best epoch {result.best_epoch}{q_text}"
         + (f" ({result.reason})" if result.reason else "")
     )
-    click.echo(_next_steps(run_id, status))
+    click.echo(_next_steps(run_id, status, by_mlflow_run=launched is not None))
     return {"FINISHED": 0, "KILLED": EXIT_KILLED}.get(status, EXIT_FAILED)
 
 
@@ -214,15 +213,16 @@ def _leave_running() -> None:
                 os.environ[key] = value
 
 
-def _next_steps(run_id: str, status: str) -> str:
-    """Where the run is and the commands to go on with it."""
+def _next_steps(run_id: str, status: str, by_mlflow_run: bool) -> str:
+    """Where the run is and the commands to go on with it, as `mlflow run` commands when it
+    started the trainer, else as the console scripts."""
     import mlflow
 
     client = mlflow.MlflowClient()
     exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
     uri = mlflow.get_tracking_uri()
     lines = [f"experiment {exp.name!r} (id {exp.experiment_id}), store {uri}"]
-    if under_mlflow_run():  # as the user started it; the console scripts work from any folder
+    if by_mlflow_run:
         analyse = f"mlflow run . -e analyze --env-manager local -P run_id={run_id}"
         resume = f"mlflow run . -e train --env-manager local -P resume_from={run_id}"
         compare = f"mlflow run . -e compare --env-manager local -P experiment='{exp.name}'"

@@ -238,7 +238,12 @@ class Watch:
             watch.detector.add(key, steps, values)
         if not watch.mapped:
             self._map_by_names(watch)
-        missing = sorted(f"{r}={k}" for r, k in self.mapped.items() if k not in watch.detector.keys)
+        keys = watch.detector.keys  # the detector leaves out MLflow's system/ keys: so does this
+        missing = sorted(
+            f"{r}={k}"
+            for r, k in self.mapped.items()
+            if k not in keys and not k.startswith(C.SYSTEM_PREFIX)
+        )
         if status.status != RUNNING:
             self._finish(watch, status.status, missing)
             return

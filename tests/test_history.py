@@ -12,7 +12,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from mlflow_plugins.history import MetricReader, load_history
-from tvae.analysis.confounds import LOGGED_NAN, nonfinite_stretches
+from tvae.analysis.confounds import LOGGED_NAN, history_frame, logged_rows, nonfinite_stretches
 
 
 def _log(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
@@ -89,3 +89,21 @@ def test_the_reader_returns_rows_after_the_last_one_read_a_step_logged_again_inc
     _, new = reader.poll()
     assert new["acc"][0].tolist() == [3, 4] and new["acc"][1].tolist() == [0.9, 0.4]
     assert reader.poll()[1] == {}
+
+
+def test_logged_nan_ranges_and_the_rows_that_keep_them():
+    """A key logged every 10th step (NaN at 10-30 and from 60) beside one logged every step:
+    the ranges cover the NaN it logged over its own rows, give the stretches, and the rows
+    kept for a rebuilt frame (a stretch's two ends) give the same ranges, inventing no row."""
+    nan = math.nan
+    a = pd.Series([1.0, nan, nan, nan, 5.0, 6.0, nan, nan], index=range(0, 80, 10))
+    frame = history_frame({"a": a, "b": pd.Series(np.arange(71.0))})
+    assert frame.attrs[LOGGED_NAN] == {"a": ((10, 30), (60, 70))}
+    stretches = {"a": [(10.0, 30.0), (60.0, 70.0)]}
+    assert nonfinite_stretches(frame, frame.attrs[LOGGED_NAN]) == stretches
+    assert nonfinite_stretches(frame) == {}  # the frame alone: a sparse key's NaN is unlogged
+    kept = logged_rows(frame, "a")
+    assert list(kept.index) == [0, 10, 30, 40, 50, 60, 70]
+    rebuilt = history_frame({"a": kept, "b": frame["b"]})
+    assert rebuilt.attrs == frame.attrs
+    assert list(logged_rows(frame, "b").index) == list(range(71))

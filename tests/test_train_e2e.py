@@ -65,6 +65,11 @@ def test_mlflow_run_trains_and_logs_into_the_launched_run(store):
     assert run.data.tags["model.id"] and run.data.tags["model.step"] == "1"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/coverage")]
     assert steps == [1]
+    # started by `mlflow run`: the next steps are `mlflow run` commands too
+    said = done.stdout + done.stderr
+    assert (
+        f"analyse:  mlflow run . -e analyze --env-manager local -P run_id={run.info.run_id}" in said
+    )
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def history_frame(columns: Mapping[str, pd.Series]) -> pd.DataFrame:
 
 
 def _runs(at: np.ndarray, flag: np.ndarray) -> tuple:
-    """(first, last) of ``at`` over each run of consecutive True in ``flag``."""
+    """(first, last) of ``at`` (sorted, unique) over each run of consecutive True in ``flag``."""
     edges = np.diff(np.concatenate([[0], flag.astype(np.int8), [0]]))
     starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
     return tuple((at[a].item(), at[b].item()) for a, b in zip(starts, ends, strict=True))
@@ -110,13 +110,12 @@ def _within(x: np.ndarray, ranges: Ranges) -> np.ndarray:
 
 
 def logged_rows(history: pd.DataFrame, key: str) -> pd.Series:
-    """``key``'s rows as logged: its non-NaN cells and, where ``history.attrs`` says which,
-    its NaN stretches (without them every NaN cell reads as a step it was not logged at)."""
+    """``key``'s rows as logged: its non-NaN cells and, where ``history.attrs`` says, the
+    first and last step of each NaN stretch it logged (the steps between are not kept; those
+    two give a frame rebuilt from the rows the same stretches). Without attrs: no NaN."""
     col = history[key]
-    nan = _within(
-        history.index.to_numpy(dtype=float), history.attrs.get(LOGGED_NAN, {}).get(key, ())
-    )
-    return col[col.notna().to_numpy() | nan]
+    ends = [s for r in history.attrs.get(LOGGED_NAN, {}).get(key, ()) for s in r]
+    return col[col.notna().to_numpy() | history.index.isin(ends)]
 
 
 def nonfinite_stretches(
