@@ -39,7 +39,17 @@ class Blank(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip() == ""):
             return None
-        out = self.inner.convert(value.strip() if isinstance(value, str) else value, param, ctx)
+        text = value.strip() if isinstance(value, str) else value
+        for kind, read, what in (
+            (click.IntRange, int, "an integer"),
+            (click.FloatRange, float, "a number"),
+        ):
+            if isinstance(self.inner, kind):  # click would say "not a valid integer range"
+                try:
+                    read(text)
+                except (TypeError, ValueError):
+                    self.fail(f"{value!r} is not {what}", param, ctx)
+        out = self.inner.convert(text, param, ctx)
         if isinstance(out, float) and math.isnan(out):  # passes every range check
             self.fail(f"{value} is not a number", param, ctx)
         return out

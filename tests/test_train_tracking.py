@@ -191,6 +191,10 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
     assert run_cli("--config", str(store / "tiny.yaml"), "--lr", "nan") == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
     assert err == ["error: Invalid value for '--lr': nan is not a number"]  # not the config's
+    for option, value, says in (("--lr", "abc", "a number"), ("--epochs", "5.0", "an integer")):
+        assert run_cli("--config", str(store / "tiny.yaml"), option, value) == 2
+        err = [x for x in capsys.readouterr().err.splitlines() if x and " INFO mlflow" not in x]
+        assert err == [f"error: Invalid value for '{option}': '{value}' is not {says}"]
     assert run_cli("--config", str(store / "missing.yaml")) == 2
     missing = f"error: --config: config file not found: {store / 'missing.yaml'}"
     assert capsys.readouterr().err.strip().splitlines()[-1] == missing  # names the option
