@@ -102,14 +102,18 @@ def _remember_options(command: click.Command) -> None:
 
 def as_given(message: str) -> str:
     """`message` naming the command's options as the user gave them: `--run-id` is
-    `-P run_id` under `mlflow run` (MLproject's parameter names), else as is."""
+    `-P run_id` under `mlflow run` (MLproject's parameter names), else as is. A quoted option
+    the command lacks (click's "No such option '--epoch'") came from a `-P` too."""
     if not under_mlflow_run():
         return message
-    return re.sub(
-        r"--[a-z][a-z0-9-]*",
-        lambda m: f"-P {m[0][2:].replace('-', '_')}" if m[0] in _OPTIONS else m[0],
-        message,
-    )
+    return re.sub(r"('?)(--[a-z][a-z0-9-]*)\1", _as_param, message)
+
+
+def _as_param(match: re.Match) -> str:
+    quote, option = match[1], match[2]
+    if option in _OPTIONS or quote:
+        return f"{quote}-P {option[2:].replace('-', '_')}{quote}"
+    return match[0]
 
 
 def option_hint(name: str, value: str) -> str:

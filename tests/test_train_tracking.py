@@ -214,14 +214,18 @@ def test_bad_parameter_exits_with_one_line_and_writes_nothing(store, capsys):
 
 
 def test_under_mlflow_run_errors_name_the_options_as_its_parameters(monkeypatch):
-    from entrypoints._cli import as_given
+    from entrypoints._cli import _remember_options, as_given
+    from entrypoints.train import cli
 
+    _remember_options(cli)  # as the train command's run does
     message = "Invalid value for '--lr': nan; --resume-from: x; mlflow run --env-manager local"
-    assert as_given(message) == message
+    typo = "No such option '--epoch'. (Did you mean '--epochs'?)"
+    assert as_given(message) == message and as_given(typo) == typo
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # what `mlflow run` exports
     assert as_given(message) == (
         "Invalid value for '-P lr': nan; -P resume_from: x; mlflow run --env-manager local"
     )
+    assert as_given(typo) == "No such option '-P epoch'. (Did you mean '-P epochs'?)"
 
 
 def search_all_experiments_ids() -> list[str]:
