@@ -69,6 +69,9 @@ def _existing(client: MlflowClient, run_ids: Sequence[str], option: str) -> list
 def _get_runs(client: MlflowClient, run_ids: Sequence[str]) -> list[Run]:
     """The named runs; each must exist and log a compared metric (the user asked for it)."""
     runs = _existing(client, run_ids, "--runs")
+    tools = [f"run '{r.info.run_id}' is {kind}" for r in runs if (kind := tool_run(r.data.tags))]
+    if tools:
+        raise CompareError(f"--runs: {'; '.join(tools)}, not a training run")
     lacking = [f"{r.info.run_id} (experiment {r.info.experiment_id})" for r in runs
                if not _comparable(r)]  # fmt: skip
     if lacking:

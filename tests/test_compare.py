@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from entrypoints.compare import main, parse_run_ids
+from mlflow_plugins.analysis_writer import SOURCE_RUN_TAG
 from mlflow_plugins.compare import compare_runs, load_compared_runs
 from mlflow_plugins.compare_select import CompareError, select_runs
 from tvae.compare import align_by_epoch
@@ -233,6 +234,13 @@ def test_runs_from_other_experiments_without_compared_metrics_are_refused(store)
     bare = client.create_run(other).info.run_id
     with pytest.raises(CompareError, match=f"log none of .*{bare}"):
         select_runs(client, [ours, bare])
+    # one of this tool's own runs named by mistake: said for what it is
+    tool = log_run(client, exp, "analyze-ours", {}, {SOURCE_RUN_TAG: ours})
+    with pytest.raises(CompareError) as err:
+        select_runs(client, [ours, tool])
+    assert str(err.value) == (
+        f"--runs: run '{tool}' is an analyze run (of training run {ours}), not a training run"
+    )
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
