@@ -265,6 +265,10 @@ def promote(
     try:
         mv = client.get_model_version(model_name, version)
     except MlflowException:
+        try:
+            client.get_registered_model(model_name)
+        except MlflowException:
+            raise PromoteError(f"no registered model '{model_name}'") from None
         raise PromoteError(f"model '{model_name}' has no version '{version}'") from None
     champion = _alias_version(client, model_name, CHAMPION)
     if champion is not None and champion.version == mv.version:

@@ -90,6 +90,7 @@ def test_promote_cli_refuses_low_tier_unless_forced(tracking_uri):
     ("args", "message"),
     [
         (["--version", "99"], "has no version '99'"),
+        (["--version", "1", "--model-name", "NoSuchModel"], "no registered model 'NoSuchModel'"),
         (["--version", "abc"], "positive integer"),
         (["--version", "1", "--min-tier", "Great"], "not one of"),
         (["--version", "1", "--force", "maybe"], "not true or false"),
