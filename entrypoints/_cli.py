@@ -102,18 +102,17 @@ def _remember_options(command: click.Command) -> None:
 
 def as_given(message: str) -> str:
     """`message` naming the command's options as the user gave them: `--run-id` is
-    `-P run_id` under `mlflow run` (MLproject's parameter names), else as is. A quoted option
-    the command lacks (click's "No such option '--epoch'") came from a `-P` too."""
+    `-P run_id` under `mlflow run` (MLproject's parameter names), else as is. An option the
+    command lacks (click's "No such option '--num_epochs'") was a `-P` that `mlflow run`
+    passed on word for word."""
     if not under_mlflow_run():
         return message
-    return re.sub(r"('?)(--[a-z][a-z0-9-]*)\1", _as_param, message)
-
-
-def _as_param(match: re.Match) -> str:
-    quote, option = match[1], match[2]
-    if option in _OPTIONS or quote:
-        return f"{quote}-P {option[2:].replace('-', '_')}{quote}"
-    return match[0]
+    message = re.sub(r"No such option '--([^'\s]+)'", r"No such option '-P \1'", message)
+    return re.sub(
+        r"--[a-z][a-z0-9-]*",
+        lambda m: f"-P {m[0][2:].replace('-', '_')}" if m[0] in _OPTIONS else m[0],
+        message,
+    )
 
 
 def option_hint(name: str, value: str) -> str:

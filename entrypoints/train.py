@@ -187,7 +187,7 @@ def train(config: TVAEConfig, resume: Resume | None, parallel: Any = None) -> in
         f"run {run_id} {status}: epoch {result.last_epoch}, best epoch {result.best_epoch}{q_text}"
         + (f" ({result.reason})" if result.reason else "")
     )
-    click.echo(_next_steps(run_id, status, by_mlflow_run=launched is not None))
+    click.echo(_next_steps(run_id, status, by_mlflow_run=bool(launched)))
     return {"FINISHED": 0, "KILLED": EXIT_KILLED}.get(status, EXIT_FAILED)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from tvae import contract as C
@@ -252,6 +253,17 @@ class Promotion:
     reason: str
 
 
+def _missing(read: Callable[[], Any]) -> bool:
+    """Whether ``read`` finds nothing (any other store error is raised)."""
+    try:
+        read()
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return True
+        raise
+    return False
+
+
 def promote(
     client: MlflowClient, model_name: str, version: str, min_tier: str, force: bool
 ) -> Promotion:
@@ -264,10 +276,10 @@ def promote(
         raise PromoteError(f"model name: {problem}")
     try:
         mv = client.get_model_version(model_name, version)
-    except MlflowException:
-        try:
-            client.get_registered_model(model_name)
-        except MlflowException:
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise  # the store failed (away, refused): not the user's name or version
+        if _missing(lambda: client.get_registered_model(model_name)):
             raise PromoteError(f"no registered model '{model_name}'") from None
         raise PromoteError(f"model '{model_name}' has no version '{version}'") from None
     champion = _alias_version(client, model_name, CHAMPION)

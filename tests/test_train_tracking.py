@@ -219,13 +219,16 @@ def test_under_mlflow_run_errors_name_the_options_as_its_parameters(monkeypatch)
 
     _remember_options(cli)  # as the train command's run does
     message = "Invalid value for '--lr': nan; --resume-from: x; mlflow run --env-manager local"
-    typo = "No such option '--epoch'. (Did you mean '--epochs'?)"
+    typo = "No such option '--num_epochs'. (Did you mean one of: '--epochs', '--nproc'?)"
     assert as_given(message) == message and as_given(typo) == typo
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # what `mlflow run` exports
     assert as_given(message) == (
         "Invalid value for '-P lr': nan; -P resume_from: x; mlflow run --env-manager local"
     )
-    assert as_given(typo) == "No such option '-P epoch'. (Did you mean '-P epochs'?)"
+    assert as_given(typo) == (
+        "No such option '-P num_epochs'. (Did you mean one of: '-P epochs', '-P nproc'?)"
+    )
+    assert as_given("no registered model '--x'") == "no registered model '--x'"  # a value
 
 
 def search_all_experiments_ids() -> list[str]:

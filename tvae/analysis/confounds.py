@@ -110,9 +110,9 @@ def _within(x: np.ndarray, ranges: Ranges) -> np.ndarray:
 
 
 def logged_rows(history: pd.DataFrame, key: str) -> pd.Series:
-    """``key``'s rows as logged: its non-NaN cells and, where ``history.attrs`` says, the
-    first and last step of each NaN stretch it logged (the steps between are not kept; those
-    two give a frame rebuilt from the rows the same stretches). Without attrs: no NaN."""
+    """``key``'s rows for a frame rebuilt from them to have the same NaN stretches: its
+    non-NaN cells and the first and last step of each stretch ``history.attrs`` says it logged
+    NaN over (not the steps between, which the ranges do not keep). Without attrs: no NaN."""
     col = history[key]
     ends = [s for r in history.attrs.get(LOGGED_NAN, {}).get(key, ()) for s in r]
     return col[col.notna().to_numpy() | history.index.isin(ends)]
