@@ -253,10 +253,12 @@ class MetricReader:
     def _client_status(self) -> RunStatus | None:
         from mlflow.exceptions import MlflowException
 
+        from mlflow_plugins.store_writes import is_not_found
+
         try:
             run = self.client.get_run(self.run_id)
         except MlflowException as err:
-            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            if is_not_found(err):
                 return None
             raise
         return RunStatus(run.info.status, run.info.lifecycle_stage, tuple(run.data.metrics))

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from mlflow_plugins.store_writes import is_not_found
 from tvae import contract as C
 from tvae.analysis.tiers import TIER_ORDER
 
@@ -253,17 +253,6 @@ class Promotion:
     reason: str
 
 
-def _missing(read: Callable[[], Any]) -> bool:
-    """Whether ``read`` finds nothing (any other store error is raised)."""
-    try:
-        read()
-    except MlflowException as err:
-        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return True
-        raise
-    return False
-
-
 def promote(
     client: MlflowClient, model_name: str, version: str, min_tier: str, force: bool
 ) -> Promotion:
@@ -277,9 +266,13 @@ def promote(
     try:
         mv = client.get_model_version(model_name, version)
     except MlflowException as err:
-        if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        if not is_not_found(err):
             raise  # the store failed (away, refused): not the user's name or version
-        if _missing(lambda: client.get_registered_model(model_name)):
+        try:
+            client.get_registered_model(model_name)
+        except MlflowException as missing:
+            if not is_not_found(missing):
+                raise
             raise PromoteError(f"no registered model '{model_name}'") from None
         raise PromoteError(f"model '{model_name}' has no version '{version}'") from None
     champion = _alias_version(client, model_name, CHAMPION)

@@ -40,6 +40,12 @@ class TrackingUnreachable(RuntimeError):
 _GATEWAY = re.compile(r"error code (502|503|504)\b")
 
 
+def is_not_found(err: BaseException) -> bool:
+    """Whether the store answered that what was asked for (a run, a model, a version) does
+    not exist, rather than failing."""
+    return isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
 def is_unreachable(err: BaseException) -> bool:
     """Whether `err` means the server could not be reached (refused, reset, timed out, a
     gateway's 502/503/504) rather than that it refused the write: only the former is waited

@@ -29,7 +29,7 @@ from mlflow_plugins.analysis_writer import tool_run
 from mlflow_plugins.history import MetricReader
 from mlflow_plugins.notify import Notifier
 from mlflow_plugins.stepless import LivePlacer
-from mlflow_plugins.store_writes import set_tags
+from mlflow_plugins.store_writes import is_not_found, set_tags
 from tvae import contract as C
 from tvae.analysis.guess_roles import roles_for
 from tvae.analysis.live import LiveDetector
@@ -150,7 +150,7 @@ class Watch:
             try:
                 targets = self._targets()
             except Exception as err:  # noqa: BLE001 - the store may be away: say so once, go on
-                if self.run_id is not None and _not_found(err):
+                if self.run_id is not None and is_not_found(err):
                     self.echo(f"watch: run {self.run_id} no longer exists: stopped watching it")
                     return False
                 self._away(err)
@@ -372,7 +372,3 @@ class Watch:
             away = time.monotonic() - self._outage
             self._outage = None
             self.echo(f"watch: tracking store answering again after {away:.0f} s")
-
-
-def _not_found(err: BaseException) -> bool:
-    return isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST"
