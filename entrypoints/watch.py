@@ -77,7 +77,7 @@ def check_inputs(
         kwargs["roles"] = Roles.from_metric_map(metric_map) if metric_map else None
     except ValueError as err:
         raise WatchInputError(f"--metric-map: {err}") from None
-    kwargs["mapped"] = mapped_keys(metric_map or "")
+    kwargs["required"] = mapped_keys(metric_map or "")
     if config:
         if not Path(config).is_file():
             raise WatchInputError(f"--config: thresholds file not found: {config}")

@@ -98,7 +98,7 @@ def load_history(
     never see them; everything else goes to history_df. `fast=False` forces the public
     `get_metric_history` path (the benchmark's baseline). Keys logged without a step, or on
     another kind of step than the rest, are placed by when they were logged (`stepless`), and
-    `history.attrs["notes"]` says so. The steps each key logged as NaN are in
+    `history.attrs["notes"]` says so. The step ranges each key logged NaN over are in
     `history.attrs[LOGGED_NAN]` (`tvae.analysis.confounds`): the frame's NaN cells include steps
     a key was not logged at.
     """

@@ -89,7 +89,7 @@ class Watch:
     ``roles`` None (no metric_map): TernaryVAE's, or for a run that logs none of their
     generalisation keys, read off its key names as `analyze` reads them (`roles_for`).
     ``exclude``: run ids never to watch (the `mlflow run` launcher run of the watcher itself).
-    ``mapped``: {role: key} the metric_map names; a run is judged once it has logged them all
+    ``required``: {role: key} the metric_map names; a run is judged once it has logged them all
     (`analyze` refuses a run without them), and one line says which it waits for.
     """
 
@@ -106,7 +106,7 @@ class Watch:
         notifier: Notifier | None = None,
         echo: Callable[[str], None] = print,
         exclude: tuple[str, ...] = (),
-        mapped: Mapping[str, str] | None = None,
+        required: Mapping[str, str] | None = None,
     ) -> None:
         if (run_id is None) == (experiment_id is None):
             raise ValueError("watch one run_id or one experiment_id")
@@ -118,7 +118,7 @@ class Watch:
         self.echo = echo
         self.notifier = notifier or Notifier(echo=echo)
         self.exclude = set(exclude)
-        self.mapped = dict(mapped or {})
+        self.required = dict(required or {})
         self.runs: dict[str, RunWatch] = {}
         self.cpu_seconds = 0.0  # thread CPU time spent polling (not sleeping)
         self.polls = 0
@@ -241,7 +241,7 @@ class Watch:
         keys = watch.detector.keys  # the detector leaves out MLflow's system/ keys: so does this
         missing = sorted(
             f"{r}={k}"
-            for r, k in self.mapped.items()
+            for r, k in self.required.items()
             if k not in keys and not k.startswith(C.SYSTEM_PREFIX)
         )
         if status.status != RUNNING:

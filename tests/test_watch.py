@@ -269,7 +269,7 @@ def test_a_run_is_judged_once_it_logs_every_key_the_metric_map_names(tracking_ur
     run_id = new_run()
     lines: list[str] = []
     watch = Watch(
-        client, run_id=run_id, roles=ROLES, mapped=mapped_keys(METRIC_MAP), echo=lines.append
+        client, run_id=run_id, roles=ROLES, required=mapped_keys(METRIC_MAP), echo=lines.append
     )
     lockstep(watch, client, run_id, frame.loc[:20].drop(columns="val_loss"), pace=10, end=None)
     assert live_tags(run_id) == {} and watch.runs[run_id].changes == []
@@ -288,7 +288,7 @@ def test_a_run_is_judged_once_it_logs_every_key_the_metric_map_names(tracking_ur
     assert "has not logged loss=train_los of the metric_map" in result.output
     lines.clear()
     roles = Roles.from_metric_map(wrong)
-    watch = Watch(client, run_id=typo, roles=roles, mapped=mapped_keys(wrong), echo=lines.append)
+    watch = Watch(client, run_id=typo, roles=roles, required=mapped_keys(wrong), echo=lines.append)
     assert watch.poll() is True
     client.set_terminated(typo)
     assert watch.poll() is False and live_tags(typo) == {}
