@@ -7,6 +7,8 @@
 - With the accuracy in percent (97.3, not 0.973): it is read as the fraction it is.
 - With the evaluation logged at steps of its own (no row holds both losses): the training loss
   is read against the validation loss last logged.
+- With a loss logged as exactly 0 (float32 cross-entropy underflows once every margin is wide):
+  it reads as the smallest value the key logged, not as a step the key was not logged at.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ K = 50  # optimizer steps per epoch
 FAST = "digits_a3_step"  # training split, `fast`: its validation accuracy climbs from epoch 1
 GROKS = "add53_f40_wd1"  # training split, `grokking`
 STEPPED = "add53_f50_step200"  # training split, `grokking` with the LR halved every 200 epochs
+FITS_LATE = "par25_k3_n1500_s147"  # training split, `fast`: its loss is 10x below val_loss late
+UNDERFLOWS = "add53_f40_step500"  # training split, `grokking`: its loss falls below 1e-4 early
 VAL_ACC = Roles.from_metric_map(metric_map("val_acc"))  # accuracy and the training loss only
 
 
@@ -45,7 +49,13 @@ def stepped(name: str, log_epoch: bool = True) -> pd.DataFrame:
 
 def test_the_runs_used_here_are_training_split_and_labelled_as_assumed():
     runs = index()
-    for name, cls in ((FAST, "fast"), (GROKS, "grokking"), (STEPPED, "grokking")):
+    for name, cls in (
+        (FAST, "fast"),
+        (GROKS, "grokking"),
+        (STEPPED, "grokking"),
+        (UNDERFLOWS, "grokking"),
+        (FITS_LATE, "fast"),
+    ):
         assert runs[name]["split"] == "train" and runs[name]["label"]["cls"] == cls
 
 
@@ -316,3 +326,36 @@ def test_the_live_state_of_a_percent_accuracy_is_the_fraction_s():
 def test_which_accuracies_are_read_as_percent(values, scale):
     """In [0, 100] with a value above 1; one that never passes 1 % reads as a fraction."""
     assert percent_scale(pd.DataFrame({"acc": values}), "acc") == scale
+
+
+def underflowed(frame: pd.DataFrame, below: float = 1e-4) -> pd.DataFrame:
+    """``frame`` with every loss under ``below`` logged as 0.0 (a loss that underflowed)."""
+    out = frame.copy()
+    for key in ("train_loss", "val_loss"):
+        out[key] = out[key].where(out[key] >= below, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("name,view", [(UNDERFLOWS, "val_acc"), (FITS_LATE, "acc+loss")])
+def test_a_loss_logged_as_zero_reads_as_its_smallest_value(name, view):
+    """Read as gaps, the zeros hid the whole plateau's training loss: the grokking run's event
+    was rejected as "fitted never". Read as the smallest loss, they keep the fit where the
+    training loss sits 10x below the validation loss, so the `fast` run stays without one."""
+    roles = Roles.from_metric_map(metric_map(view))
+    frame = load_run(name)
+    assert (underflowed(frame)["train_loss"] == 0).mean() > 0.5
+    want = analyze(frame, roles)
+    got = analyze(underflowed(frame), roles)
+    assert [(c.breakthrough_epoch, c.severity) for c in got.confirmed] == [
+        (c.breakthrough_epoch, c.severity) for c in want.confirmed
+    ]
+    assert bool(want.confirmed) == (name == UNDERFLOWS)
+
+
+def test_the_live_state_of_a_loss_logged_as_zero_is_the_loss_s():
+    det, changes = follow(underflowed(load_run(UNDERFLOWS)), roles=VAL_ACC, per_update=25)
+    final = det.update(ended=True)
+    event = analyze(load_run(UNDERFLOWS), VAL_ACC).confirmed[0]
+    assert final.state == "confirmed"
+    assert final.event_epochs == (event.breakthrough_epoch,)
+    assert "confirmed" in [s.state for s in changes]

@@ -83,7 +83,7 @@ class RunContext:
             every = int(np.median(np.diff(evals))) if len(evals) > 1 else 1
             val = pd.Series(np.where(np.isfinite(both[:, 1]), both[:, 1], np.nan))
             both[:, 1] = val.ffill(limit=every).to_numpy()
-        ok = np.all(np.isfinite(both), axis=1) & (both[:, 0] > 0)
+        ok = np.all(np.isfinite(both), axis=1) & (both[:, 0] >= 0) & (both[:, 1] > 0)
         epochs = self.history.index.to_numpy(dtype=float)[ok]
         hit = np.nonzero(both[ok, 0] * self.t.delay.fit_gap <= both[ok, 1])[0]
         return float(epochs[hit[0]]) if len(hit) else None

@@ -20,6 +20,7 @@ import pandas as pd
 import ruptures as rpt
 
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
+from tvae.analysis.series import neg_log10
 from tvae.analysis.thresholds import Thresholds
 
 PHASE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality")
@@ -62,11 +63,11 @@ def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
         v = history[key].to_numpy(dtype=float)
         ok = np.isfinite(v)
         if role in LOG_ROLES:
-            ok &= v > 0
+            ok &= v >= 0
         if ok.sum() < 3:
             continue
         b = np.clip(np.searchsorted(edges, epochs[ok], side="right") - 1, 0, n_bins - 1)
-        tv = np.log10(v[ok]) if role in LOG_ROLES else v[ok]
+        tv = -neg_log10(v[ok]) if role in LOG_ROLES else v[ok]
         cnt = np.bincount(b, minlength=n_bins)
         mean = np.bincount(b, weights=tv, minlength=n_bins) / np.maximum(cnt, 1)
         filled = cnt > 0

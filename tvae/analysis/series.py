@@ -15,6 +15,16 @@ def finite_series(history: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarr
     return history.index.to_numpy(dtype=float)[ok], col[ok]
 
 
+def neg_log10(values: np.ndarray, floor: float = math.inf) -> np.ndarray:
+    """-log10 of non-negative loss values. A logged 0 is a loss that underflowed (float32
+    cross-entropy reaches exactly 0 once every margin is wide), so it reads as the smallest
+    positive value the key logged (here, or ``floor`` from its earlier rows), not as a gap."""
+    positive = values[values > 0]
+    if len(positive):
+        floor = min(floor, float(positive.min()))
+    return -np.log10(np.maximum(values, floor if math.isfinite(floor) else 1.0))
+
+
 def noise_sigma(values: np.ndarray) -> float:
     """Robust epoch-to-epoch noise level: scaled MAD of first differences / sqrt(2)."""
     if len(values) < 3:

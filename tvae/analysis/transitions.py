@@ -19,6 +19,7 @@ from tvae.analysis.roles import DIRECTION, LOG_ROLES
 from tvae.analysis.series import (
     finite_series,
     first_at_least,
+    neg_log10,
     noise_sigma,
     quantum,
     rolling_median,
@@ -45,9 +46,9 @@ class Metric:
     def load(cls, history: pd.DataFrame, role: str, key: str) -> Metric:
         e, raw = finite_series(history, key)
         if role in LOG_ROLES:
-            ok = raw > 0
+            ok = raw >= 0
             e, raw = e[ok], raw[ok]
-            s = -np.log10(raw)
+            s = neg_log10(raw)
         else:
             s = raw * DIRECTION.get(role, 1)
         unit = "log10" if role in LOG_ROLES else "points" if role == "accuracy" else "units"
