@@ -52,6 +52,10 @@ from tvae.analysis.guess_roles import guess_roles
             ["val_acc", "val_acc_ce", "train_loss", "lr_loss", "lr"],
             "accuracy=val_acc,val_loss=,loss=train_loss,lr=lr",
         ),
+        (  # an error rate falls as accuracy rises: neither an accuracy nor a loss
+            ["train_loss", "top1_err", "val_top1_err", "val_loss", "val_error"],
+            "accuracy=,val_loss=val_loss,loss=train_loss,lr=",
+        ),
         (
             ["loss", "mse", "val_loss", "val_mse", "test_accuracy"],
             "accuracy=test_accuracy,val_loss=val_loss,loss=loss,lr=",

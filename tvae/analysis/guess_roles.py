@@ -11,7 +11,8 @@ naming training (or a bare loss word), the LR `lr` or `learning rate`. Of severa
 beats a key logged once (HF Trainer's end-of-run `train_loss` beside its per-log `loss`), then
 the first held-out word below wins, then the first measure word below (`val_loss` over
 `val_mse`), then a per-epoch key over a per-step one, then the shortest key. An error rate
-(`val_error`) is neither: read as a loss, its zeros would be lost to the log scale.
+(`val_error`, `val_top1_err`) is neither: it falls as an accuracy rises, and read as a loss its
+zeros would sit on the log scale's floor.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ HELD_OUT = ("val", "valid", "validation", "eval", "test", "dev")
 TRAINING = ("train", "training")
 ACCURACY = ("acc", "accuracy", "top1", "acc1")
 LOSS = ("loss", "nll", "ce", "xent", "bce", "mse", "rmse", "mae", "ppl", "perplexity")
+ERROR = ("err", "error")  # an error rate: 1 - accuracy, named with an accuracy's words
 WHEN = ("epoch", "step")  # words that say when a value was logged, not what it measures
 #: Our own roles a guessed map unsets (no other trainer logs them).
 UNSET = ("hierarchy", "quality", "grad_norm")
@@ -54,7 +56,10 @@ def _measure(words: list[str], what: tuple[str, ...]) -> int | None:
 
 
 def _both(words: list[str]) -> bool:
-    """A key naming an accuracy and a loss (`val_acc_ce`) is neither: which it is, is unsaid."""
+    """A key naming an accuracy and a loss (`val_acc_ce`) is neither: which it is, is unsaid;
+    nor is one naming an error rate (`val_top1_err`)."""
+    if any(w in ERROR for w in words):
+        return True
     return _measure(words, ACCURACY) is not None and _measure(words, LOSS) is not None
 
 
