@@ -217,3 +217,16 @@ def test_an_accuracy_that_rises_part_of_the_way_scores_below_one_that_rises_all_
         assert 295 <= event.breakthrough_epoch <= 320
         scores[top] = event.confidence
     assert 0.5 < scores[0.20] < scores[0.98] - 0.1
+
+
+def test_a_run_without_a_training_loss_says_its_fit_was_not_checked():
+    """The fit and the delay after it are what tell grokking from a late start; without a
+    training loss neither is checked, and the report says so beside whatever it found."""
+    run = seed_run()
+    with_loss = analyze(run)
+    without = analyze(run.drop(columns=["train/loss"]))
+    assert with_loss.confirmed and without.confirmed
+    assert not any("no training loss" in n for n in with_loss.notes)
+    assert [n for n in without.notes if n.startswith("no training loss (the loss role)")]
+    unmapped = analyze(run, Roles.from_metric_map("loss="))
+    assert any(n.startswith("no training loss") for n in unmapped.notes)

@@ -116,6 +116,12 @@ def analyze(
         getattr(roles, r) in present for r in GENERALISATION_ROLES
     ):
         report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
+    elif len(hist) and not (roles.loss and roles.loss in present):
+        report.notes.append(
+            "no training loss (the loss role): whether the training set was fitted first, and "
+            "how long before, is not checked, so a held-out metric that merely starts late "
+            "can read as grokking"
+        )
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
     report.answers = answer_questions(report, hist, roles, present, controls)
     if axis_note and len(hist):
