@@ -230,3 +230,10 @@ def test_a_run_without_a_training_loss_says_its_fit_was_not_checked():
     assert [n for n in without.notes if n.startswith("no training loss (the loss role)")]
     unmapped = analyze(run, Roles.from_metric_map("loss="))
     assert any(n.startswith("no training loss") for n in unmapped.notes)
+
+
+def test_a_run_without_an_lr_says_a_schedule_was_not_ruled_out():
+    run = seed_run()
+    assert not any("no learning rate" in n for n in analyze(run).notes)
+    without = analyze(run.drop(columns=["opt/lr"]))
+    assert [n for n in without.notes if n.startswith("no learning rate (the lr role)")]

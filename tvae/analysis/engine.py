@@ -116,17 +116,30 @@ def analyze(
         getattr(roles, r) in present for r in GENERALISATION_ROLES
     ):
         report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
-    elif len(hist) and not (roles.loss and roles.loss in present):
-        report.notes.append(
-            "no training loss (the loss role): whether the training set was fitted first, and "
-            "how long before, is not checked, so a held-out metric that merely starts late "
-            "can read as grokking"
-        )
+    elif len(hist):
+        report.notes += _unchecked(roles, present)
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
     report.answers = answer_questions(report, hist, roles, present, controls)
     if axis_note and len(hist):
         _in_steps(report, hist, roles.epoch)
     return report
+
+
+def _unchecked(roles: Roles, present: set[str]) -> list[str]:
+    """What the detector could not rule out for want of a training loss or an LR."""
+    notes = []
+    if not (roles.loss and roles.loss in present):
+        notes.append(
+            "no training loss (the loss role): whether the training set was fitted first, and "
+            "how long before, is not checked, so a held-out metric that merely starts late "
+            "can read as grokking"
+        )
+    if not (roles.lr and roles.lr in present):
+        notes.append(
+            "no learning rate (the lr role): a rise that an LR schedule causes (a step, a "
+            "warm restart) cannot be told from grokking"
+        )
+    return notes
 
 
 def _in_steps(report: AnalysisReport, hist: pd.DataFrame, epoch_key: str) -> None:
