@@ -10,6 +10,7 @@
     python benchmarks/detection_accuracy.py --eval-every 2 --eval-apart  # no row holds both
     python benchmarks/detection_accuracy.py --no-steps        # log_metric(key, value), no step
     python benchmarks/detection_accuracy.py --train-steps 50  # train keys by step, val by epoch
+    python benchmarks/detection_accuracy.py --sampled 500     # val_acc on 500 fresh examples
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -41,6 +42,7 @@ from corpus import (  # noqa: E402
     load_run,
     log_spaced,
     metric_map,
+    sampled,
     train_by_step,
     without_steps,
 )
@@ -111,6 +113,7 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
     k = args.steps_per_epoch
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
     frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every, args.eval_apart)
+    frame = sampled(frame, args.sampled)
     frame = in_percent(frame) if args.percent else frame
     window = entry["label"].get("window")
     if args.no_steps:
@@ -220,6 +223,14 @@ def main() -> None:
         metavar="K",
         help="log the training keys against optimizer steps, K an epoch, and the val_* keys "
         "against epochs, read back as load_history places them",
+    )
+    parser.add_argument(
+        "--sampled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure val_acc on N examples drawn afresh at each evaluation (binomial noise, "
+        "seed 0), as a trainer estimating it on random batches does",
     )
     args = parser.parse_args()
     if args.eval_apart and args.eval_every < 2:

@@ -1,6 +1,6 @@
 """Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
 as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation,
-accuracy in percent, without steps)."""
+accuracy in percent, without steps, evaluated on a fresh sample each time)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ def in_percent(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with its accuracies logged in percent (97.3, not 0.973)."""
     for key in [c for c in df.columns if c.endswith("_acc")]:
         df[key] = df[key] * 100.0
+    return df
+
+
+def sampled(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """``df`` with its val_acc measured on ``n`` examples drawn afresh at each evaluation (as
+    nanoGPT's `estimate_loss` draws its batches): binomial noise around the logged value."""
+    if n:
+        rng = np.random.default_rng(seed)
+        p = df["val_acc"].to_numpy(dtype=float, copy=True)
+        ok = np.isfinite(p)
+        p[ok] = rng.binomial(n, np.clip(p[ok], 0, 1)) / n
+        df["val_acc"] = p
     return df
 
 

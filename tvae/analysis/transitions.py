@@ -194,7 +194,8 @@ def find_transitions(m: Metric, t: Thresholds) -> list[Transition]:
     delta = m.min_size(t)
     flat_tol = max(3 * m.sigma, 0.5 * delta)
     spans = []
-    for lo0, hi0 in zigzag_up_swings(m.wide_med, delta):
+    swings = zigzag_up_swings(m.wide_med, delta)
+    for lo0, hi0 in swings:
         # a flat stretch must be long next to the swing, or a slow steady rise would split
         min_flat = max(t.plateau.candidate_min_epochs, 0.1 * (m.e[hi0] - m.e[lo0]))
         parts = [
@@ -205,7 +206,8 @@ def find_transitions(m: Metric, t: Thresholds) -> list[Transition]:
         # a slow, steady rise cut into pieces that are each too small stays one rise
         spans += parts or [(lo0, hi0, float(m.wide_med[hi0]))]
     for lo, hi in zigzag_up_swings(m.s, delta):
-        if m.s[hi] - m.wide_med[hi] >= delta:  # up for a few epochs only
+        # up for a few epochs only; one that peaks inside a rise of the median is that rise's
+        if m.s[hi] - m.wide_med[hi] >= delta and not any(a <= hi < b for a, b in swings):
             spans.append((lo, hi, float(m.s[hi])))
     out = []
     for lo, hi, top in spans:
