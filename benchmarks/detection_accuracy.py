@@ -11,6 +11,7 @@
     python benchmarks/detection_accuracy.py --no-steps        # log_metric(key, value), no step
     python benchmarks/detection_accuracy.py --train-steps 50  # train keys by step, val by epoch
     python benchmarks/detection_accuracy.py --sampled 500     # val_acc on 500 fresh examples
+    python benchmarks/detection_accuracy.py --stop-after 30   # early stopping once generalised
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -43,6 +44,7 @@ from corpus import (  # noqa: E402
     log_spaced,
     metric_map,
     sampled,
+    stopped,
     train_by_step,
     without_steps,
 )
@@ -111,6 +113,7 @@ def split_names(runs: dict[str, dict]) -> list[str]:
 def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """``frame`` as the options log it; ``entry``'s onset window moved onto that axis."""
     k = args.steps_per_epoch
+    frame = stopped(frame, entry["label"], args.stop_after)
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
     frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every, args.eval_apart)
     frame = sampled(frame, args.sampled)
@@ -231,6 +234,14 @@ def main() -> None:
         metavar="N",
         help="measure val_acc on N examples drawn afresh at each evaluation (binomial noise, "
         "seed 0), as a trainer estimating it on random batches does",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end each run N epochs after the epoch its label says it generalised, as early "
+        "stopping does (a run that never generalised is kept whole)",
     )
     args = parser.parse_args()
     if args.eval_apart and args.eval_every < 2:

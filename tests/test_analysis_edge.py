@@ -237,3 +237,18 @@ def test_a_run_without_an_lr_says_a_schedule_was_not_ruled_out():
     assert not any("no learning rate" in n for n in analyze(run).notes)
     without = analyze(run.drop(columns=["opt/lr"]))
     assert [n for n in without.notes if n.startswith("no learning rate (the lr role)")]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("at", [40, 120, 180])
+def test_a_spike_on_the_plateau_after_an_early_rise_is_rejected_as_a_spike(at, seed):
+    """On a noisy plateau after a rise the median's swing runs on to the plateau's last
+    wiggle; a spike there is still a candidate, and rejected with its reason."""
+    rng = np.random.default_rng(seed)
+    e = np.arange(200)
+    acc = np.where(e < 10, 0.1 + 0.04 * e, 0.5) + rng.normal(0, 0.003, len(e))
+    acc[at] = 0.9
+    loss = np.where(e < 10, 2.0 - 0.19 * e, 0.1)
+    report = analyze(frame(e, acc=acc, loss=loss), ACC)
+    assert report.confirmed == []
+    assert [c.criterion for c in report.candidates if c.breakthrough_epoch == at] == ["spike"]

@@ -11,6 +11,8 @@
   it reads as the smallest value the key logged, not as a step the key was not logged at.
 - With the accuracy measured on a random sample each time (binomial noise): a noise peak on the
   flank of the rise is part of the rise, not an event of its own.
+- Stopped early, once generalised: a `fast` run whose two losses fell together has no fit, so
+  no event, though its plateau is all the run holds.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from corpus import (
     log_spaced,
     metric_map,
     sampled,
+    stopped,
 )
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -39,9 +42,11 @@ from mlflow_plugins.history import load_history
 from mlflow_plugins.live_train import LiveTrainFollower
 from tvae import contract as C
 from tvae.analysis import Roles, analyze
+from tvae.analysis.context import RunContext
 from tvae.analysis.live_assess import assess
 from tvae.analysis.plots import plot_report
 from tvae.analysis.steps import steps_per_epoch
+from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.units import percent_scale
 
 K = 50  # optimizer steps per epoch
@@ -340,28 +345,62 @@ def test_which_accuracies_are_read_as_percent(values, scale):
     assert percent_scale(pd.DataFrame({"acc": values}), "acc") == scale
 
 
-def underflowed(frame: pd.DataFrame, below: float = 1e-4) -> pd.DataFrame:
-    """``frame`` with every loss under ``below`` logged as 0.0 (a loss that underflowed)."""
-    out = frame.copy()
-    for key in ("train_loss", "val_loss"):
-        out[key] = out[key].where(out[key] >= below, 0.0)
-    return out
+def underflowed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s run with a training loss 1000x smaller (as without weight decay), logged as
+    float32 logs it: 0.0 wherever it falls below 1e-8 (every example underflowed)."""
+    loss = frame["train_loss"] * 1e-3
+    return frame.assign(train_loss=loss.where(loss >= 1e-8, 0.0))
 
 
-@pytest.mark.parametrize("name,view", [(UNDERFLOWS, "val_acc"), (FITS_LATE, "acc+loss")])
-def test_a_loss_logged_as_zero_reads_as_its_smallest_value(name, view):
-    """Read as gaps, the zeros hid the whole plateau's training loss: the grokking run's event
-    was rejected as "fitted never". Read as the smallest loss, they keep the fit where the
-    training loss sits 10x below the validation loss, so the `fast` run stays without one."""
-    roles = Roles.from_metric_map(metric_map(view))
-    frame = load_run(name)
+def test_a_loss_logged_as_zero_reads_as_its_smallest_value():
+    """Zeros over the whole plateau's training loss are its smallest value, not gaps that
+    leave the fit unknown ("fitted never"): the event is the one the run has without them."""
+    frame = load_run(UNDERFLOWS)
     assert (underflowed(frame)["train_loss"] == 0).mean() > 0.5
-    want = analyze(frame, roles)
-    got = analyze(underflowed(frame), roles)
-    assert [(c.breakthrough_epoch, c.severity) for c in got.confirmed] == [
-        (c.breakthrough_epoch, c.severity) for c in want.confirmed
+    want = analyze(frame.assign(train_loss=frame["train_loss"] * 1e-3), VAL_ACC).confirmed
+    got = analyze(underflowed(frame), VAL_ACC).confirmed
+    assert len(want) == 1
+    assert [(c.breakthrough_epoch, c.severity) for c in got] == [
+        (c.breakthrough_epoch, c.severity) for c in want
     ]
-    assert bool(want.confirmed) == (name == UNDERFLOWS)
+
+
+def test_a_zero_beside_no_small_loss_is_a_placeholder_not_a_loss():
+    """A script that logs `val_loss` 0.0 on the epochs it does not evaluate: its zeros are
+    steps without a value, for they follow losses far above where float32 underflows."""
+    roles = Roles.from_metric_map(metric_map("loss-only"))
+    gaps = eval_every(load_run(GROKS), 10)
+    zeros = gaps.fillna({"val_loss": 0.0, "val_acc": 0.0})
+    want = analyze(gaps, roles).confirmed
+    assert len(want) == 1
+    assert [c.breakthrough_epoch for c in analyze(zeros, roles).confirmed] == [
+        c.breakthrough_epoch for c in want
+    ]
+
+
+def test_a_training_loss_logged_only_as_zero_is_no_training_loss():
+    frame = load_run(UNDERFLOWS).assign(train_loss=0.0)
+    report = analyze(frame, VAL_ACC)
+    assert any(n.startswith("no training loss") for n in report.notes)
+    assert all(c.details.get("fit_epoch") is None for c in report.candidates)
+
+
+def test_the_gap_fit_reads_a_zero_training_loss_as_its_smallest_value():
+    """0 is not 10x below a validation loss of 5e-8 when the training loss's smallest logged
+    value is 1e-8: the zero is an underflow from about there, not a loss of nothing."""
+    e = np.arange(40)
+    frame = pd.DataFrame(
+        {
+            "train_loss": np.where(e < 10, 1.0, np.where(e < 12, 1e-8, 0.0)),
+            "val_loss": np.where(e < 12, 1.0, 5e-8),
+        },
+        index=e,
+    )
+    roles = Roles.from_metric_map("accuracy=,loss=train_loss,val_loss=val_loss,lr=")
+    ctx = RunContext(frame, roles, frozenset(frame.columns), Thresholds(), (), {})
+    assert ctx.gap_fit == 10.0  # 1e-8 x 10 <= 1.0 at epoch 10; never again after epoch 12
+    later = frame.assign(val_loss=np.where(e < 12, 1e-8, 5e-8))
+    assert RunContext(later, roles, frozenset(frame.columns), Thresholds(), (), {}).gap_fit is None
 
 
 def test_the_live_state_of_a_loss_logged_as_zero_is_the_loss_s():
@@ -376,9 +415,8 @@ def test_the_live_state_of_a_loss_logged_as_zero_is_the_loss_s():
 @pytest.mark.parametrize("view", ["acc+loss", "val_acc"])
 def test_a_noise_peak_on_the_flank_of_the_rise_is_no_event_of_its_own(view):
     """The accuracy climbs a few points before the jump; on 2,000 examples drawn afresh, one
-    evaluation there peaks two points over the median around it. That peak was a candidate
-    of its own (for the spike criterion), and as the climb went on it held and was confirmed:
-    two events, the first before the labelled window."""
+    evaluation there peaks two points over the median around it. The peak is part of the
+    rise, not a spike candidate that the climb then holds: one event, in the window."""
     roles = Roles.from_metric_map(metric_map(view))
     lo, hi = index()[NOISY]["label"]["window"]
     got = analyze(sampled(load_run(NOISY), 2000), roles).confirmed
@@ -387,3 +425,18 @@ def test_a_noise_peak_on_the_flank_of_the_rise_is_no_event_of_its_own(view):
     final = det.update(ended=True)
     assert final.state == "confirmed"
     assert final.event_epochs == (got[0].breakthrough_epoch,)
+
+
+@pytest.mark.parametrize("view", ["acc+loss", "loss-only"])
+def test_a_run_stopped_early_once_generalised_keeps_its_verdict(view):
+    """Cut 30 epochs after it generalised, the `fast` run ends before its training loss is
+    ever 10x below its validation loss, and that loss went on falling past its plateau level:
+    no fit, rather than one mid-fall that would make the validation loss's fall a delayed one.
+    The grokking run keeps its event."""
+    roles = Roles.from_metric_map(metric_map(view))
+    runs = index()
+    fast = stopped(load_run(FITS_LATE), runs[FITS_LATE]["label"], 30)
+    assert analyze(fast, roles).confirmed == []
+    lo, hi = runs[GROKS]["label"]["window"]
+    groks = analyze(stopped(load_run(GROKS), runs[GROKS]["label"], 30), roles).confirmed
+    assert len(groks) == 1 and lo <= groks[0].breakthrough_epoch <= hi

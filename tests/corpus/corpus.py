@@ -1,6 +1,6 @@
 """Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
 as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation,
-accuracy in percent, without steps, evaluated on a fresh sample each time)."""
+accuracy in percent, without steps, evaluated on a fresh sample each time, stopped early)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def in_percent(df: pd.DataFrame) -> pd.DataFrame:
     for key in [c for c in df.columns if c.endswith("_acc")]:
         df[key] = df[key] * 100.0
     return df
+
+
+def stopped(df: pd.DataFrame, label: dict, after: int) -> pd.DataFrame:
+    """``df`` ended ``after`` epochs past the epoch its label says it generalised (early
+    stopping); a run that never generalised is kept whole."""
+    done = label.get("generalised")
+    return df.loc[: done + after].copy() if after and done is not None else df
 
 
 def sampled(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

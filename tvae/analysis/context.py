@@ -10,6 +10,7 @@ import pandas as pd
 
 from tvae.analysis.confounds import ControlChange
 from tvae.analysis.roles import Roles
+from tvae.analysis.series import as_loss
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.transitions import Metric
 
@@ -78,12 +79,13 @@ class RunContext:
         if self.train_loss is None or not self.has("val_loss"):
             return None
         both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float, copy=True)
+        both = np.column_stack([as_loss(both[:, 0]), as_loss(both[:, 1])])
         evals = np.flatnonzero(np.isfinite(both[:, 1]))
         if len(evals) and np.isfinite(both[evals, 0]).mean() < 0.5:
             every = int(np.median(np.diff(evals))) if len(evals) > 1 else 1
             val = pd.Series(np.where(np.isfinite(both[:, 1]), both[:, 1], np.nan))
             both[:, 1] = val.ffill(limit=every).to_numpy()
-        ok = np.all(np.isfinite(both), axis=1) & (both[:, 0] >= 0) & (both[:, 1] > 0)
+        ok = np.all(np.isfinite(both), axis=1)
         epochs = self.history.index.to_numpy(dtype=float)[ok]
         hit = np.nonzero(both[ok, 0] * self.t.delay.fit_gap <= both[ok, 1])[0]
         return float(epochs[hit[0]]) if len(hit) else None
@@ -92,8 +94,12 @@ class RunContext:
         """The epoch the training set was fitted, for a plateau [a, b]: where the training
         loss falls `delay.fit_gap`-fold below the validation loss when both are logged, else
         where it came within `delay.fit_frac` of its drop from the start to its level on the
-        plateau. None without a training loss, or when it did not fall `delay.min_drop`-fold.
-        Each criterion and the score ask for it; it is worked out once per plateau."""
+        plateau. None without a training loss, or when it did not fall `delay.min_drop`-fold;
+        with both losses logged and no such gap, also when it went on falling
+        `delay.min_drop`-fold below that level after the plateau (no floor, such as label
+        smoothing's, held it there: the two fell together, as in a run stopped early once it
+        generalised). Each criterion and the score ask for it; it is worked out once per
+        plateau."""
         if (a, b) not in self._fits:
             self._fits[a, b] = self._fit_epoch(a, b)
         return self._fits[a, b]
@@ -107,5 +113,8 @@ class RunContext:
         if level is None or not start >= self.t.delay.min_drop * level:
             return None
         e, v = self.train_loss
+        both_logged = self.has("val_loss") and len(self.metric("val_loss").raw) >= 2
+        if both_logged and v[e > b].min(initial=level) * self.t.delay.min_drop < level:
+            return None  # no gap, and no floor either: it was still falling with the other
         reached = np.nonzero(v <= level + self.t.delay.fit_frac * (start - level))[0]
         return float(e[reached[0]]) if len(reached) else None

@@ -16,6 +16,7 @@ from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 from tvae.analysis.steps import in_steps, on_axis, run_epochs
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.tiers import judge_tier
+from tvae.analysis.transitions import Metric
 from tvae.analysis.units import as_fraction
 
 
@@ -117,7 +118,7 @@ def analyze(
     ):
         report.notes.append("no accuracy/val_loss/quality/hierarchy role: grokking not assessed")
     elif len(hist):
-        report.notes += _unchecked(roles, present)
+        report.notes += _unchecked(hist, roles, present)
     report.checks = run_checks(hist, sys_hist, nonfinite, run_status, t)
     report.answers = answer_questions(report, hist, roles, present, controls)
     if axis_note and len(hist):
@@ -125,10 +126,12 @@ def analyze(
     return report
 
 
-def _unchecked(roles: Roles, present: set[str]) -> list[str]:
-    """What the detector could not rule out for want of a training loss or an LR."""
+def _unchecked(hist: pd.DataFrame, roles: Roles, present: set[str]) -> list[str]:
+    """What the detector could not rule out for want of a training loss (two rows a log
+    scale can read, as `RunContext.train_loss` asks) or an LR."""
     notes = []
-    if not (roles.loss and roles.loss in present):
+    loss = Metric.load(hist, "loss", roles.loss) if roles.loss in present else None
+    if loss is None or len(loss.raw) < 2:
         notes.append(
             "no training loss (the loss role): whether the training set was fitted first, and "
             "how long before, is not checked, so a held-out metric that merely starts late "

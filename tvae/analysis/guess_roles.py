@@ -55,7 +55,7 @@ def _measure(words: list[str], what: tuple[str, ...]) -> int | None:
     return min(found) if found else None
 
 
-def _both(words: list[str]) -> bool:
+def _unclear(words: list[str]) -> bool:
     """A key naming an accuracy and a loss (`val_acc_ce`) is neither: which it is, is unsaid;
     nor is one naming an error rate (`val_top1_err`)."""
     if any(w in ERROR for w in words):
@@ -67,14 +67,14 @@ def _held_out(what: tuple[str, ...]):
     def rank(words: list[str]) -> tuple[int, int] | None:
         measure = _measure(words, what)
         split = [HELD_OUT.index(w) for w in words if w in HELD_OUT]
-        return None if measure is None or not split or _both(words) else (min(split), measure)
+        return None if measure is None or not split or _unclear(words) else (min(split), measure)
 
     return rank
 
 
 def _training_loss(words: list[str]) -> tuple[int, int] | None:
     measure = _measure(words, LOSS)
-    if measure is None or _both(words) or any(w in HELD_OUT for w in words):
+    if measure is None or _unclear(words) or any(w in HELD_OUT for w in words):
         return None
     if any(w in TRAINING for w in words):
         return 0, measure

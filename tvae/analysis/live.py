@@ -7,7 +7,6 @@ changed. No MLflow here.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -20,7 +19,6 @@ from tvae.analysis.confounds import history_frame
 from tvae.analysis.live_assess import TAIL_ROWS, Assessment, assess
 from tvae.analysis.live_state import LiveState
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
-from tvae.analysis.series import neg_log10
 from tvae.analysis.thresholds import Thresholds
 
 #: Re-run the whole detector once the history has grown by this share since its last run, even
@@ -113,7 +111,6 @@ class LiveDetector:
         self._analysed_rows = 0
         self._tails: dict[str, deque] = {}
         self._refs: dict[str, tuple[float, float]] = {}  # key -> (level at last run, band)
-        self._floors: dict[str, float] = {}  # loss key -> smallest positive value so far
         self._moved = False
         self._rose = False  # a move since the last run went the generalising way
         self._move_wait = 1  # rows a move waits for since the last run (doubles when idle)
@@ -178,10 +175,8 @@ class LiveDetector:
         role = self._orient[key]
         v = values[np.isfinite(values)]
         if role in LOG_ROLES:
-            v = v[v >= 0]
-            floor = self._floors.get(key, math.inf)
-            self._floors[key] = min(floor, float(v[v > 0].min(initial=math.inf)))
-            v = neg_log10(v, floor)
+            v = v[v > 0]
+            v = -np.log10(v)
         else:
             v = v * DIRECTION.get(role, 1)
         tail = self._tails.setdefault(key, deque(maxlen=TAIL_ROWS))

@@ -20,7 +20,7 @@ import pandas as pd
 import ruptures as rpt
 
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
-from tvae.analysis.series import neg_log10
+from tvae.analysis.series import as_loss
 from tvae.analysis.thresholds import Thresholds
 
 PHASE_ROLES = ("loss", "accuracy", "val_loss", "hierarchy", "quality")
@@ -61,13 +61,13 @@ def _grid_signal(history: pd.DataFrame, keys: dict[str, str], points: int):
     cols, raws, used, held = [], [], [], []
     for role, key in keys.items():
         v = history[key].to_numpy(dtype=float)
-        ok = np.isfinite(v)
         if role in LOG_ROLES:
-            ok &= v >= 0
+            v = as_loss(v)
+        ok = np.isfinite(v)
         if ok.sum() < 3:
             continue
         b = np.clip(np.searchsorted(edges, epochs[ok], side="right") - 1, 0, n_bins - 1)
-        tv = -neg_log10(v[ok]) if role in LOG_ROLES else v[ok]
+        tv = np.log10(v[ok]) if role in LOG_ROLES else v[ok]
         cnt = np.bincount(b, minlength=n_bins)
         mean = np.bincount(b, weights=tv, minlength=n_bins) / np.maximum(cnt, 1)
         filled = cnt > 0

@@ -15,14 +15,21 @@ def finite_series(history: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarr
     return history.index.to_numpy(dtype=float)[ok], col[ok]
 
 
-def neg_log10(values: np.ndarray, floor: float = math.inf) -> np.ndarray:
-    """-log10 of non-negative loss values. A logged 0 is a loss that underflowed (float32
-    cross-entropy reaches exactly 0 once every margin is wide), so it reads as the smallest
-    positive value the key logged (here, or ``floor`` from its earlier rows), not as a gap."""
-    positive = values[values > 0]
-    if len(positive):
-        floor = min(floor, float(positive.min()))
-    return -np.log10(np.maximum(values, floor if math.isfinite(floor) else 1.0))
+#: A float32 loss reaches exactly 0 only from values below this: cross-entropy underflows an
+#: example at about 6e-8, and a batch's mean is 0 only once every example has.
+UNDERFLOW_MAX = 1e-6
+
+
+def as_loss(values: np.ndarray) -> np.ndarray:
+    """Loss values as a log scale reads them: a logged 0 after a value below `UNDERFLOW_MAX`
+    is an underflow and reads as the smallest positive value the key logged; any other 0 (a
+    placeholder on a step without an evaluation) and a negative value are NaN, not a loss."""
+    values = np.asarray(values, dtype=float)
+    out = np.where(values > 0, values, np.nan)
+    if np.isfinite(out).any():
+        before = pd.Series(out).ffill().to_numpy()  # the last positive value up to each row
+        out[(values == 0) & (before < UNDERFLOW_MAX)] = np.nanmin(out)
+    return out
 
 
 def noise_sigma(values: np.ndarray) -> float:

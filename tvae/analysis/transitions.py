@@ -17,9 +17,9 @@ import pandas as pd
 
 from tvae.analysis.roles import DIRECTION, LOG_ROLES
 from tvae.analysis.series import (
+    as_loss,
     finite_series,
     first_at_least,
-    neg_log10,
     noise_sigma,
     quantum,
     rolling_median,
@@ -46,9 +46,10 @@ class Metric:
     def load(cls, history: pd.DataFrame, role: str, key: str) -> Metric:
         e, raw = finite_series(history, key)
         if role in LOG_ROLES:
-            ok = raw >= 0
+            raw = as_loss(raw)
+            ok = np.isfinite(raw)
             e, raw = e[ok], raw[ok]
-            s = neg_log10(raw)
+            s = -np.log10(raw)
         else:
             s = raw * DIRECTION.get(role, 1)
         unit = "log10" if role in LOG_ROLES else "points" if role == "accuracy" else "units"
@@ -187,7 +188,8 @@ def find_transitions(m: Metric, t: Thresholds) -> list[Transition]:
 
     Rises are the swings of the 7-point median, so dips of a few epochs (slingshots) neither
     end a rise nor start a new one; the swings of the raw values that the median does not
-    show (brief spikes) are candidates too, for the criteria to reject with their reason.
+    show (brief spikes) are candidates too, for the criteria to reject with their reason,
+    except a peak where the median is itself midway up a rise (noise on its flank).
     """
     if len(m.s) < 4:
         return []
@@ -205,9 +207,11 @@ def find_transitions(m: Metric, t: Thresholds) -> list[Transition]:
         ]
         # a slow, steady rise cut into pieces that are each too small stays one rise
         spans += parts or [(lo0, hi0, float(m.wide_med[hi0]))]
+    w = m.wide_med
     for lo, hi in zigzag_up_swings(m.s, delta):
-        # up for a few epochs only; one that peaks inside a rise of the median is that rise's
-        if m.s[hi] - m.wide_med[hi] >= delta and not any(a <= hi < b for a, b in swings):
+        # up for a few epochs only; a peak where the median is still rising is part of the rise
+        rising = any(a <= hi < b and w[a] + flat_tol < w[hi] < w[b] - flat_tol for a, b in swings)
+        if m.s[hi] - w[hi] >= delta and not rising:
             spans.append((lo, hi, float(m.s[hi])))
     out = []
     for lo, hi, top in spans:
