@@ -307,3 +307,23 @@ def test_an_event_over_a_training_loss_on_a_floor_is_confirmed_while_training():
     _, changes = follow(frame, roles, per_update=25)
     confirmed = next(s for s in changes if s.state == "confirmed")
     assert confirmed.seen_at_step <= event.rise_end + Thresholds().sustain.epochs + 25
+
+
+@pytest.mark.parametrize("falls_at", [1450, 1700])
+def test_a_training_loss_that_falls_again_after_its_floor_keeps_the_event(falls_at):
+    """No 10x gap, the training loss settled on its floor over the plateau, and it falls 3x
+    more after the jump: the fit is judged by the plateau alone (no later row), so
+    the event confirmed while the run trains is the final analysis's."""
+    n = 2000
+    e = np.arange(1, n + 1, dtype=float)
+    rng = np.random.default_rng(0)
+    drop = 0.5 - 0.5 * np.cos(np.pi * np.clip((e - 1200) / 200, 0, 1))
+    val = np.interp(e, [1, 150], [4.6, 6.0]) - 5.1 * drop
+    train = (0.8 + 3.8 * np.exp(-e / 30)) * np.where(e >= falls_at, 1 / 3, 1.0)
+    frame = _losses(e, train * np.exp(rng.normal(0, 0.02, n)), val * np.exp(rng.normal(0, 0.02, n)))
+    assert (frame["val_loss"] / frame["train_loss"]).max() < Thresholds().delay.fit_gap
+    (event,) = analyze(frame, LOSSES).confirmed
+    det, changes = follow(frame, LOSSES, per_update=25)
+    assert det.update(ended=True).state == "confirmed"
+    assert "confirmed" in [s.state for s in changes]
+    assert event.breakthrough_epoch > 1200

@@ -95,11 +95,11 @@ class RunContext:
         loss falls `delay.fit_gap`-fold below the validation loss when both are logged, else
         where it came within `delay.fit_frac` of its drop from the start to its level on the
         plateau. None without a training loss, or when it did not fall `delay.min_drop`-fold;
-        with both losses logged and no such gap, also when it went on falling
-        `delay.min_drop`-fold below that level after the plateau (no floor, such as label
-        smoothing's, held it there: the two fell together, as in a run stopped early once it
-        generalised). Each criterion and the score ask for it; it is worked out once per
-        plateau."""
+        with both losses logged and no such gap, also when it fell `delay.min_drop`-fold more
+        over the plateau's second half (it had not settled on a floor, such as label
+        smoothing's: the two fell together, as in a run stopped early once it generalised).
+        Only rows up to the plateau's end count, so a run followed live is judged alike.
+        Each criterion and the score ask for it; it is worked out once per plateau."""
         if (a, b) not in self._fits:
             self._fits[a, b] = self._fit_epoch(a, b)
         return self._fits[a, b]
@@ -114,7 +114,9 @@ class RunContext:
             return None
         e, v = self.train_loss
         both_logged = self.has("val_loss") and len(self.metric("val_loss").raw) >= 2
-        if both_logged and v[e > b].min(initial=level) * self.t.delay.min_drop < level:
-            return None  # no gap, and no floor either: it was still falling with the other
+        late = v[(e >= a + 0.5 * (b - a)) & (e <= b)]  # the rows `level` is the median of
+        k = max(1, min(5, len(late) // 4))  # each end's rows, a median against one noisy row
+        if both_logged and np.median(late[:k]) >= self.t.delay.min_drop * np.median(late[-k:]):
+            return None  # no gap, and no floor either: still falling over the plateau
         reached = np.nonzero(v <= level + self.t.delay.fit_frac * (start - level))[0]
         return float(e[reached[0]]) if len(reached) else None

@@ -178,6 +178,8 @@ def fitted(ctx: RunContext, tr: Transition) -> Rejection | None:
     if fit is not None and fit <= tr.plateau_end:
         return None
     when = f"only at epoch {fit:g}" if fit is not None else "never"
+    if fit is None and ctx.has("val_loss"):
+        when += f" (never 10x below {ctx.roles.val_loss}, nor settled by the plateau's end)"
     return Rejection(
         "fitted",
         f"training not yet fitted on the plateau ({tr.plateau_start:g}-{tr.plateau_end:g}): "

@@ -23,7 +23,9 @@ UNDERFLOW_MAX = 1e-6
 def as_loss(values: np.ndarray) -> np.ndarray:
     """Loss values as a log scale reads them: a logged 0 after a value below `UNDERFLOW_MAX`
     is an underflow and reads as the smallest positive value the key logged; any other 0 (a
-    placeholder on a step without an evaluation) and a negative value are NaN, not a loss."""
+    placeholder on a step without an evaluation; also a half-precision loss's, or one logged
+    so sparsely that it fell from above 1e-6 to 0 between rows) and a negative value are NaN,
+    not a loss."""
     values = np.asarray(values, dtype=float)
     out = np.where(values > 0, values, np.nan)
     if np.isfinite(out).any():

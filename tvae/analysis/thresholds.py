@@ -48,8 +48,9 @@ class Delay(_Section):
 
     factor: float = 2.0  # generalised at >= factor x the epoch the training loss fitted
     fit_gap: float = 10.0  # fitted: training loss this factor below the validation loss ...
-    fit_frac: float = 0.05  # ... or, without a validation loss, within this share of its drop
+    fit_frac: float = 0.05  # ... or, without that gap, within this share of its drop
     min_drop: float = 2.0  # from its start to the plateau, having fallen at least this factor
+    # (and, with both losses and no gap, not this factor more over the plateau's second half)
 
 
 class Collapse(_Section):
