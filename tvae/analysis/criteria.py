@@ -179,7 +179,7 @@ def fitted(ctx: RunContext, tr: Transition) -> Rejection | None:
         return None
     when = f"only at epoch {fit:g}" if fit is not None else "never"
     if fit is None and ctx.has("val_loss"):
-        when += f" (never 10x below {ctx.roles.val_loss}, nor settled by the plateau's end)"
+        when += f" (never 10x below {ctx.roles.val_loss}, nor settled on the plateau)"
     return Rejection(
         "fitted",
         f"training not yet fitted on the plateau ({tr.plateau_start:g}-{tr.plateau_end:g}): "

@@ -11,8 +11,7 @@ naming training (or a bare loss word), the LR `lr` or `learning rate`. Of severa
 beats a key logged once (HF Trainer's end-of-run `train_loss` beside its per-log `loss`), then
 the first held-out word below wins, then the first measure word below (`val_loss` over
 `val_mse`), then a per-epoch key over a per-step one, then the shortest key. An error rate
-(`val_error`, `val_top1_err`) is neither: it falls as an accuracy rises, and read as a loss its
-zeros would sit on the log scale's floor.
+(`val_error`, `val_top1_err`) is neither: it falls as an accuracy rises.
 """
 
 from __future__ import annotations
