@@ -78,8 +78,9 @@ class RunContext:
         logged, carried no further than the usual interval between evaluations."""
         if self.train_loss is None or not self.has("val_loss"):
             return None
-        both = self.history[[self.roles.loss, self.roles.val_loss]].to_numpy(dtype=float, copy=True)
-        both = np.column_stack([as_loss(both[:, 0]), as_loss(both[:, 1])])
+        both = np.column_stack(
+            [as_loss(self.history[k]) for k in (self.roles.loss, self.roles.val_loss)]
+        )
         evals = np.flatnonzero(np.isfinite(both[:, 1]))
         if len(evals) and np.isfinite(both[evals, 0]).mean() < 0.5:
             every = int(np.median(np.diff(evals))) if len(evals) > 1 else 1
