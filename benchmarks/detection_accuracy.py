@@ -12,6 +12,7 @@
     python benchmarks/detection_accuracy.py --train-steps 50  # train keys by step, val by epoch
     python benchmarks/detection_accuracy.py --sampled 500     # val_acc on 500 fresh examples
     python benchmarks/detection_accuracy.py --stop-after 30   # early stopping once generalised
+    python benchmarks/detection_accuracy.py --perplexity      # losses logged as train/val_ppl
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "corpus")
 from corpus import (  # noqa: E402
     NEGATIVE,
     VIEWS,
+    as_perplexity,
     by_steps,
     eval_every,
     in_percent,
@@ -112,6 +114,11 @@ def split_names(runs: dict[str, dict]) -> list[str]:
 
 def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """``frame`` as the options log it; ``entry``'s onset window moved onto that axis."""
+    frame = _replay(entry, frame, args)
+    return as_perplexity(frame) if args.perplexity else frame
+
+
+def _replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     k = args.steps_per_epoch
     frame = stopped(frame, entry["label"], args.stop_after)
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
@@ -243,6 +250,12 @@ def main() -> None:
         help="end each run N epochs after the epoch its label says it generalised, as early "
         "stopping does (a run that never generalised is kept whole)",
     )
+    parser.add_argument(
+        "--perplexity",
+        action="store_true",
+        help="log the losses as perplexities, exp(loss), under train_ppl and val_ppl (as "
+        "language-model trainers do), mapped so",
+    )
     args = parser.parse_args()
     if args.eval_apart and args.eval_every < 2:
         parser.error("--eval-apart needs --eval-every 2 or more")
@@ -258,7 +271,7 @@ def main() -> None:
         )
         print(f"\n== {split} split: {len(names)} runs ({count})")
         for view in args.view or VIEWS:
-            roles = Roles.from_metric_map(metric_map(view))
+            roles = Roles.from_metric_map(metric_map(view, args.perplexity))
             rows = []
             for name in names:
                 df = histories[name]

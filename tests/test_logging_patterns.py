@@ -14,6 +14,8 @@
   flank of the rise is part of the rise, not an event of its own.
 - Stopped early, once generalised: a `fast` run whose two losses fell together has no fit, so
   no event, though its plateau is all the run holds.
+- With the losses logged as perplexities (`val_ppl`, falling to 1, not 0): they are read as
+  their logs, the losses they were computed from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from corpus import (
+    as_perplexity,
     by_steps,
     eval_every,
     in_percent,
@@ -48,7 +51,7 @@ from tvae.analysis.live_assess import assess
 from tvae.analysis.plots import plot_report
 from tvae.analysis.steps import steps_per_epoch
 from tvae.analysis.thresholds import Thresholds
-from tvae.analysis.units import percent_scale
+from tvae.analysis.units import is_perplexity, percent_scale
 
 K = 50  # optimizer steps per epoch
 FAST = "digits_a3_step"  # training split, `fast`: its validation accuracy climbs from epoch 1
@@ -442,3 +445,38 @@ def test_a_run_stopped_early_once_generalised_keeps_its_verdict(view):
     lo, hi = runs[GROKS]["label"]["window"]
     groks = analyze(stopped(load_run(GROKS), runs[GROKS]["label"], 30), roles).confirmed
     assert len(groks) == 1 and lo <= groks[0].breakthrough_epoch <= hi
+
+
+@pytest.mark.parametrize("view", ["loss-only", "acc+loss"])
+def test_losses_logged_as_perplexities_get_the_verdicts_of_the_losses(view):
+    """Read as losses, perplexities that fall from 100 to 1.0001 have lost the decades the
+    loss fell over: the loss-only view found no event in this run."""
+    want = analyze(load_run(STEPPED), Roles.from_metric_map(metric_map(view))).confirmed
+    roles = Roles.from_metric_map(metric_map(view, perplexity=True))
+    got = analyze(as_perplexity(load_run(STEPPED)), roles)
+    assert len(want) == 1
+    assert [(c.breakthrough_epoch, c.severity) for c in got.confirmed] == [
+        (c.breakthrough_epoch, c.severity) for c in want
+    ]
+    assert "train_ppl, val_ppl read as a perplexity: its log (the cross-entropy) analysed" in (
+        got.notes
+    )
+
+
+def test_the_live_state_of_perplexities_is_the_losses_s():
+    """The follower watches a perplexity's log, as the detector reads it."""
+    _, losses = follow(load_run(STEPPED), Roles.from_metric_map(metric_map("loss-only")), 25)
+    roles = Roles.from_metric_map(metric_map("loss-only", perplexity=True))
+    _, ppl = follow(as_perplexity(load_run(STEPPED)), roles, per_update=25)
+    assert "confirmed" in [s.state for s in losses]
+    assert [(s.state, s.seen_at_step, s.event_epochs) for s in ppl] == [
+        (s.state, s.seen_at_step, s.event_epochs) for s in losses
+    ]
+
+
+@pytest.mark.parametrize(
+    "key,named",
+    [("val_ppl", True), ("eval/perplexity", True), ("PPL", True), ("val_loss", False)],
+)
+def test_which_keys_name_a_perplexity(key, named):
+    assert is_perplexity(key) is named

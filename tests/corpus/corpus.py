@@ -1,6 +1,7 @@
 """Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
 as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation,
-accuracy in percent, without steps, evaluated on a fresh sample each time, stopped early)."""
+accuracy in percent, without steps, evaluated on a fresh sample each time, stopped early, the
+losses as perplexities)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,16 @@ def load_run(name: str) -> pd.DataFrame:
     return pd.read_csv(RUNS_DIR / f"{name}.csv.gz", index_col="epoch")
 
 
-def metric_map(view: str) -> str:
-    return VIEWS[view] + UNSET
+#: The keys a run logs its losses under as perplexities (language-model trainers log both so).
+PERPLEXITY_KEYS = {"train_loss": "train_ppl", "val_loss": "val_ppl"}
+
+
+def metric_map(view: str, perplexity: bool = False) -> str:
+    """``view``'s map; ``perplexity``: with the losses' keys those of `as_perplexity`."""
+    text = VIEWS[view] + UNSET
+    for loss, ppl in PERPLEXITY_KEYS.items() if perplexity else ():
+        text = text.replace(f"={loss}", f"={ppl}")
+    return text
 
 
 def log_spaced(df: pd.DataFrame, rows: int) -> pd.DataFrame:
@@ -64,6 +73,14 @@ def stopped(df: pd.DataFrame, label: dict, after: int) -> pd.DataFrame:
     stopping); a run that never generalised is kept whole."""
     done = label.get("generalised")
     return df.loc[: done + after].copy() if after and done is not None else df
+
+
+def as_perplexity(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each loss logged as its perplexity, exp(loss), under `PERPLEXITY_KEYS`; a
+    loss above 700 (the digits runs' squared errors; no cross-entropy gets there) as exp(700),
+    not as the overflow to inf."""
+    ppl = {k: np.exp(np.minimum(df[k], 700.0)) for k in PERPLEXITY_KEYS if k in df}
+    return df.assign(**ppl).rename(columns=PERPLEXITY_KEYS)
 
 
 def sampled(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

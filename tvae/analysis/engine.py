@@ -17,7 +17,7 @@ from tvae.analysis.steps import in_steps, on_axis, run_epochs
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.tiers import judge_tier
 from tvae.analysis.transitions import Metric
-from tvae.analysis.units import as_fraction
+from tvae.analysis.units import as_fraction, perplexity_as_loss
 
 
 def _clean(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,6 +90,7 @@ def analyze(
     t = thresholds or Thresholds()
     hist, sys_hist = _clean(history)
     hist, unit_note = as_fraction(hist, roles)
+    hist, ppl_note = perplexity_as_loss(hist, roles)
     if system is not None and len(system.columns):
         sys_hist = pd.concat(
             [sys_hist.reset_index(drop=True), system.reset_index(drop=True)], axis=1
@@ -99,7 +100,7 @@ def analyze(
     if len(hist):
         report.span = (float(hist.index[0]), float(hist.index[-1]))
     t, axis_note = on_axis(hist, roles, t)
-    report.notes += [note for note in (unit_note, axis_note) if note]
+    report.notes += [note for note in (unit_note, ppl_note, axis_note) if note]
     for role, key in roles.mapping().items():
         if key not in hist.columns:
             report.skipped_roles[role] = f"{key} not logged"

@@ -5,35 +5,32 @@ Other trainers name their metrics alike: HF Trainer `eval_accuracy`, `eval_loss`
 `self.log` calls say, often `val_acc`, `val/loss`, `train_loss` (`train_loss_step` and
 `train_loss_epoch` when logged both ways), and `lr-AdamW` from its LearningRateMonitor;
 TensorBoard-style names add `epoch_` (`epoch_loss`). A loss may be named for what it is
-(`test_nll`, `val_mse`, `val_ppl`). A key is split into lower-case words; the held-out accuracy
-and loss are the keys naming a held-out split and what they measure, the training loss one
-naming training (or a bare loss word), the LR `lr` or `learning rate`. Of several, a series
-beats a key logged once (HF Trainer's end-of-run `train_loss` beside its per-log `loss`), then
-the first held-out word below wins, then the first measure word below (`val_loss` over
-`val_mse`), then a per-epoch key over a per-step one, then the shortest key. An error rate
-(`val_error`, `val_top1_err`) is neither: it falls as an accuracy rises.
+(`test_nll`, `val_mse`, `val_ppl`; a perplexity is analysed as its log). A key is split into
+lower-case words; the held-out accuracy and loss are the keys naming a held-out split and what
+they measure, the training loss one naming training (or a bare loss word), the LR `lr` or
+`learning rate`. Of several, a series beats a key logged once (HF Trainer's end-of-run
+`train_loss` beside its per-log `loss`), then the first held-out word below wins, then the
+first measure word below (`val_loss` over `val_mse`), then a per-epoch key over a per-step one,
+then the shortest key. An error rate (`val_error`, `val_top1_err`) is neither: it falls as an
+accuracy rises.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 from tvae import contract as C
-from tvae.analysis.roles import GENERALISATION_ROLES, Roles
+from tvae.analysis.roles import GENERALISATION_ROLES, Roles, key_words
+from tvae.analysis.units import PERPLEXITY
 
 HELD_OUT = ("val", "valid", "validation", "eval", "test", "dev")
 TRAINING = ("train", "training")
 ACCURACY = ("acc", "accuracy", "top1", "acc1")
-LOSS = ("loss", "nll", "ce", "xent", "bce", "mse", "rmse", "mae", "ppl", "perplexity")
+LOSS = ("loss", "nll", "ce", "xent", "bce", "mse", "rmse", "mae", *PERPLEXITY)
 ERROR = ("err", "error")  # an error rate: 1 - accuracy, named with an accuracy's words
 WHEN = ("epoch", "step")  # words that say when a value was logged, not what it measures
 #: Our own roles a guessed map unsets (no other trainer logs them).
 UNSET = ("hierarchy", "quality", "grad_norm")
-
-
-def _words(key: str) -> list[str]:
-    return [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
 
 
 def _pick(keys: list[str], rank, rows: Mapping[str, int]) -> str | None:
@@ -43,7 +40,7 @@ def _pick(keys: list[str], rank, rows: Mapping[str, int]) -> str | None:
     ranked = [
         (rows.get(k, 2) <= 1, r, "step" in words, len(k), k)
         for k in keys
-        if (r := rank(words := _words(k))) is not None
+        if (r := rank(words := key_words(k))) is not None
     ]
     return min(ranked)[-1] if ranked else None
 

@@ -20,6 +20,7 @@ from tvae.analysis.live_assess import TAIL_ROWS, Assessment, assess
 from tvae.analysis.live_state import LiveState
 from tvae.analysis.roles import DIRECTION, GENERALISATION_ROLES, LOG_ROLES, Roles
 from tvae.analysis.thresholds import Thresholds
+from tvae.analysis.units import loss_values
 
 #: Re-run the whole detector once the history has grown by this share since its last run, even
 #: with nothing moving: the triggers (`LiveDetector`) catch events; this bounds how stale the
@@ -175,6 +176,7 @@ class LiveDetector:
         role = self._orient[key]
         v = values[np.isfinite(values)]
         if role in LOG_ROLES:
+            v = loss_values(key, v)
             v = v[v > 0]
             v = -np.log10(v)
         else:

@@ -38,7 +38,7 @@ from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 from tvae.analysis.steps import in_steps, on_axis, run_epochs
 from tvae.analysis.thresholds import Thresholds
-from tvae.analysis.units import as_fraction
+from tvae.analysis.units import as_fraction, perplexity_as_loss
 
 #: Points of a generalisation metric whose median is compared with its level at the last run
 #: (the width of the detector's wide rolling median, so a dip of 3 rows is no movement).
@@ -237,6 +237,7 @@ def assess(
     prev = previous or LiveState()
     hist, _ = _clean(history)
     hist, percent = as_fraction(hist, roles)
+    hist, _ = perplexity_as_loss(hist, roles)
     scale = 0.01 if percent else 1.0
     t, by_step = on_axis(hist, roles, t)
     report = _detect(hist, roles, t)
@@ -245,7 +246,7 @@ def assess(
     bands = {}
     for role in source_roles(roles, set(present)):
         m = ctx.metric(role)
-        if len(m.s):  # in the units the key is logged in, which the follower watches
+        if len(m.s):  # in the units the follower watches: a percent as logged
             band = max(3 * m.sigma, 0.5 * m.min_size(t))
             bands[m.key] = band / scale if role == "accuracy" else band
     last = int(hist.index[-1]) if len(hist) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 
@@ -19,6 +20,11 @@ LOG_ROLES = ("loss", "val_loss")
 
 #: Roles that measure generalisation: where grokking is looked for.
 GENERALISATION_ROLES = ("accuracy", "val_loss", "quality", "hierarchy")
+
+
+def key_words(key: str) -> list[str]:
+    """A metric key's lower-case words (`eval/top1_acc` -> eval, top1, acc)."""
+    return [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,13 @@
-"""Accuracy logged in percent (many training scripts log 97.3, not 0.973).
+"""Units a metric is logged in that the detector reads otherwise.
 
-The `accuracy` role is a fraction (DESIGN.md) and the detector's sizes are written in its
-points; a percent accuracy read as logged makes every wobble of a point a rise of 100. One whose
-finite values lie in [0, 100] with some above 1 is read as that fraction instead.
+An accuracy in percent (many training scripts log 97.3, not 0.973): the `accuracy` role is a
+fraction (DESIGN.md) and the detector's sizes are written in its points, so a percent accuracy
+read as logged makes every wobble of a point a rise of 100. One whose finite values lie in
+[0, 100] with some above 1 is read as that fraction instead.
+
+A perplexity (`val_ppl`, language-model trainers): the exponential of a cross-entropy, so it
+falls to 1, not 0, and a loss's fall over decades is a perplexity's fall to 1.0001. A loss role
+whose key names one is read as its log, the cross-entropy it was computed from.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tvae.analysis.roles import Roles
+from tvae.analysis.roles import LOG_ROLES, Roles, key_words
+
+#: Words that name a perplexity in a key.
+PERPLEXITY = ("ppl", "perplexity")
 
 #: Above this an accuracy is not a fraction (float noise on 1.0 aside) ...
 FRACTION_MAX = 1.0 + 1e-9
@@ -38,3 +46,31 @@ def as_fraction(history: pd.DataFrame, roles: Roles) -> tuple[pd.DataFrame, str 
     out[key] = out[key] / 100.0
     top = float(np.nanmax(history[key].to_numpy(dtype=float)))
     return out, f"{key} read as a percent (largest value {top:g}): divided by 100"
+
+
+def is_perplexity(key: str | None) -> bool:
+    """Whether ``key`` names a perplexity (`val_ppl`, `eval/perplexity`)."""
+    return bool(key) and any(w in PERPLEXITY for w in key_words(key))
+
+
+def loss_values(key: str, values: np.ndarray) -> np.ndarray:
+    """A loss role's values as a loss: a perplexity's log (1 reads as 0), else as logged."""
+    if not is_perplexity(key):
+        return values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(values, dtype=float))
+
+
+def perplexity_as_loss(history: pd.DataFrame, roles: Roles) -> tuple[pd.DataFrame, str | None]:
+    """``history`` with each loss role that names a perplexity as its log, and a note."""
+    keys = [
+        k
+        for k in dict.fromkeys(getattr(roles, r) for r in LOG_ROLES)
+        if k in history.columns and is_perplexity(k)
+    ]
+    if not keys:
+        return history, None
+    out = history.copy()
+    for k in keys:
+        out[k] = loss_values(k, out[k].to_numpy(dtype=float))
+    return out, f"{', '.join(keys)} read as a perplexity: its log (the cross-entropy) analysed"
