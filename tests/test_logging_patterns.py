@@ -458,9 +458,25 @@ def test_losses_logged_as_perplexities_get_the_verdicts_of_the_losses(view):
     assert [(c.breakthrough_epoch, c.severity) for c in got.confirmed] == [
         (c.breakthrough_epoch, c.severity) for c in want
     ]
-    assert "train_ppl, val_ppl read as a perplexity: its log (the cross-entropy) analysed" in (
+    assert "train_ppl, val_ppl read as perplexities: their logs (cross-entropies) analysed" in (
         got.notes
     )
+    phases = got.answers["How did each LR phase move the key metrics?"]
+    assert "log(train_ppl) " in phases and " train_ppl " not in phases
+
+
+def test_a_perplexity_logged_as_zero_between_evaluations_is_a_step_without_one():
+    """A script that logs `val_ppl` 0.0 on the epochs it does not evaluate: its zeros are
+    gaps, as a loss's are, not a log of 0 (-inf, a non-finite stretch)."""
+    roles = Roles.from_metric_map(metric_map("loss-only", perplexity=True))
+    gaps = as_perplexity(eval_every(load_run(STEPPED), 2))
+    want = analyze(gaps, roles)
+    got = analyze(gaps.fillna({"val_ppl": 0.0}), roles)
+    assert len(want.confirmed) == 1
+    assert [c.breakthrough_epoch for c in got.confirmed] == [
+        c.breakthrough_epoch for c in want.confirmed
+    ]
+    assert [(c.name, c.status) for c in got.checks] == [(c.name, c.status) for c in want.checks]
 
 
 def test_the_live_state_of_perplexities_is_the_losses_s():
@@ -472,11 +488,21 @@ def test_the_live_state_of_perplexities_is_the_losses_s():
     assert [(s.state, s.seen_at_step, s.event_epochs) for s in ppl] == [
         (s.state, s.seen_at_step, s.event_epochs) for s in losses
     ]
+    plateau = [s.detail for s in ppl if s.state == "plateau"]
+    assert plateau and all(": log(val_ppl) flat at " in d for d in plateau)
 
 
 @pytest.mark.parametrize(
     "key,named",
-    [("val_ppl", True), ("eval/perplexity", True), ("PPL", True), ("val_loss", False)],
+    [
+        ("val_ppl", True),
+        ("eval/perplexity", True),
+        ("PPL", True),
+        ("val_loss", False),
+        ("val_log_ppl", False),  # a perplexity's log is the cross-entropy
+        ("eval/log_perplexity", False),
+        ("ppl_loss", False),
+    ],
 )
 def test_which_keys_name_a_perplexity(key, named):
     assert is_perplexity(key) is named

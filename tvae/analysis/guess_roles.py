@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping
 
 from tvae import contract as C
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles, key_words
-from tvae.analysis.units import PERPLEXITY
+from tvae.analysis.units import CROSS_ENTROPY, PERPLEXITY
 
 HELD_OUT = ("val", "valid", "validation", "eval", "test", "dev")
 TRAINING = ("train", "training")
 ACCURACY = ("acc", "accuracy", "top1", "acc1")
-LOSS = ("loss", "nll", "ce", "xent", "bce", "mse", "rmse", "mae", *PERPLEXITY)
+LOSS = (*CROSS_ENTROPY, "bce", "mse", "rmse", "mae", *PERPLEXITY)
 ERROR = ("err", "error")  # an error rate: 1 - accuracy, named with an accuracy's words
 WHEN = ("epoch", "step")  # words that say when a value was logged, not what it measures
 #: Our own roles a guessed map unsets (no other trainer logs them).

@@ -38,7 +38,7 @@ from tvae.analysis.report import AnalysisReport
 from tvae.analysis.roles import GENERALISATION_ROLES, Roles
 from tvae.analysis.steps import in_steps, on_axis, run_epochs
 from tvae.analysis.thresholds import Thresholds
-from tvae.analysis.units import as_fraction, perplexity_as_loss
+from tvae.analysis.units import as_fraction, perplexity_as_loss, read_as
 
 #: Points of a generalisation metric whose median is compared with its level at the last run
 #: (the width of the detector's wide rolling median, so a dip of 3 rows is no movement).
@@ -51,7 +51,7 @@ class Assessment:
 
     state: LiveState
     report: AnalysisReport
-    bands: dict[str, float] = field(default_factory=dict)  # key -> flat tolerance, as logged
+    bands: dict[str, float] = field(default_factory=dict)  # key -> flat tolerance, as watched
 
 
 def _detect(hist: pd.DataFrame, roles: Roles, t: Thresholds) -> AnalysisReport:
@@ -164,9 +164,10 @@ def _scheduled(ctx: RunContext) -> bool:
 @dataclass(frozen=True)
 class _Plateau:
     key: str
+    shown: str  # the key as read (`log(val_ppl)`), to name its level
     start: float
     end: float
-    level: float  # as logged
+    level: float  # as read: a percent as its fraction, a perplexity as its log
     fit: float
 
 
@@ -202,7 +203,7 @@ def _plateau(ctx: RunContext, roles: Roles, t: Thresholds) -> tuple[_Plateau | N
         if m.unit == "log10" and not _gap_open(ctx, t):
             why = f"{m.key} within {t.delay.fit_gap:g}x of the training loss: no gap left"
             continue
-        return _Plateau(m.key, start, end, raw, fit), ""
+        return _Plateau(m.key, read_as(m.role, m.key), start, end, raw, fit), ""
     return None, why
 
 
@@ -246,7 +247,7 @@ def assess(
     bands = {}
     for role in source_roles(roles, set(present)):
         m = ctx.metric(role)
-        if len(m.s):  # in the units the follower watches: a percent as logged
+        if len(m.s):  # as the follower watches: a percent as logged, a loss in -log10
             band = max(3 * m.sigma, 0.5 * m.min_size(t))
             bands[m.key] = band / scale if role == "accuracy" else band
     last = int(hist.index[-1]) if len(hist) else None
@@ -321,7 +322,7 @@ def assess(
                 since=plateau.start,
                 metric=plateau.key,
                 detail=(
-                    f"in a plateau since epoch {fmt_epoch(plateau.start)}: {plateau.key} flat at "
+                    f"in a plateau since epoch {fmt_epoch(plateau.start)}: {plateau.shown} flat at "
                     f"{plateau.level:.3g}, training fitted by epoch {fmt_epoch(plateau.fit)}"
                 ),
                 **common,

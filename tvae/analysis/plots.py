@@ -17,6 +17,7 @@ from tvae.analysis.phases import FAST, MEMORISATION, PLATEAU, REGRESSION, SLOW  
 from tvae.analysis.report import AnalysisReport  # noqa: E402
 from tvae.analysis.roles import LOG_ROLES, Roles  # noqa: E402
 from tvae.analysis.thresholds import Thresholds  # noqa: E402
+from tvae.analysis.units import loss_values, read_as  # noqa: E402
 
 PLOT_ROLES = ("loss", "val_loss", "accuracy", "hierarchy", "quality")
 PHASE_COLORS = {
@@ -60,10 +61,12 @@ def plot_report(
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 * n + 0.8), sharex=True, squeeze=False)
     for ax, (role, key) in zip(axes[:, 0], present, strict=False):
         s = hist[key].replace([np.inf, -np.inf], np.nan).dropna()
-        if role in LOG_ROLES and (s > 0).all():
-            ax.set_yscale("log")
+        if role in LOG_ROLES:  # as the detector reads it: a perplexity as its log
+            s = pd.Series(loss_values(key, s.to_numpy(dtype=float)), index=s.index)
+            if (s > 0).all():
+                ax.set_yscale("log")
         ax.plot(s.index, s.to_numpy(), lw=1.2, color="tab:blue")
-        ax.set_ylabel(key, fontsize=9)
+        ax.set_ylabel(read_as(role, key), fontsize=9)
         _decorate(ax, report, changes)
     if not present:
         axes[0, 0].text(0.5, 0.5, "no mapped metric has data", ha="center", va="center")

@@ -8,6 +8,7 @@ import pandas as pd
 from tvae import contract as C
 from tvae.analysis.confounds import ControlChange
 from tvae.analysis.roles import Roles
+from tvae.analysis.units import read_as
 
 
 def _lr_phases(history: pd.DataFrame, roles: Roles, present: set[str]):
@@ -93,7 +94,7 @@ def answer_questions(
                 if k and k in present:
                     seg = history[k].loc[s0:s1].dropna()
                     if len(seg) >= 2:
-                        moves.append(f"{k} {seg.iloc[0]:.4g}->{seg.iloc[-1]:.4g}")
+                        moves.append(f"{read_as(role, k)} {seg.iloc[0]:.4g}->{seg.iloc[-1]:.4g}")
             parts.append(f"{key}={val:g} ({s0:g}-{s1:g}): " + (", ".join(moves) or "no data"))
         a["How did each LR phase move the key metrics?"] = "; ".join(parts)
     acc = roles.accuracy

@@ -17,8 +17,10 @@ import pandas as pd
 
 from tvae.analysis.roles import LOG_ROLES, Roles, key_words
 
-#: Words that name a perplexity in a key.
+#: Words that name a perplexity in a key ...
 PERPLEXITY = ("ppl", "perplexity")
+#: ... unless the key also names its log or a loss (`val_log_ppl`, `ppl_loss`): the cross-entropy.
+CROSS_ENTROPY = ("loss", "nll", "ce", "xent")
 
 #: Above this an accuracy is not a fraction (float noise on 1.0 aside) ...
 FRACTION_MAX = 1.0 + 1e-9
@@ -49,16 +51,26 @@ def as_fraction(history: pd.DataFrame, roles: Roles) -> tuple[pd.DataFrame, str 
 
 
 def is_perplexity(key: str | None) -> bool:
-    """Whether ``key`` names a perplexity (`val_ppl`, `eval/perplexity`)."""
-    return bool(key) and any(w in PERPLEXITY for w in key_words(key))
+    """Whether ``key`` names a perplexity (`val_ppl`, `eval/perplexity`), not its log."""
+    words = key_words(key or "")
+    return any(w in PERPLEXITY for w in words) and not any(
+        w == "log" or w in CROSS_ENTROPY for w in words
+    )
 
 
 def loss_values(key: str, values: np.ndarray) -> np.ndarray:
-    """A loss role's values as a loss: a perplexity's log (1 reads as 0), else as logged."""
+    """A loss role's values as a loss: a perplexity's log (1 reads as 0; a placeholder 0 stays
+    0, for `series.as_loss` to read as it reads a loss's), else as logged."""
     if not is_perplexity(key):
         return values
+    values = np.asarray(values, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(np.asarray(values, dtype=float))
+        return np.where(values > 0, np.log(values), np.minimum(values, 0.0))
+
+
+def read_as(role: str, key: str) -> str:
+    """How the detector reads ``key`` in ``role``, to name its values: `log(val_ppl)`."""
+    return f"log({key})" if role in LOG_ROLES and is_perplexity(key) else key
 
 
 def perplexity_as_loss(history: pd.DataFrame, roles: Roles) -> tuple[pd.DataFrame, str | None]:
@@ -73,4 +85,4 @@ def perplexity_as_loss(history: pd.DataFrame, roles: Roles) -> tuple[pd.DataFram
     out = history.copy()
     for k in keys:
         out[k] = loss_values(k, out[k].to_numpy(dtype=float))
-    return out, f"{', '.join(keys)} read as a perplexity: its log (the cross-entropy) analysed"
+    return out, f"{', '.join(keys)} read as perplexities: their logs (cross-entropies) analysed"
