@@ -10,7 +10,7 @@ import pandas as pd
 
 from tvae.analysis.confounds import ControlChange
 from tvae.analysis.roles import Roles
-from tvae.analysis.series import as_loss
+from tvae.analysis.series import as_loss, denoised_loss
 from tvae.analysis.thresholds import Thresholds
 from tvae.analysis.transitions import Metric
 
@@ -42,11 +42,12 @@ class RunContext:
 
     @cached_property
     def train_loss(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The training loss (epochs, values), or None when the run logs none."""
+        """The training loss (epochs, values denoised: `denoised_loss`), or None when the run
+        logs none."""
         if not self.has("loss"):
             return None
         m = self.metric("loss")
-        return (m.e, m.raw) if len(m.raw) >= 2 else None
+        return (m.e, denoised_loss(m.raw)) if len(m.raw) >= 2 else None
 
     @cached_property
     def first_epoch(self) -> float:
@@ -78,8 +79,12 @@ class RunContext:
         logged, carried no further than the usual interval between evaluations."""
         if self.train_loss is None or not self.has("val_loss"):
             return None
+        e, train = self.train_loss
         both = np.column_stack(
-            [as_loss(self.history[k]) for k in (self.roles.loss, self.roles.val_loss)]
+            [
+                pd.Series(train, index=e).reindex(self.history.index).to_numpy(),
+                as_loss(self.history[self.roles.val_loss]),
+            ]
         )
         evals = np.flatnonzero(np.isfinite(both[:, 1]))
         if len(evals) and np.isfinite(both[evals, 0]).mean() < 0.5:

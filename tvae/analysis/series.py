@@ -43,6 +43,28 @@ def noise_sigma(values: np.ndarray) -> float:
     return float(1.4826 * mad / np.sqrt(2.0))
 
 
+#: A training loss is read through a running median of as many rows as bring its row-to-row
+#: noise down to this (log10); rows that are smooth already (an epoch's mean) are read as they are.
+LOSS_NOISE_LOG10 = 0.05
+
+
+def denoised_loss(values: np.ndarray) -> np.ndarray:
+    """A positive loss's ``values`` through a centred running median (in log) over as many rows
+    as its noise needs, at most a twentieth of them: a script that logs its last batch's loss
+    each epoch scatters it by a factor of two, and one low row is not where the loss got to."""
+    logv = np.log10(np.asarray(values, dtype=float))
+    rows = math.ceil((noise_sigma(logv) / LOSS_NOISE_LOG10) ** 2)
+    rows = min(rows, len(logv) // 20)
+    if rows <= 1:
+        return np.asarray(values, dtype=float)
+    out = pd.Series(logv).rolling(rows, center=True, min_periods=1).median().to_numpy(copy=True)
+    n, half = len(logv), rows // 2
+    for i in range(min(half, n)):  # near an end, a window as wide on both sides: a steep
+        out[i] = np.median(logv[: 2 * i + 1])  # first fall is not pulled down to its middle
+        out[n - 1 - i] = np.median(logv[n - 1 - 2 * i :])
+    return 10**out
+
+
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     """The median of ``values`` each counted ``weights`` times (equal weights: `np.median`)."""
     if np.allclose(weights, weights[0], rtol=1e-9, atol=0.0):
