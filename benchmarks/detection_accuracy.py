@@ -13,6 +13,7 @@
     python benchmarks/detection_accuracy.py --sampled 500     # val_acc on 500 fresh examples
     python benchmarks/detection_accuracy.py --stop-after 30   # early stopping once generalised
     python benchmarks/detection_accuracy.py --perplexity      # losses logged as train/val_ppl
+    python benchmarks/detection_accuracy.py --last-batch 0.5  # one batch's training loss
 
 Per view and split it prints: recall (grokking runs whose `grokking.first_epoch` lies in the
 labelled onset window), false alarms (runs labelled fast / none / lr_confound with any
@@ -42,6 +43,7 @@ from corpus import (  # noqa: E402
     eval_every,
     in_percent,
     index,
+    last_batch,
     load_run,
     log_spaced,
     metric_map,
@@ -120,7 +122,7 @@ def replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.Dat
 
 def _replay(entry: dict, frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     k = args.steps_per_epoch
-    frame = stopped(frame, entry["label"], args.stop_after)
+    frame = last_batch(stopped(frame, entry["label"], args.stop_after), args.last_batch)
     gap = float(np.median(np.diff(frame.index.to_numpy(dtype=float))))
     frame = eval_every(log_spaced(frame, args.log_spaced), args.eval_every, args.eval_apart)
     frame = sampled(frame, args.sampled)
@@ -249,6 +251,14 @@ def main() -> None:
         metavar="N",
         help="end each run N epochs after the epoch its label says it generalised, as early "
         "stopping does (a run that never generalised is kept whole)",
+    )
+    parser.add_argument(
+        "--last-batch",
+        type=float,
+        default=0.0,
+        metavar="SD",
+        help="scatter the training loss by a lognormal factor (SD in ln, seed 0) at each row, "
+        "as a script that logs its last batch's loss each epoch does",
     )
     parser.add_argument(
         "--perplexity",

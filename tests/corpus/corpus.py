@@ -1,7 +1,7 @@
 """Read the detection corpus: runs, labels, splits, the views a user would map, and the runs
 as other loggers would have logged them (by step, at log-spaced epochs, sparse evaluation,
 accuracy in percent, without steps, evaluated on a fresh sample each time, stopped early, the
-losses as perplexities)."""
+losses as perplexities, the training loss of one batch)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,15 @@ def stopped(df: pd.DataFrame, label: dict, after: int) -> pd.DataFrame:
     stopping); a run that never generalised is kept whole."""
     done = label.get("generalised")
     return df.loc[: done + after].copy() if after and done is not None else df
+
+
+def last_batch(df: pd.DataFrame, sd: float, seed: int = 0) -> pd.DataFrame:
+    """``df`` with its training loss scattered by a lognormal factor (``sd`` in ln) at each
+    row, as a script that logs its last batch's loss each epoch, not the epoch's mean, logs it."""
+    if sd:
+        rng = np.random.default_rng(seed)
+        df["train_loss"] = df["train_loss"] * np.exp(rng.normal(0.0, sd, len(df)))
+    return df
 
 
 def as_perplexity(df: pd.DataFrame) -> pd.DataFrame:
