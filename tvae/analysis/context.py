@@ -29,6 +29,7 @@ class RunContext:
     _fits: dict[tuple[float, float], float | None] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _losses: dict[float, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def has(self, role: str) -> bool:
         key = getattr(self.roles, role)
@@ -42,12 +43,19 @@ class RunContext:
 
     @cached_property
     def train_loss(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The training loss (epochs, values denoised: `denoised_loss`), or None when the run
-        logs none."""
+        """The training loss (epochs, values), or None when the run logs none."""
         if not self.has("loss"):
             return None
         m = self.metric("loss")
-        return (m.e, denoised_loss(m.raw)) if len(m.raw) >= 2 else None
+        return (m.e, m.raw) if len(m.raw) >= 2 else None
+
+    def loss_to(self, b: float) -> np.ndarray:
+        """The training loss's values up to epoch ``b``, read through `denoised_loss` over
+        those rows only: a run followed live reads them as the finished run does."""
+        if b not in self._losses:
+            e, v = self.train_loss
+            self._losses[b] = denoised_loss(v[e <= b])
+        return self._losses[b]
 
     @cached_property
     def first_epoch(self) -> float:
@@ -65,15 +73,17 @@ class RunContext:
 
     def loss_drop(self, a: float, b: float) -> tuple[float, float | None]:
         """(training loss at the start, its median over the second half of [a, b])."""
-        e, v = self.train_loss
-        start = float(np.max(v[: max(3, len(v) // 50)]))
-        sel = (e >= a + 0.5 * (b - a)) & (e <= b)
+        e, raw = self.train_loss
+        v = self.loss_to(b)
+        start = float(np.max(v[: max(3, len(raw) // 50)]))
+        sel = e[: len(v)] >= a + 0.5 * (b - a)
         return start, (float(np.median(v[sel])) if sel.any() else None)
 
     @cached_property
     def gap_fit(self) -> float | None:
         """First epoch the training loss is `delay.fit_gap`-fold below the validation loss:
-        the training set is memorised beyond what generalises (None without both losses).
+        the training set is memorised beyond what generalises (None without both losses); the
+        training loss read through `denoised_loss`, so one low row of a scattered one is not it.
         Read on the rows that hold both; when most validation rows hold no training loss (a
         run that logs its evaluation at steps of its own), against the validation loss last
         logged, carried no further than the usual interval between evaluations."""
@@ -82,7 +92,7 @@ class RunContext:
         e, train = self.train_loss
         both = np.column_stack(
             [
-                pd.Series(train, index=e).reindex(self.history.index).to_numpy(),
+                pd.Series(denoised_loss(train), index=e).reindex(self.history.index).to_numpy(),
                 as_loss(self.history[self.roles.val_loss]),
             ]
         )
@@ -104,7 +114,8 @@ class RunContext:
         with both losses logged and no such gap, also when it fell `delay.min_drop`-fold more
         over the plateau's second half (it had not settled on a floor, such as label
         smoothing's: the two fell together, as in a run stopped early once it generalised).
-        Only rows up to the plateau's end count, so a run followed live is judged alike.
+        Only rows up to the plateau's end count (read through `loss_to`), so a run followed
+        live is judged alike.
         Each criterion and the score ask for it; it is worked out once per plateau."""
         if (a, b) not in self._fits:
             self._fits[a, b] = self._fit_epoch(a, b)
@@ -118,11 +129,13 @@ class RunContext:
         start, level = self.loss_drop(a, b)
         if level is None or not start >= self.t.delay.min_drop * level:
             return None
-        e, v = self.train_loss
+        e, raw = self.train_loss
+        v = self.loss_to(b)
         both_logged = self.has("val_loss") and len(self.metric("val_loss").raw) >= 2
-        late = v[(e >= a + 0.5 * (b - a)) & (e <= b)]  # the rows `level` is the median of
+        late = v[e[: len(v)] >= a + 0.5 * (b - a)]  # the rows `level` is the median of
         k = max(1, min(5, len(late) // 4))  # each end's rows, a median against one noisy row
         if both_logged and np.median(late[:k]) >= self.t.delay.min_drop * np.median(late[-k:]):
             return None  # no gap, and no floor either: still falling over the plateau
+        v = np.concatenate([v, raw[len(v) :]])  # after the plateau, as logged
         reached = np.nonzero(v <= level + self.t.delay.fit_frac * (start - level))[0]
         return float(e[reached[0]]) if len(reached) else None

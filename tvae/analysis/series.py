@@ -50,11 +50,11 @@ LOSS_NOISE_LOG10 = 0.05
 
 def denoised_loss(values: np.ndarray) -> np.ndarray:
     """A positive loss's ``values`` through a centred running median (in log) over as many rows
-    as its noise needs, at most a twentieth of them: a script that logs its last batch's loss
-    each epoch scatters it by a factor of two, and one low row is not where the loss got to."""
+    as its noise needs, at most a tenth of them: a script that logs its last batch's loss
+    each epoch scatters it by tens of percent or more, and one low row is not where it got to."""
     logv = np.log10(np.asarray(values, dtype=float))
     rows = math.ceil((noise_sigma(logv) / LOSS_NOISE_LOG10) ** 2)
-    rows = min(rows, len(logv) // 20)
+    rows = min(rows, len(logv) // 10) | 1  # odd: centred on its row
     if rows <= 1:
         return np.asarray(values, dtype=float)
     out = pd.Series(logv).rolling(rows, center=True, min_periods=1).median().to_numpy(copy=True)
