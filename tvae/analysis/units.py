@@ -12,6 +12,8 @@ whose key names one is read as its log, the cross-entropy it was computed from.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import pandas as pd
 
@@ -50,6 +52,7 @@ def as_fraction(history: pd.DataFrame, roles: Roles) -> tuple[pd.DataFrame, str 
     return out, f"{key} read as a percent (largest value {top:g}): divided by 100"
 
 
+@cache  # asked for each batch of rows the live follower reads
 def is_perplexity(key: str | None) -> bool:
     """Whether ``key`` names a perplexity (`val_ppl`, `eval/perplexity`), not its log."""
     words = key_words(key or "")
